@@ -1,0 +1,1 @@
+"""warmstart: a serverless inference function for Knative."""

@@ -1,0 +1,198 @@
+"""Request bodies <-> arrays. Every protocol decodes into one validated float32 array
+through `rows_from_json` / `check_rows`, and every answer is built from one Prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .card import ModelCard
+from .errors import InvalidInput, MalformedRequest, PayloadTooLarge
+from .model import Prediction
+
+_NUMBER_KINDS = "iuf"
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a JSON body. NaN and Infinity literals (which Python's json module writes)
+    parse, so validation can answer 422 naming the value instead of a bare 400."""
+    if not body:
+        raise MalformedRequest("request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def dump_json(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def rows_from_json(instances: Any, card: ModelCard, max_rows: int, where: str = "instances") -> np.ndarray:
+    """Turn JSON rows (lists in feature order, or objects keyed by feature name) into a
+    validated float32 array of shape (n, n_features)."""
+    if not isinstance(instances, list):
+        raise InvalidInput(f"{where}: expected a list of rows, got {_json_type(instances)}")
+    if not instances:
+        raise InvalidInput(f"{where}: expected at least one row, got an empty list")
+    if len(instances) > max_rows:
+        raise PayloadTooLarge(f"{where}: {len(instances)} rows is more than MAX_ROWS={max_rows}")
+    if isinstance(instances[0], dict):
+        instances = _rows_by_name(instances, card, where)
+    try:
+        array = np.asarray(instances)
+    except ValueError:
+        array = None  # ragged rows: find which one below
+    if array is None or array.ndim != 2 or array.dtype.kind not in _NUMBER_KINDS:
+        problem = _first_row_problem(instances, card, where)
+        if problem:
+            raise InvalidInput(problem)
+        array = np.asarray(instances, dtype=np.float64)  # integers beyond int64, say
+    return check_rows(array, card, where, instances)
+
+
+def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np.ndarray:
+    """One row (a list in feature order, or an object keyed by feature name)."""
+    if isinstance(features, dict):
+        return rows_from_json([features], card, 1, where)
+    if not isinstance(features, list):
+        raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {_json_type(features)}")
+    problem = _row_problem(features, card, where)
+    if problem:
+        raise InvalidInput(problem)
+    return check_rows(np.asarray([features]), card, where, [features])
+
+
+def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = None) -> np.ndarray:
+    """Check a 2-D numeric array against the card and return it as float32.
+
+    `source`, when given, is the original nested list, so a message can quote the value
+    that was wrong rather than its float32 rendering.
+    """
+    if array.ndim != 2:
+        raise InvalidInput(f"{where}: expected a 2-D array of rows, got {array.ndim} dimension(s)")
+    if array.shape[1] != card.n_features:
+        raise InvalidInput(
+            f"{where}: expected {card.n_features} features per row, got {array.shape[1]} "
+            f"(features in order: {', '.join(card.feature_names[:5])}, ...)"
+        )
+    if array.dtype.kind == "b" or array.dtype.kind not in _NUMBER_KINDS:
+        raise InvalidInput(f"{where}: expected numbers, got values of type {array.dtype}")
+    rows = array.astype(np.float32, copy=False)
+    finite = np.isfinite(rows)
+    if not finite.all():
+        r, c = (int(i) for i in np.argwhere(~finite)[0])
+        value = source[r][c] if source is not None else array[r, c]
+        shown = "null" if value is None else repr(value)
+        reason = (
+            "is out of float32 range"
+            if isinstance(value, (int, float)) and math.isfinite(value)
+            else "is not a finite number"
+        )
+        raise InvalidInput(f"{where}[{r}][{c}] ({card.feature_names[c]}): {shown} {reason}")
+    return rows
+
+
+def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[list[Any]]:
+    names = card.feature_names
+    pick = itemgetter(*names)
+    out = []
+    for r, row in enumerate(instances):
+        if not isinstance(row, dict):
+            raise InvalidInput(f"{where}[{r}]: expected an object like row 0, got {_json_type(row)}")
+        if len(row) != len(names) or not all(k in row for k in names):
+            raise InvalidInput(_named_row_problem(row, card, f"{where}[{r}]"))
+        out.append(list(pick(row)) if len(names) > 1 else [pick(row)])
+    return out
+
+
+def _named_row_problem(row: dict[str, Any], card: ModelCard, where: str) -> str:
+    known = set(card.feature_names)
+    unknown = [k for k in row if k not in known]
+    if unknown:
+        expected = ", ".join(card.feature_names[:5])
+        return (
+            f"{where}: unknown feature name(s) {', '.join(map(repr, unknown[:5]))}; expected names like {expected}, ..."
+        )
+    missing = [k for k in card.feature_names if k not in row]
+    return f"{where}: missing feature(s) {', '.join(map(repr, missing[:5]))}" + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    )
+
+
+def _first_row_problem(instances: list[Any], card: ModelCard, where: str) -> str | None:
+    for r, row in enumerate(instances):
+        problem = _row_problem(row, card, f"{where}[{r}]")
+        if problem:
+            return problem
+    return None
+
+
+def _row_problem(row: Any, card: ModelCard, where: str) -> str | None:
+    if not isinstance(row, list):
+        return f"{where}: expected a row of {card.n_features} numbers, got {_json_type(row)}"
+    if len(row) != card.n_features:
+        return f"{where}: expected {card.n_features} features, got {len(row)}"
+    for c, value in enumerate(row):
+        if value is None:
+            return f"{where}[{c}] ({card.feature_names[c]}): null is not a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {_json_type(value)} {_short(value)}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def prediction_body(prediction: Prediction, card: ModelCard, single: bool = False) -> dict[str, Any]:
+    """The `/predict` answer: labels, class probabilities, and which model gave them."""
+    body: dict[str, Any] = {"predictions": prediction.labels}
+    probabilities = prediction.probabilities
+    if probabilities is not None:
+        body["probabilities"] = probabilities
+        if single and probabilities.shape[1] == 2:
+            body["probability"] = probabilities[0, 1]
+    body["model"] = {"name": card.name, "version": card.version}
+    return body
+
+
+def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool]:
+    """The own API's three shapes -> (rows, whether it was a single `features` row)."""
+    if not isinstance(body, dict):
+        raise InvalidInput(
+            f"request body: expected a JSON object with 'instances' or 'features', got {_json_type(body)}"
+        )
+    if "instances" in body:
+        return rows_from_json(body["instances"], card, max_rows), False
+    if "features" in body:
+        return row_from_json(body["features"], card), True
+    raise InvalidInput(
+        "request body: expected a field 'instances' (a list of rows) or 'features' (one row); "
+        f"got fields {sorted(body)[:5]}"
+    )
+
+
+def decode_v1(body: Any, card: ModelCard, max_rows: int) -> np.ndarray:
+    """KServe V1: `{"instances": [...]}`."""
+    if not isinstance(body, dict) or "instances" not in body:
+        raise InvalidInput("request body: KServe V1 expects a JSON object with an 'instances' list")
+    return rows_from_json(body["instances"], card, max_rows)

@@ -1,0 +1,69 @@
+"""One error hierarchy; each error knows its HTTP status and renders as JSON in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WarmstartError(Exception):
+    """An error a client can act on. `code` is stable, `message` says what and where."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class MalformedRequest(WarmstartError):
+    """The body is not parseable (not JSON, truncated, wrong encoding)."""
+
+    status = 400
+    code = "malformed_request"
+
+
+class Forbidden(WarmstartError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(WarmstartError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(WarmstartError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(WarmstartError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(WarmstartError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidInput(WarmstartError):
+    """The body parsed but does not fit the model: shape, type, names, non-finite values."""
+
+    status = 422
+    code = "invalid_input"
+
+
+class NotReady(WarmstartError):
+    """The model is not loaded yet, failed to load, or the server is shutting down."""
+
+    status = 503
+    code = "not_ready"
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after)})

@@ -1,0 +1,158 @@
+"""The OpenAPI 3 document of every route create_app() serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .card import ModelCard
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, **_json({"$ref": "#/components/schemas/Error"})}
+
+
+_ERRORS = {
+    "400": _error("Malformed JSON"),
+    "413": _error("Body larger than MAX_REQUEST_BYTES or more rows than MAX_ROWS"),
+    "415": _error("Content type other than JSON"),
+    "422": _error("Wrong shape or type, unknown feature name, or a null/NaN/Infinity value"),
+    "503": _error("Model not loaded yet, failed to load, or the server is shutting down"),
+}
+
+
+def _predict_op(
+    summary: str,
+    request_ref: str,
+    response_ref: str,
+    parameters: list[dict[str, Any]] | None = None,
+    extra_responses: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "requestBody": {"required": True, **_json({"$ref": f"#/components/schemas/{request_ref}"})},
+        "responses": {
+            "200": {"description": "Predictions", **_json({"$ref": f"#/components/schemas/{response_ref}"})},
+            **_ERRORS,
+            **(extra_responses or {}),
+        },
+    }
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def _get_op(summary: str, schema: dict[str, Any], extra_responses: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": summary,
+            "responses": {"200": {"description": "OK", **_json(schema)}, **(extra_responses or {})},
+        }
+    }
+
+
+def document(card: ModelCard | None) -> dict[str, Any]:
+    """Build the document; `card`, once loaded, fills in feature names and row width."""
+    width = card.n_features if card else None
+    row: dict[str, Any] = {"type": "array", "items": {"type": "number"}}
+    if width:
+        row.update(minItems=width, maxItems=width)
+    named_row: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "number"}}
+    if card:
+        named_row = {
+            "type": "object",
+            "properties": {name: {"type": "number"} for name in card.feature_names},
+            "required": list(card.feature_names),
+            "additionalProperties": False,
+        }
+    instances = {"type": "array", "minItems": 1, "items": {"oneOf": [row, named_row]}}
+    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    not_found = {"404": _error("Unknown model name")}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "warmstart",
+            "version": "1",
+            "description": "Serverless inference for scikit-learn models on Knative."
+            + (f" Serving {card.name} version {card.version}." if card else ""),
+        },
+        "paths": {
+            "/predict": {
+                "post": _predict_op(
+                    "Predict rows in feature order or by feature name", "PredictRequest", "PredictResponse"
+                )
+            },
+            "/": {"post": _predict_op("Same as POST /predict", "PredictRequest", "PredictResponse")},
+            "/v1/models/{name}:predict": {
+                "post": _predict_op("KServe V1 predict", "V1Request", "V1Response", [name_param], not_found)
+            },
+            "/v1/models/{name}": _get_op(
+                "KServe V1 model status", {"$ref": "#/components/schemas/V1ModelStatus"}, not_found
+            )
+            | {"parameters": [name_param]},
+            "/v1/models": _get_op(
+                "KServe V1 model list",
+                {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "string"}}}},
+            ),
+            "/model": _get_op("The model card", {"type": "object"}, {"503": _ERRORS["503"]}),
+            "/health/liveness": _get_op("Liveness: the process is up", {"type": "object"}),
+            "/health/readiness": _get_op(
+                "Readiness: the model is loaded and warmed up", {"type": "object"}, {"503": _ERRORS["503"]}
+            ),
+            "/openapi.json": _get_op("This document", {"type": "object"}),
+        },
+        "components": {
+            "schemas": {
+                "PredictRequest": {
+                    "oneOf": [
+                        {"type": "object", "required": ["instances"], "properties": {"instances": instances}},
+                        {
+                            "type": "object",
+                            "required": ["features"],
+                            "properties": {"features": {"oneOf": [row, named_row]}},
+                        },
+                    ]
+                },
+                "PredictResponse": {
+                    "type": "object",
+                    "required": ["predictions", "model"],
+                    "properties": {
+                        "predictions": {"type": "array", "items": {}},
+                        "probabilities": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                        "probability": {
+                            "type": "number",
+                            "description": "positive-class probability, one-row requests to a binary classifier",
+                        },
+                        "model": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+                        },
+                    },
+                },
+                "V1Request": {"type": "object", "required": ["instances"], "properties": {"instances": instances}},
+                "V1Response": {
+                    "type": "object",
+                    "required": ["predictions"],
+                    "properties": {"predictions": {"type": "array", "items": {}}},
+                },
+                "V1ModelStatus": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {
+                            "type": "object",
+                            "required": ["code", "message"],
+                            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        }
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,95 @@
+"""The production server: gunicorn with threaded workers, one app per worker process.
+
+The master imports the heavy modules (Flask, NumPy, onnxruntime) once, so forked workers
+share those pages and start in milliseconds; each worker then builds its own app and
+loads the model on a thread, because onnxruntime sessions must not cross a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger as GunicornLogger
+
+from . import logs
+from .app import create_app
+from .config import Settings
+
+log = logging.getLogger("warmstart.server")
+
+# Knative's queue-proxy keeps connections to the container open between requests.
+KEEPALIVE_S = 30
+
+
+class _JsonGunicornLogger(GunicornLogger):
+    """gunicorn's own messages (boot, worker exits) as JSON lines like ours."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        root = logging.getLogger()
+        self.error_log.handlers = list(root.handlers)
+        self.error_log.propagate = False
+
+
+def _post_worker_init(worker: Any) -> None:
+    """On SIGTERM, turn readiness to 503 before gunicorn starts draining."""
+    state = worker.wsgi.extensions["warmstart"]
+    drain = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        state.begin_shutdown()
+        if callable(drain):
+            drain(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+class Server(BaseApplication):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        options = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": s.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "keepalive": KEEPALIVE_S,
+            "graceful_timeout": s.graceful_timeout,
+            "accesslog": None,
+            "logger_class": _JsonGunicornLogger,
+            "post_worker_init": _post_worker_init,
+            "proc_name": f"warmstart-{s.k_service or 'local'}",
+            # gunicorn's runtime control socket is a second way in; nothing here uses it.
+            "control_socket_disable": True,
+        }
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        return create_app(self.settings)
+
+
+def preload(settings: Settings) -> None:
+    """Import what every worker needs before forking them."""
+    if settings.model_path.lower().endswith(".onnx"):
+        import onnxruntime  # noqa: F401
+
+
+def run(settings: Settings) -> None:
+    logs.configure(settings)
+    preload(settings)
+    log.info(
+        "serving %s on %s:%d with %d worker(s) x %d thread(s)",
+        settings.model_path,
+        settings.host,
+        settings.port,
+        settings.workers,
+        settings.threads,
+    )
+    Server(settings).run()

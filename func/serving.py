@@ -1,0 +1,53 @@
+"""What every route module shares: settings, serving state, and the one way to read a
+JSON body and write a JSON response (with the X-Model-* headers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, request
+
+from . import codecs
+from .config import Settings
+from .errors import NotFound, UnsupportedMediaType
+from .model import Model
+from .state import ServingState
+
+
+class Serving:
+    def __init__(self, settings: Settings, state: ServingState) -> None:
+        self.settings = settings
+        self.state = state
+        self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
+
+    def model_headers(self) -> dict[str, str]:
+        model = self.state.loaded
+        if model is not None:
+            name, version = model.card.name, model.card.version
+        else:
+            name, version = self.settings.model_name or "model", self.settings.model_version or "1"
+        return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}
+
+    def respond(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        """A JSON response carrying the model headers."""
+        all_headers = self.model_headers()
+        if headers:
+            all_headers.update(headers)
+        return Response(codecs.dump_json(body), status, all_headers, mimetype="application/json")
+
+    def json_body(self) -> Any:
+        """The request body parsed as JSON; no Content-Type counts as JSON (OIP clients send none)."""
+        mimetype = request.mimetype
+        if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+            raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not supported; send application/json")
+        return codecs.parse_json(request.get_data(cache=False))
+
+    def model_named(self, name: str, version: str | None = None) -> Model:
+        """The loaded model if `name` (and `version`, when given) match it, else 404."""
+        model = self.state.model
+        card = model.card
+        if name != card.name:
+            raise NotFound(f"model {name!r} is not served here; this server serves {card.name!r}")
+        if version is not None and version != card.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; this server serves version {card.version!r}")
+        return model
