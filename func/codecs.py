@@ -16,7 +16,9 @@ from .card import ModelCard
 from .errors import InvalidInput, MalformedRequest, PayloadTooLarge
 from .model import Prediction
 
-_NUMBER_KINDS = "iuf"
+# JSON booleans count as 1 and 0, as NumPy and scikit-learn treat them (one-hot features
+# often arrive that way); strings never count, even "1.5".
+_NUMBER_KINDS = "biuf"
 
 
 def parse_json(body: bytes) -> Any:
@@ -69,10 +71,10 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
     problem = _row_problem(features, card, where)
     if problem:
         raise InvalidInput(problem)
-    return check_rows(np.asarray([features]), card, where, [features])
+    return check_rows(np.asarray([features]), card, where, [features], one_row=True)
 
 
-def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = None) -> np.ndarray:
+def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = None, one_row: bool = False) -> np.ndarray:
     """Check a 2-D numeric array against the card and return it as float32.
 
     `source`, when given, is the original nested list, so a message can quote the value
@@ -85,7 +87,7 @@ def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = Non
             f"{where}: expected {card.n_features} features per row, got {array.shape[1]} "
             f"(features in order: {', '.join(card.feature_names[:5])}, ...)"
         )
-    if array.dtype.kind == "b" or array.dtype.kind not in _NUMBER_KINDS:
+    if array.dtype.kind not in _NUMBER_KINDS:
         raise InvalidInput(f"{where}: expected numbers, got values of type {array.dtype}")
     rows = array.astype(np.float32, copy=False)
     finite = np.isfinite(rows)
@@ -98,7 +100,8 @@ def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = Non
             if isinstance(value, (int, float)) and math.isfinite(value)
             else "is not a finite number"
         )
-        raise InvalidInput(f"{where}[{r}][{c}] ({card.feature_names[c]}): {shown} {reason}")
+        position = f"{where}[{c}]" if one_row else f"{where}[{r}][{c}]"
+        raise InvalidInput(f"{position} ({card.feature_names[c]}): {shown} {reason}")
     return rows
 
 
@@ -145,7 +148,7 @@ def _row_problem(row: Any, card: ModelCard, where: str) -> str | None:
     for c, value in enumerate(row):
         if value is None:
             return f"{where}[{c}] ({card.feature_names[c]}): null is not a number"
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not isinstance(value, (int, float)):
             return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {_json_type(value)} {_short(value)}"
     return None
 

@@ -61,6 +61,7 @@ class Settings:
     model_version: str | None = None
     model_sha256: str | None = None
     allow_pickle: bool = False
+    skops_trusted: tuple[str, ...] = ()
     max_request_bytes: int = 10 * 1024 * 1024
     max_rows: int = 10_000
     ce_source: str = "/warmstart/local"
@@ -92,6 +93,7 @@ class Settings:
             model_version=env.get("MODEL_VERSION") or None,
             model_sha256=sha,
             allow_pickle=_flag(env, "ALLOW_PICKLE"),
+            skops_trusted=tuple(t.strip() for t in env.get("SKOPS_TRUSTED", "").split(",") if t.strip()),
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1),
             max_rows=_int(env, "MAX_ROWS", 10_000, minimum=1),
             ce_source=env.get("CE_SOURCE") or f"/warmstart/{k_service or socket.gethostname()}",

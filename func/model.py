@@ -82,7 +82,7 @@ def load_model(settings: Settings) -> Model:
     if suffix in ONNX_SUFFIXES:
         model = _load_onnx(path)
     elif suffix in SKOPS_SUFFIXES:
-        model = _load_skops(path)
+        model = _load_skops(path, settings.skops_trusted)
     elif suffix in PICKLE_SUFFIXES:
         if not settings.allow_pickle:
             raise ModelLoadError(
@@ -187,7 +187,9 @@ def _card_from_onnx_signature(path: Path, model_input: Any, outputs: list[str]) 
     )
 
 
-def _load_skops(path: Path) -> Model:
+def _load_skops(path: Path, trusted: tuple[str, ...]) -> Model:
+    """Load only types skops trusts by default plus those the operator listed in
+    SKOPS_TRUSTED after reviewing them (skops.io.get_untrusted_types)."""
     try:
         import skops.io as sio
     except ImportError:
@@ -199,13 +201,15 @@ def _load_skops(path: Path) -> Model:
         untrusted = sio.get_untrusted_types(file=str(path))
     except Exception as exc:
         raise ModelLoadError(f"MODEL_PATH={path}: not a valid skops file ({_first_line(exc)})") from None
-    if untrusted:
+    unlisted = [t for t in untrusted if t not in trusted]
+    if unlisted:
         raise ModelLoadError(
-            f"MODEL_PATH={path}: the skops file contains types that are not trusted by "
-            f"default: {untrusted}; export the model to ONNX or review and convert it"
+            f"MODEL_PATH={path}: the skops file contains types skops does not trust by default: "
+            f"{', '.join(unlisted)}; review them and list them in SKOPS_TRUSTED (comma-separated), "
+            "or export the model to ONNX"
         )
     try:
-        estimator = sio.load(str(path))
+        estimator = sio.load(str(path), trusted=untrusted)
     except Exception as exc:
         raise ModelLoadError(f"MODEL_PATH={path}: not a valid skops file ({_first_line(exc)})") from None
     return _sklearn_model(path, estimator, "skops")

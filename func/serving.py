@@ -9,7 +9,7 @@ from flask import Response, request
 
 from . import codecs
 from .config import Settings
-from .errors import NotFound, UnsupportedMediaType
+from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from .model import Model
 from .state import ServingState
 
@@ -40,7 +40,19 @@ class Serving:
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
             raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not supported; send application/json")
-        return codecs.parse_json(request.get_data(cache=False))
+        return codecs.parse_json(self.body_bytes())
+
+    def body_bytes(self) -> bytes:
+        """The raw body, at most MAX_REQUEST_BYTES (413 past that, chunked bodies included)."""
+        limit = self.settings.max_request_bytes
+        if request.content_length is None and "wsgi.input_terminated" in request.environ:
+            # A chunked body: werkzeug would silently cut it at the limit, so read one
+            # byte past the limit to tell "exactly at" from "over".
+            data = request.environ["wsgi.input"].read(limit + 1)
+            if len(data) > limit:
+                raise PayloadTooLarge(f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
+            return data
+        return request.get_data(cache=False)
 
     def model_named(self, name: str, version: str | None = None) -> Model:
         """The loaded model if `name` (and `version`, when given) match it, else 404."""

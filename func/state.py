@@ -28,16 +28,18 @@ class ServingState:
 
     @property
     def model(self) -> Model:
-        """The loaded model; raises NotReady (503) while loading, after a failed load,
-        or once shutdown has started."""
+        """The loaded model; raises NotReady (503) while loading or after a failed load.
+
+        Shutdown only turns readiness off: requests already accepted while the server
+        drains are still answered, so none is lost."""
         model = self._model
-        if model is None or self.shutting_down:
+        if model is None:
             raise NotReady(self.not_ready_reason())
         return model
 
     @property
     def loaded(self) -> Model | None:
-        """The model if it has loaded, whether or not the server is shutting down."""
+        """The model if it has loaded, else None."""
         return self._model
 
     @property

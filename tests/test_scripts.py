@@ -1,0 +1,127 @@
+"""scripts/train.py and scripts/export_onnx.py, run as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import joblib
+import numpy as np
+import onnxruntime as ort
+import requests
+
+from tests.server import ROOT
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def onnx_outputs(path: Path, x: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path))
+    return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+
+
+def write_csv(path: Path, header: list[str], rows: np.ndarray, extra: dict[str, np.ndarray] | None = None) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header + list(extra or {}))
+        for i, row in enumerate(rows.tolist()):
+            writer.writerow(row + [col[i] for col in (extra or {}).values()])
+
+
+def test_training_is_deterministic(tmp_path, trained_models, dataset):
+    x, _ = dataset
+    result = run_script("scripts/train.py", "--out", str(tmp_path / "again.onnx"))
+    assert result.returncode == 0, result.stderr
+    assert "max ONNX difference" in result.stdout
+    first = onnx_outputs(trained_models / "model.onnx", x)
+    second = onnx_outputs(tmp_path / "again.onnx", x)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_trained_onnx_has_card_and_plain_probability_tensor(trained_models):
+    session = ort.InferenceSession(str(trained_models / "model.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["label", "probabilities"]
+    assert session.get_outputs()[1].type == "tensor(float)"  # not a ZipMap
+    meta = session.get_modelmeta().custom_metadata_map
+    assert '"feature_names": ["mean radius"' in meta["warmstart.card"]
+    assert (trained_models / "model.card.json").is_file()
+
+
+def test_export_users_model_then_serve_it(tmp_path, start_server, dataset):
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    x, names = dataset
+    y = (x[:, 0] > 14).astype(int)
+    model = GradientBoostingClassifier(n_estimators=20, random_state=0).fit(x, y)
+    joblib.dump(model, tmp_path / "gb.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:200], {"label": y[:200]})
+
+    out = tmp_path / "gb.onnx"
+    args = [str(tmp_path / "gb.joblib"), str(tmp_path / "sample.csv"), str(out)]
+    result = run_script("scripts/export_onnx.py", *args, "--target", "label", "--name", "gb", "--version", "3")
+    assert result.returncode == 0, result.stderr
+    assert "max difference from the original on 200 rows" in result.stdout
+
+    srv = start_server({"MODEL_PATH": str(out)})
+    body = requests.post(srv.url + "/predict", json={"instances": [dict(zip(names, x[5].tolist()))]}).json()
+    assert body["model"] == {"name": "gb", "version": "3"}
+    np.testing.assert_allclose(body["probabilities"], model.predict_proba(x[5:6]), atol=1e-5)
+
+
+def test_export_regressor_serves_values_without_probabilities(tmp_path, start_server):
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+
+    data = load_diabetes()
+    model = Ridge().fit(data.data, data.target)
+    joblib.dump(model, tmp_path / "ridge.joblib")
+    write_csv(tmp_path / "sample.csv", list(data.feature_names), data.data[:100])
+    out = tmp_path / "ridge.onnx"
+    result = run_script(
+        "scripts/export_onnx.py", str(tmp_path / "ridge.joblib"), str(tmp_path / "sample.csv"), str(out)
+    )
+    assert result.returncode == 0, result.stderr
+
+    srv = start_server({"MODEL_PATH": str(out)})
+    body = requests.post(srv.url + "/predict", json={"instances": data.data[:3].tolist()}).json()
+    assert "probabilities" not in body
+    np.testing.assert_allclose(body["predictions"], model.predict(data.data[:3]), rtol=1e-5)
+
+
+def test_export_fails_when_onnx_disagrees_with_the_original(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Variation far below float32 resolution at 1e6: the ONNX model (float32 input)
+    # cannot see what the float64 original learned from.
+    rng = np.random.default_rng(0)
+    x = 1e6 + rng.normal(0, 0.01, size=(200, 2))
+    y = (x[:, 0] > 1e6).astype(int)
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    joblib.dump(model, tmp_path / "fragile.joblib")
+    write_csv(tmp_path / "sample.csv", ["a", "b"], x)
+    out = tmp_path / "fragile.onnx"
+    result = run_script(
+        "scripts/export_onnx.py", str(tmp_path / "fragile.joblib"), str(tmp_path / "sample.csv"), str(out)
+    )
+    assert result.returncode == 1
+    assert "disagrees with the original" in result.stderr
+
+
+def test_export_rejects_a_sample_with_the_wrong_columns(tmp_path, dataset):
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, names = dataset
+    joblib.dump(DecisionTreeClassifier(max_depth=2).fit(x, x[:, 0] > 14), tmp_path / "tree.joblib")
+    write_csv(tmp_path / "sample.csv", names[:10], x[:20, :10])
+    result = run_script(
+        "scripts/export_onnx.py", str(tmp_path / "tree.joblib"), str(tmp_path / "sample.csv"), str(tmp_path / "t.onnx")
+    )
+    assert result.returncode != 0
+    assert "10 feature columns, but the model takes 30" in result.stderr
