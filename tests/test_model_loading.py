@@ -151,3 +151,24 @@ def test_bad_configuration_exits_with_the_variable_named(start_server):
     )
     assert result.returncode == 2
     assert "PORT='eighty': expected a whole number" in result.stderr
+
+
+def test_onnx_path_never_imports_scikit_learn(default_model):
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    code = (
+        "import sys\n"
+        "from func.config import Settings\n"
+        "from func.app import create_app\n"
+        f"app = create_app(Settings(model_path={str(default_model)!r}), load=False)\n"
+        "app.extensions['warmstart'].load()\n"
+        "assert app.extensions['warmstart'].ready\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy', 'skops', 'joblib', 'pandas'))\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
