@@ -166,8 +166,8 @@ def test_onnx_path_never_imports_scikit_learn(default_model):
         f"app = create_app(Settings(model_path={str(default_model)!r}), load=False)\n"
         "app.extensions['warmstart'].load()\n"
         "assert app.extensions['warmstart'].ready\n"
-        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy', 'skops', 'joblib', 'pandas'))\n"
-        "print(heavy)\n"
+        "heavy = ('sklearn', 'scipy', 'skops', 'joblib', 'pandas')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

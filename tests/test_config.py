@@ -1,0 +1,45 @@
+"""Settings read from the environment: defaults, parsing, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from func.config import ConfigError, Settings
+
+
+def test_defaults_match_the_spec():
+    s = Settings.from_env({"HOSTNAME": "x"})
+    assert (s.port, s.model_path, s.max_request_bytes, s.max_rows) == (8080, "models/model.onnx", 10485760, 10000)
+    assert (s.allow_pickle, s.model_sha256, s.k_sink) == (False, None, None)
+    assert (s.drift_threshold, s.drift_window, s.batch_allow) == (0.2, 1000, ("./data/",))
+    assert s.ce_source.startswith("/warmstart/")
+
+
+def test_knative_variables_label_the_service():
+    s = Settings.from_env({"K_SERVICE": "cancer", "K_REVISION": "cancer-00002", "K_CONFIGURATION": "cancer"})
+    assert s.ce_source == "/warmstart/cancer"
+    assert s.k_revision == "cancer-00002"
+
+
+def test_lists_and_flags_are_parsed():
+    env = {"BATCH_ALLOW": "./data/, s3://bucket/jobs/ ,", "ALLOW_PICKLE": "true", "SKOPS_TRUSTED": "a.B,c.D"}
+    s = Settings.from_env(env)
+    assert s.batch_allow == ("./data/", "s3://bucket/jobs/")
+    assert s.allow_pickle is True
+    assert s.skops_trusted == ("a.B", "c.D")
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PORT": "http"}, "PORT='http': expected a whole number"),
+        ({"MAX_ROWS": "0"}, "MAX_ROWS='0': must be at least 1"),
+        ({"ALLOW_PICKLE": "maybe"}, "ALLOW_PICKLE='maybe': expected 0 or 1"),
+        ({"DRIFT_THRESHOLD": "high"}, "DRIFT_THRESHOLD='high': expected a number"),
+        ({"MODEL_SHA256": "abc"}, "MODEL_SHA256='abc': expected 64 hexadecimal digits"),
+    ],
+)
+def test_bad_values_name_the_variable(env, message):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert str(info.value) == message
