@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, openapi
+from . import codecs, events, openapi
 from .config import Settings
 from .errors import NotReady, WarmstartError
 from .serving import Serving
@@ -50,8 +50,15 @@ def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return respond({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
 
-    @app.post("/predict")
+    event_handler = events.EventHandler(serving)
+
     @app.post("/")
+    def root() -> Response:
+        if events.is_cloudevent(request):
+            return event_handler.handle()
+        return predict()
+
+    @app.post("/predict")
     def predict() -> Response:
         body = serving.json_body()
         model = state.model

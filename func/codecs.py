@@ -74,11 +74,15 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
     return check_rows(np.asarray([features]), card, where, [features], one_row=True)
 
 
-def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = None, one_row: bool = False) -> np.ndarray:
+def check_rows(
+    array: np.ndarray, card: ModelCard, where: str, source: Any = None, one_row: bool = False, first_row: int = 0
+) -> np.ndarray:
     """Check a 2-D numeric array against the card and return it as float32.
 
     `source`, when given, is the original nested list, so a message can quote the value
-    that was wrong rather than its float32 rendering.
+    that was wrong rather than its float32 rendering. `one_row` names positions `where[c]`
+    rather than `where[r][c]`; `first_row` is the index of the array's first row in a
+    larger input (a chunk of a batch job).
     """
     if array.ndim != 2:
         raise InvalidInput(f"{where}: expected a 2-D array of rows, got {array.ndim} dimension(s)")
@@ -93,16 +97,49 @@ def check_rows(array: np.ndarray, card: ModelCard, where: str, source: Any = Non
     finite = np.isfinite(rows)
     if not finite.all():
         r, c = (int(i) for i in np.argwhere(~finite)[0])
-        value = source[r][c] if source is not None else array[r, c]
+        value = source[r][c] if source is not None else array[r, c].item()
         shown = "null" if value is None else repr(value)
         reason = (
             "is out of float32 range"
             if isinstance(value, (int, float)) and math.isfinite(value)
             else "is not a finite number"
         )
-        position = f"{where}[{c}]" if one_row else f"{where}[{r}][{c}]"
+        position = f"{where}[{c}]" if one_row else f"{where}[{r + first_row}][{c}]"
         raise InvalidInput(f"{position} ({card.feature_names[c]}): {shown} {reason}")
     return rows
+
+
+def rows_from_columns(columns: dict[str, Any], card: ModelCard, where: str, first_row: int = 0) -> np.ndarray:
+    """A chunk of a table (CSV, JSONL, Parquet) with one column per feature name, in any
+    order and with extra columns beside them, as validated float32 rows."""
+    missing = [name for name in card.feature_names if name not in columns]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InvalidInput(f"{where}: missing feature column(s) {', '.join(map(repr, missing[:5]))}{more}")
+    array = np.empty((len(columns[card.feature_names[0]]), card.n_features), dtype=np.float64)
+    for c, name in enumerate(card.feature_names):
+        column = np.asarray(columns[name])
+        try:
+            # Text columns of numbers ("1001.0" in a CSV whose column also holds text) convert.
+            if column.dtype.kind not in _NUMBER_KINDS:
+                column = np.array([np.nan if v is None else v for v in column.tolist()]).astype(np.float64)
+            array[:, c] = column
+        except (TypeError, ValueError):
+            r, value = _first_non_number(column)
+            raise InvalidInput(
+                f"{where}[{r + first_row}][{c}] ({name}): expected a number, got {_json_type(value)} {_short(value)}"
+            ) from None
+    return check_rows(array, card, where, first_row=first_row)
+
+
+def _first_non_number(column: np.ndarray) -> tuple[int, Any]:
+    for r, value in enumerate(column.tolist()):
+        try:
+            float(value)
+        except (TypeError, ValueError):
+            if value is not None:
+                return r, value
+    return 0, column[0]
 
 
 def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[list[Any]]:

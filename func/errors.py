@@ -27,6 +27,13 @@ class MalformedRequest(WarmstartError):
     code = "malformed_request"
 
 
+class UnknownEventType(WarmstartError):
+    """A CloudEvent of a type this function does not handle (not retried by Knative)."""
+
+    status = 400
+    code = "unknown_event_type"
+
+
 class Forbidden(WarmstartError):
     status = 403
     code = "forbidden"

@@ -35,6 +35,10 @@ class Serving:
             all_headers.update(headers)
         return Response(codecs.dump_json(body), status, all_headers, mimetype="application/json")
 
+    def respond_bytes(self, body: bytes | str, headers: dict[str, str]) -> Response:
+        """A response whose body and Content-Type the caller already encoded (a reply event)."""
+        return Response(body, 200, {**self.model_headers(), **headers})
+
     def json_body(self) -> Any:
         """The request body parsed as JSON; no Content-Type counts as JSON (OIP clients send none)."""
         mimetype = request.mimetype

@@ -44,7 +44,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         return self
 
     def wait_listening(self, timeout: float = 30) -> None:
@@ -82,8 +84,13 @@ class ServerProcess:
             self._log.close()
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL the server and every worker it forked, as a node failure would."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
         if hasattr(self, "_log"):
             self._log.close()

@@ -1,0 +1,246 @@
+"""Batch jobs: read a table in chunks, predict each chunk, write the output atomically.
+
+Input and output are URIs opened through fsspec (local paths and file:// always; s3://,
+gs://, http(s):// when their backend package is installed). Only URIs under a BATCH_ALLOW
+prefix are touched, after `..` and symbolic links are resolved. The output is written to
+a temporary name beside it and renamed into place when complete, so a job killed half-way
+leaves nothing under the output name and a re-delivered job leaves exactly one output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from . import codecs
+from .errors import Forbidden, InvalidInput
+from .model import Model
+
+FORMATS = ("csv", "jsonl", "parquet")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+# 64k rows of 30 float64 features is 15 MB per chunk: large enough that per-chunk overhead
+# vanishes next to inference, small enough that memory stays flat whatever the input size.
+CHUNK_ROWS = 65_536
+# pyarrow's CSV reader works in blocks of bytes, not rows; 8 MB holds ~40k rows of 30 features.
+CSV_BLOCK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    input: str
+    output: str
+    format: str | None = None
+
+    @classmethod
+    def from_event_data(cls, data: Any) -> BatchJob:
+        """Validate a warmstart.batch.v1 event's data: {"input", "output", "format"?}."""
+        if not isinstance(data, dict):
+            raise InvalidInput('event data: expected an object {"input": URI, "output": URI, "format": ...}')
+        for key in ("input", "output"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise InvalidInput(f"event data: {key!r} must be a non-empty URI string")
+        fmt = data.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise InvalidInput(f"event data: format {fmt!r} is not one of {', '.join(FORMATS)}")
+        return cls(data["input"], data["output"], fmt)
+
+    def formats(self) -> tuple[str, str]:
+        """(input format, output format): `format` or the input's extension; the output's
+        own extension, else the input format."""
+        input_format = self.format or _format_from_extension(self.input, "input")
+        return input_format, _format_from_extension(self.output, "output", default=input_format)
+
+
+def _format_from_extension(uri: str, field: str, default: str | None = None) -> str:
+    ext = posixpath.splitext(urlsplit(uri).path)[1].lower()
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    if default is not None:
+        return default
+    raise InvalidInput(
+        f"event data: cannot tell the format of {field} {uri!r} from its extension; "
+        f'set "format" to one of {", ".join(FORMATS)}'
+    )
+
+
+def resolve_allowed(uri: str, allow: tuple[str, ...], field: str) -> str:
+    """The URI with `..` and links resolved, if it lies under an allowed prefix; else 403."""
+    resolved = _resolve(uri)
+    for prefix in allow:
+        root = _resolve(prefix)
+        if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
+            return resolved
+    raise Forbidden(f"{field} {uri!r} is outside BATCH_ALLOW ({', '.join(allow)})")
+
+
+def _resolve(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        path = parts.path if parts.scheme == "file" else uri
+        return os.path.realpath(path)
+    return f"{parts.scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path)}"
+
+
+def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) -> dict[str, Any]:
+    """Run a batch job and return the completion event's data."""
+    started = time.perf_counter()
+    source = resolve_allowed(job.input, allow, "input")
+    target = resolve_allowed(job.output, allow, "output")
+    input_format, output_format = job.formats()
+    in_fs, in_path = _filesystem(source, "input")
+    out_fs, out_path = _filesystem(target, "output")
+    if not in_fs.isfile(in_path):
+        raise InvalidInput(f"input {job.input!r}: no such file")
+    parent = posixpath.dirname(out_path)
+    if not out_fs.isdir(parent):
+        raise InvalidInput(f"output {job.output!r}: folder {parent!r} does not exist")
+
+    # One temporary name per event id: a re-delivery first removes what a killed attempt
+    # of the same event left behind, then writes its own.
+    stem = f"{parent}/.{posixpath.basename(out_path)}.{hashlib.sha256(job_id.encode()).hexdigest()[:16]}"
+    for stale in out_fs.glob(stem + ".*.partial"):
+        out_fs.rm(stale)
+    partial = f"{stem}.{uuid.uuid4().hex[:8]}.partial"
+    rows = 0
+    try:
+        with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
+            writer = _writer(output_format, sink)
+            try:
+                for chunk in _read_chunks(reader, input_format, job.input):
+                    writer.write(_predict_chunk(chunk, model, job.input, rows))
+                    rows += chunk.num_rows
+            finally:
+                writer.close()
+        out_fs.mv(partial, out_path)
+    except BaseException:
+        if out_fs.exists(partial):
+            out_fs.rm(partial)
+        raise
+    return {
+        "input": job.input,
+        "output": job.output,
+        "rows": rows,
+        "duration_s": round(time.perf_counter() - started, 3),
+        "model": {"name": model.card.name, "version": model.card.version},
+    }
+
+
+def _filesystem(uri: str, field: str) -> tuple[Any, str]:
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as exc:
+        raise InvalidInput(f"{field} {uri!r}: this scheme needs a package that is not installed ({exc})") from None
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {uri!r}: {exc}") from None
+
+
+def _read_chunks(stream: Any, fmt: str, uri: str) -> Iterator[Any]:
+    """Record batches of the input, whatever its format, decoded with pyarrow."""
+    import pyarrow as pa
+
+    try:
+        if fmt == "csv":
+            import pyarrow.csv as pacsv
+
+            reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+            yield from reader
+        elif fmt == "jsonl":
+            import pyarrow.json as pajson
+
+            reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=CSV_BLOCK_BYTES))
+            yield from reader
+        else:
+            import pyarrow.parquet as pq
+
+            yield from pq.ParquetFile(stream).iter_batches(batch_size=CHUNK_ROWS)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int) -> Any:
+    """Predict a record batch; the output keeps every non-feature column (ids, keys)
+    and adds `prediction` and, for classifiers, one `probability_<class>` per class."""
+    import pyarrow as pa
+
+    card = model.card
+    names = chunk.schema.names
+    columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
+    rows = codecs.rows_from_columns(columns, card, f"input {uri!r} row", first_row)
+    prediction = model.predict(rows)
+    features = set(card.feature_names)
+    out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
+    out["prediction"] = pa.array(prediction.labels)
+    if prediction.probabilities is not None:
+        for j, label in enumerate(card.class_labels or range(prediction.probabilities.shape[1])):
+            out[f"probability_{label}"] = pa.array(prediction.probabilities[:, j])
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _column_values(column: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+        if column.null_count:
+            column = column.cast(pa.float64())
+        return column.to_numpy(zero_copy_only=False)
+    if pa.types.is_null(column.type):
+        return np.full(len(column), np.nan)
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+class _JsonLinesWriter:
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def write(self, batch: Any) -> None:
+        option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        self.sink.write(b"".join(orjson.dumps(row, option=option) for row in batch.to_pylist()))
+
+    def close(self) -> None:
+        pass
+
+
+class _ArrowWriter:
+    """Opens the pyarrow CSV or Parquet writer on the first batch, when the schema is known."""
+
+    def __init__(self, fmt: str, sink: Any) -> None:
+        self.fmt, self.sink, self.writer = fmt, sink, None
+
+    def write(self, batch: Any) -> None:
+        if self.writer is None:
+            if self.fmt == "csv":
+                import pyarrow.csv as pacsv
+
+                self.writer = pacsv.CSVWriter(self.sink, batch.schema)
+            else:
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.sink, batch.schema)
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _writer(fmt: str, sink: Any) -> Any:
+    return _JsonLinesWriter(sink) if fmt == "jsonl" else _ArrowWriter(fmt, sink)

@@ -1,0 +1,119 @@
+"""CloudEvents in, reply events out: how warmstart serves Knative Eventing.
+
+An event arrives as `POST /` in binary mode (ce-* headers) or structured mode
+(application/cloudevents+json); the reply goes back in the same mode. Bad events get
+400/422 (Knative does not retry them; they go to the dead-letter sink); not ready or
+busy gets 503 (Knative retries).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+from cloudevents import exceptions as ce_errors
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+from flask import Request, Response, request
+
+from . import batch, codecs
+from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType
+from .serving import Serving
+
+PREDICT = "warmstart.predict.v1"
+PREDICTION = "warmstart.prediction.v1"
+BATCH = "warmstart.batch.v1"
+BATCH_COMPLETED = "warmstart.batch.completed.v1"
+STRUCTURED = "application/cloudevents+json"
+BATCHED = "application/cloudevents-batch+json"
+# Extensions a reply carries over from its request (W3C trace context, as Knative's
+# brokers propagate it).
+TRACE_EXTENSIONS = ("traceparent", "tracestate")
+
+
+def is_cloudevent(req: Request) -> bool:
+    """Binary mode has ce-specversion; structured and batched mode have their media type."""
+    mimetype = req.mimetype
+    return "ce-specversion" in req.headers or mimetype == STRUCTURED or mimetype == BATCHED
+
+
+class EventHandler:
+    def __init__(self, serving: Serving) -> None:
+        self.serving = serving
+        # One batch job per process at a time: a job saturates a core for seconds, and a
+        # second one would only slow both. Knative retries the 503 on another pod.
+        self._batch_slot = threading.BoundedSemaphore(1)
+
+    def handle(self) -> Response:
+        if request.mimetype == BATCHED:
+            raise UnsupportedMediaType(
+                f"batched CloudEvents ({BATCHED}) are not supported; send one event per request, "
+                "in binary or structured mode"
+            )
+        event = self._parse()
+        kind = event["type"]
+        if kind == PREDICT:
+            reply_type, data = PREDICTION, self._predict(event.data)
+        elif kind == BATCH:
+            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
+        else:
+            raise UnknownEventType(f"event type {kind!r} is not handled here; send {PREDICT!r} or {BATCH!r}")
+        return self._reply(event, reply_type, data)
+
+    def _parse(self) -> CloudEvent:
+        body = self.serving.body_bytes()
+        try:
+            return from_http(dict(request.headers), body, data_unmarshaller=_data_from_bytes)
+        except MalformedRequest:
+            raise
+        except ce_errors.GenericException as exc:
+            raise MalformedRequest(f"not a valid CloudEvent: {_shorten(str(exc))}") from None
+
+    def _predict(self, data: Any) -> dict[str, Any]:
+        model = self.serving.state.model
+        rows, single = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
+        return codecs.prediction_body(model.predict(rows), model.card, single)
+
+    def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
+        job = batch.BatchJob.from_event_data(data)
+        model = self.serving.state.model
+        if not self._batch_slot.acquire(blocking=False):
+            raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
+        try:
+            return batch.run_job(job, model, self.serving.settings.batch_allow, event_id)
+        finally:
+            self._batch_slot.release()
+
+    def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any]) -> Response:
+        attributes = {"type": reply_type, "source": self.serving.settings.ce_source, "causationid": event["id"]}
+        if event.get("subject") is not None:
+            attributes["subject"] = event["subject"]
+        for name in TRACE_EXTENSIONS:
+            if event.get(name) is not None:
+                attributes[name] = event[name]
+        reply = CloudEvent(attributes, data)
+        if request.mimetype == STRUCTURED:
+            # The SDK writes the envelope with json.dumps, which needs plain Python data.
+            headers, body = to_structured(reply, data_marshaller=_plain_json)
+        else:
+            headers, body = to_binary(reply, data_marshaller=codecs.dump_json)
+            headers["Content-Type"] = "application/json"
+        if "traceparent" in request.headers:
+            headers["traceparent"] = request.headers["traceparent"]
+        return self.serving.respond_bytes(body, headers)
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _plain_json(data: Any) -> Any:
+    return orjson.loads(codecs.dump_json(data))
+
+
+def _data_from_bytes(body: bytes | str) -> Any:
+    """Event data as JSON: the SDK hands binary-mode bodies here."""
+    if isinstance(body, str):
+        body = body.encode()
+    return codecs.parse_json(body) if body else None

@@ -1,0 +1,258 @@
+"""warmstart.batch.v1 jobs: CSV, JSON lines and Parquet in, predictions out, atomically."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+from tests.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("jobs")
+
+
+@pytest.fixture(scope="module")
+def batch_server(jobs, tmp_path_factory, default_model):
+    proc = ServerProcess({"BATCH_ALLOW": f"{jobs}/"}, log_dir=tmp_path_factory.mktemp("log")).start()
+    proc.wait_ready()
+    yield proc
+    proc.kill()
+
+
+def table(x: np.ndarray, names: list[str], n: int, shuffle_columns: bool = True) -> pa.Table:
+    """n rows with an id column and the feature columns in a shuffled order."""
+    order = list(np.random.default_rng(1).permutation(len(names))) if shuffle_columns else list(range(len(names)))
+    columns = {"patient_id": [f"p{i}" for i in range(n)]}
+    rows = x[np.arange(n) % len(x)]
+    for j in order:
+        columns[names[j]] = rows[:, j]
+    return pa.table(columns)
+
+
+def write(path: Path, tab: pa.Table) -> Path:
+    if path.suffix == ".csv":
+        pacsv.write_csv(tab, path)
+    elif path.suffix == ".parquet":
+        pq.write_table(tab, path)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in tab.to_pylist()))
+    return path
+
+
+def read(path: Path) -> pa.Table:
+    if path.suffix == ".csv":
+        return pacsv.read_csv(path)
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    return pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])
+
+
+def batch_event(data: dict, event_id: str = "job-1") -> CloudEvent:
+    return CloudEvent({"type": "warmstart.batch.v1", "source": "/tests", "id": event_id, "subject": "nightly"}, data)
+
+
+def send(url: str, event: CloudEvent, structured: bool = False, timeout: float = 120) -> requests.Response:
+    headers, body = (to_structured if structured else to_binary)(event)
+    return requests.post(url + "/", data=body, headers=headers, timeout=timeout)
+
+
+def error_of(resp) -> dict:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_batch_job_predicts_every_row_and_keeps_extra_columns(batch_server, jobs, dataset, suffix):
+    x, names = dataset
+    src = write(jobs / f"in{suffix}", table(x, names, 300))
+    out = jobs / f"out{suffix}"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}, f"job{suffix}"))
+    assert resp.status_code == 200, resp.text
+    reply = from_http(resp.headers, resp.content)
+    assert reply["type"] == "warmstart.batch.completed.v1"
+    assert reply["causationid"] == f"job{suffix}"
+    assert reply["subject"] == "nightly"
+    assert reply.data["rows"] == 300
+    assert reply.data["input"] == str(src) and reply.data["output"] == str(out)
+    assert reply.data["model"] == {"name": "breast-cancer-rf", "version": "1"}
+    assert reply.data["duration_s"] >= 0
+
+    result = read(out)
+    assert result.column_names == ["patient_id", "prediction", "probability_0", "probability_1"]
+    assert result.column("patient_id").to_pylist() == [f"p{i}" for i in range(300)]
+    expected = requests.post(
+        batch_server.url + "/predict", json={"instances": x[np.arange(300) % len(x)].tolist()}
+    ).json()
+    assert result.column("prediction").to_pylist() == expected["predictions"]
+    np.testing.assert_allclose(
+        result.column("probability_1").to_numpy(), [p[1] for p in expected["probabilities"]], atol=1e-6
+    )
+
+
+def test_format_field_overrides_the_extension_and_output_format_follows_its_own(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "rows.csv", table(x, names, 20))
+    odd = jobs / "rows.data"
+    odd.write_bytes(src.read_bytes())
+    out = jobs / "rows-out.parquet"
+    resp = send(batch_server.url, batch_event({"input": f"file://{odd}", "output": str(out), "format": "csv"}))
+    assert resp.status_code == 200, resp.text
+    assert pq.read_table(out).num_rows == 20
+
+
+def test_redelivered_event_leaves_one_complete_output(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "again.csv", table(x, names, 500))
+    out = jobs / "again-out.csv"
+    event = batch_event({"input": str(src), "output": str(out)}, "same-id")
+    first = send(batch_server.url, event)
+    second = send(batch_server.url, event, structured=True)
+    assert first.status_code == second.status_code == 200
+    assert read(out).num_rows == 500
+    assert sorted(p.name for p in jobs.iterdir() if p.name.startswith(".again-out")) == []
+
+
+def test_structured_batch_event_gets_structured_reply(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "s.jsonl", table(x, names, 10))
+    resp = send(
+        batch_server.url, batch_event({"input": str(src), "output": str(jobs / "s-out.jsonl")}), structured=True
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Content-Type"].startswith("application/cloudevents+json")
+    assert json.loads(resp.content)["data"]["rows"] == 10
+
+
+@pytest.mark.parametrize(
+    "make_input, output, status, message",
+    [
+        (lambda d: d / "nope.csv", "o.csv", 422, "no such file"),
+        (lambda d: d / "in.csv", "missing-folder/o.csv", 422, "does not exist"),
+        (lambda d: d / ".." / "elsewhere.csv", "o.csv", 403, "outside BATCH_ALLOW"),
+        (lambda d: Path("/etc/passwd"), "o.csv", 403, "outside BATCH_ALLOW"),
+        (lambda d: d / "in.csv", "/tmp/escape.csv", 403, "outside BATCH_ALLOW"),
+        (lambda d: d / "in.unknown", "o.csv", 422, "cannot tell the format"),
+    ],
+    ids=["missing", "no-output-folder", "dotdot", "absolute", "output-outside", "unknown-format"],
+)
+def test_bad_job_locations_are_refused(batch_server, jobs, dataset, make_input, output, status, message):
+    x, names = dataset
+    write(jobs / "in.csv", table(x, names, 5))
+    data = {"input": str(make_input(jobs)), "output": output if output.startswith("/") else str(jobs / output)}
+    resp = send(batch_server.url, batch_event(data))
+    assert resp.status_code == status, resp.text
+    assert message in error_of(resp)["message"]
+
+
+def test_symlink_out_of_the_allowed_folder_is_403(batch_server, jobs, tmp_path, dataset):
+    x, names = dataset
+    secret = write(tmp_path / "secret.csv", table(x, names, 5))
+    link = jobs / "link.csv"
+    link.symlink_to(secret)
+    resp = send(batch_server.url, batch_event({"input": str(link), "output": str(jobs / "o.csv")}))
+    assert resp.status_code == 403
+    assert "outside BATCH_ALLOW" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ("in.csv", "expected an object"),
+        ({"input": "x.csv"}, "'output' must be a non-empty URI string"),
+        ({"input": "x.csv", "output": "y.csv", "format": "xlsx"}, "format 'xlsx' is not one of csv, jsonl, parquet"),
+    ],
+)
+def test_invalid_job_data_is_422(batch_server, data, message):
+    resp = send(batch_server.url, batch_event(data))
+    assert resp.status_code == 422
+    assert message in error_of(resp)["message"]
+
+
+def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server, jobs, dataset):
+    x, names = dataset
+    tab = table(x, names, 50, shuffle_columns=False)
+    values = tab.column("mean texture").to_pylist()
+    values[37] = None
+    tab = tab.set_column(tab.column_names.index("mean texture"), "mean texture", pa.array(values))
+    src = write(jobs / "holes.parquet", tab)
+    out = jobs / "holes-out.parquet"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 422
+    assert "row[37][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
+    assert not out.exists()
+    assert not [p for p in jobs.iterdir() if p.name.startswith(".holes-out")]
+
+    words = table(x, names, 10, shuffle_columns=False)
+    area = [str(v) for v in words.column("mean area").to_pylist()]
+    area[3] = "lots"
+    words = words.set_column(words.column_names.index("mean area"), "mean area", pa.array(area))
+    src = write(jobs / "words.csv", words)
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "w.csv")}))
+    assert resp.status_code == 422
+    assert 'row[3][3] (mean area): expected a number, got string "lots"' in error_of(resp)["message"]
+
+
+def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "narrow.csv", table(x, names, 5).drop_columns(["worst area"]))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "n.csv")}))
+    assert resp.status_code == 422
+    assert "missing feature column(s) 'worst area'" in error_of(resp)["message"]
+
+
+def test_second_concurrent_job_in_one_instance_is_503(start_server, tmp_path, dataset):
+    x, names = dataset
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1"})
+    big = write(tmp_path / "big.parquet", table(x, names, 400_000, shuffle_columns=False))
+    first = threading.Thread(
+        target=send, args=(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "a.parquet")}, "a"))
+    )
+    first.start()
+    deadline = time.monotonic() + 20
+    while not list(tmp_path.glob(".a.parquet.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    resp = send(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "b.parquet")}, "b"))
+    first.join(60)
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] == "5"
+
+
+def test_job_killed_half_way_leaves_no_output_and_redelivery_completes_it(start_server, tmp_path, dataset):
+    x, names = dataset
+    env = {"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1"}
+    src = write(tmp_path / "big.csv", table(x, names, 300_000, shuffle_columns=False))
+    out = tmp_path / "big-out.csv"
+    event = batch_event({"input": str(src), "output": str(out)}, "nightly-0001")
+
+    srv = start_server(env)
+    sender = threading.Thread(target=lambda: pytest.raises(requests.ConnectionError, send, srv.url, event))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".big-out.csv.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)
+    srv.kill()
+    sender.join(30)
+    assert not out.exists(), "a killed job must leave nothing under the output name"
+    assert list(tmp_path.glob(".big-out.csv.*.partial")), "the job should have been killed mid-way"
+
+    again = start_server(env)
+    resp = send(again.url, event)
+    assert resp.status_code == 200, resp.text
+    assert from_http(resp.headers, resp.content).data["rows"] == 300_000
+    assert pacsv.read_csv(out).num_rows == 300_000
+    assert not list(tmp_path.glob(".big-out.csv.*.partial"))

@@ -1,0 +1,153 @@
+"""CloudEvents on POST /: predictions and replies in both content modes, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def send(url: str, event: CloudEvent, structured: bool = False, headers: dict[str, str] | None = None):
+    encode = to_structured if structured else to_binary
+    ce_headers, body = encode(event)
+    return requests.post(url + "/", data=body, headers={**ce_headers, **(headers or {})})
+
+
+def predict_event(data, **attributes) -> CloudEvent:
+    return CloudEvent({"type": "warmstart.predict.v1", "source": "/tests", **attributes}, data)
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_predict_event_reply_equals_predict_response(server, dataset, structured):
+    x, _ = dataset
+    body = {"instances": x[:8].tolist()}
+    event = predict_event(body, id="req-1", subject="patients/42")
+    resp = send(server.url, event, structured, headers={"traceparent": TRACEPARENT})
+    assert resp.status_code == 200, resp.text
+    if structured:
+        assert resp.headers["Content-Type"].startswith("application/cloudevents+json")
+    else:
+        assert resp.headers["ce-specversion"] == "1.0"
+    reply = from_http(resp.headers, resp.content)
+    assert reply["type"] == "warmstart.prediction.v1"
+    assert reply["source"].startswith("/warmstart/")
+    assert reply["id"] != "req-1"
+    assert reply["subject"] == "patients/42"
+    assert reply["causationid"] == "req-1"
+    assert resp.headers["traceparent"] == TRACEPARENT
+    assert reply.data == requests.post(server.url + "/predict", json=body).json()
+
+
+def test_reply_carries_traceparent_extension_and_our_source(start_server, dataset):
+    x, _ = dataset
+    srv = start_server({"CE_SOURCE": "/warmstart/cancer", "K_SERVICE": "cancer"})
+    event = predict_event({"features": x[0].tolist()}, traceparent=TRACEPARENT)
+    reply = from_http(*_headers_and_body(send(srv.url, event)))
+    assert reply["source"] == "/warmstart/cancer"
+    assert reply["traceparent"] == TRACEPARENT
+    assert "subject" not in reply
+    assert reply.data["probability"] == reply.data["probabilities"][0][1]
+
+
+def _headers_and_body(resp):
+    assert resp.status_code == 200, resp.text
+    return resp.headers, resp.content
+
+
+def test_plain_json_on_root_is_still_a_prediction(server, dataset):
+    x, _ = dataset
+    resp = requests.post(server.url + "/", json={"features": x[0].tolist()})
+    assert resp.status_code == 200
+    assert "ce-specversion" not in resp.headers
+
+
+def error_of(resp) -> dict:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def test_unknown_event_type_is_400(server):
+    resp = send(server.url, CloudEvent({"type": "com.example.other", "source": "/t"}, {"x": 1}))
+    assert resp.status_code == 400
+    assert "event type 'com.example.other' is not handled here" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("structured", [False, True], ids=["binary", "structured"])
+def test_invalid_predict_data_is_422_naming_the_field(server, structured):
+    resp = send(server.url, predict_event({"instances": [[1.0, 2.0]]}), structured)
+    assert resp.status_code == 422
+    assert "expected 30 features per row, got 2" in error_of(resp)["message"]
+    resp = send(server.url, predict_event({"instances": [[None] * 30]}), structured)
+    assert resp.status_code == 422
+    assert "instances[0][0] (mean radius): null is not a number" in error_of(resp)["message"]
+
+
+def test_event_without_data_is_422(server):
+    resp = send(server.url, predict_event(None))
+    assert resp.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "headers, body",
+    [
+        ({"ce-specversion": "1.0", "ce-type": "warmstart.predict.v1", "ce-source": "/t"}, b'{"features": [1]}'),
+        ({"ce-specversion": "0.1", "ce-type": "warmstart.predict.v1", "ce-source": "/t", "ce-id": "1"}, b"{}"),
+        ({"Content-Type": "application/cloudevents+json"}, b'{"specversion": "1.0", "type": "x"'),
+        ({"Content-Type": "application/cloudevents+json"}, b'{"specversion": "1.0", "source": "/t", "id": "1"}'),
+        (
+            {
+                "ce-specversion": "1.0",
+                "ce-type": "warmstart.predict.v1",
+                "ce-source": "/t",
+                "ce-id": "1",
+                "Content-Type": "application/json",
+            },
+            b'{"features": [1, 2',
+        ),
+    ],
+    ids=["no-id", "bad-specversion", "truncated-structured", "structured-no-type", "truncated-data"],
+)
+def test_malformed_events_are_400(server, headers, body):
+    resp = requests.post(server.url + "/", data=body, headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert error_of(resp)["code"] == "malformed_request"
+
+
+def test_batched_content_mode_is_415(server):
+    batch = [to_structured(predict_event({"features": [1.0] * 30}))[1].decode()]
+    resp = requests.post(
+        server.url + "/",
+        data="[" + ",".join(batch) + "]",
+        headers={"Content-Type": "application/cloudevents-batch+json"},
+    )
+    assert resp.status_code == 415
+    assert "one event per request" in error_of(resp)["message"]
+
+
+def test_event_before_the_model_is_ready_is_503(start_server, tmp_path):
+    srv = start_server({"MODEL_PATH": str(tmp_path / "missing.onnx")}, ready=False)
+    resp = send(srv.url, predict_event({"features": [1.0] * 30}))
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"]
+
+
+def test_structured_event_with_nan_data_is_422(server):
+    envelope = {
+        "specversion": "1.0",
+        "type": "warmstart.predict.v1",
+        "source": "/t",
+        "id": "nan-1",
+        "datacontenttype": "application/json",
+        "data": {"features": [float("nan")] * 30},
+    }
+    resp = requests.post(
+        server.url + "/", data=json.dumps(envelope), headers={"Content-Type": "application/cloudevents+json"}
+    )
+    assert resp.status_code == 422
+    assert "features[0] (mean radius): nan is not a finite number" in error_of(resp)["message"]
