@@ -69,6 +69,7 @@ class Settings:
     drift_threshold: float = 0.2
     drift_window: int = 1000
     batch_allow: tuple[str, ...] = ("./data/",)
+    batch_wait_s: float = 30.0
     k_service: str | None = None
     k_revision: str | None = None
     k_configuration: str | None = None
@@ -101,6 +102,7 @@ class Settings:
             drift_threshold=_float(env, "DRIFT_THRESHOLD", 0.2),
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
             batch_allow=allow,
+            batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
             k_service=k_service,
             k_revision=env.get("K_REVISION") or None,
             k_configuration=env.get("K_CONFIGURATION") or None,

@@ -42,7 +42,8 @@ class EventHandler:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
         # One batch job per process at a time: a job saturates a core for seconds, and a
-        # second one would only slow both. Knative retries the 503 on another pod.
+        # second one would only slow both. The next one waits BATCH_WAIT_S for its turn,
+        # then gets 503, which Knative retries (possibly on another pod).
         self._batch_slot = threading.BoundedSemaphore(1)
 
     def handle(self) -> Response:
@@ -78,7 +79,7 @@ class EventHandler:
     def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
-        if not self._batch_slot.acquire(blocking=False):
+        if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         try:
             return batch.run_job(job, model, self.serving.settings.batch_allow, event_id)

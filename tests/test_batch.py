@@ -214,9 +214,9 @@ def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
     assert "missing feature column(s) 'worst area'" in error_of(resp)["message"]
 
 
-def test_second_concurrent_job_in_one_instance_is_503(start_server, tmp_path, dataset):
+def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_server, tmp_path, dataset):
     x, names = dataset
-    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1"})
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1", "BATCH_WAIT_S": "0.2"})
     big = write(tmp_path / "big.parquet", table(x, names, 400_000, shuffle_columns=False))
     first = threading.Thread(
         target=send, args=(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "a.parquet")}, "a"))
@@ -256,3 +256,40 @@ def test_job_killed_half_way_leaves_no_output_and_redelivery_completes_it(start_
     assert from_http(resp.headers, resp.content).data["rows"] == 300_000
     assert pacsv.read_csv(out).num_rows == 300_000
     assert not list(tmp_path.glob(".big-out.csv.*.partial"))
+
+
+def test_submit_batch_fans_out_one_event_per_part_and_is_idempotent(start_server, tmp_path, dataset):
+    import subprocess
+    import sys
+
+    from tests.server import ROOT
+
+    x, names = dataset
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i in range(4):
+        write(parts / f"part-{i:03d}.parquet", table(x, names, 100 + i))
+    (parts / "notes.txt").write_text("not a part")
+    (tmp_path / "predictions").mkdir()
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/"})
+    cmd = [
+        sys.executable,
+        "scripts/submit_batch.py",
+        str(parts),
+        str(tmp_path / "predictions"),
+        srv.url,
+        "--parallel",
+        "2",
+    ]
+    for _ in range(2):
+        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "4 parts: 4 completed (406 rows), 0 accepted for async delivery, 0 failed" in result.stdout
+        assert "4/4" in result.stderr
+    outputs = sorted(p.name for p in (tmp_path / "predictions").iterdir())
+    assert outputs == [f"part-{i:03d}.parquet" for i in range(4)]
+    assert pq.read_table(tmp_path / "predictions" / "part-002.parquet").num_rows == 102
+
+    bad = subprocess.run([*cmd[:3], "/etc", srv.url], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1
+    assert "0 completed" in bad.stdout and "403 output" in bad.stdout

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Batch-job throughput and memory: warmstart's warmstart.batch.v1 against onnxruntime
+called directly in-process on the same rows.
+
+    .venv/bin/python loadtests/bench_batch.py [--rows 100000 1000000] [--repeat 3]
+
+For each size and format (CSV, Parquet) a fresh server (one worker) runs the job, so the
+worker's peak RSS (VmHWM) belongs to that job alone. Rows/s is rows over the job time the
+server reports; the direct figure is onnxruntime on the same rows already in memory, with
+warmstart's session options and with onnxruntime's defaults. Loopback only; bounded by
+--repeat. Writes loadtests/results/batch.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import requests
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.server import ServerProcess  # noqa: E402
+
+MODEL = ROOT / "models" / "model.onnx"
+
+
+def make_table(rows: int, names: list[str], seed: int = 0) -> pa.Table:
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data
+    rng = np.random.default_rng(seed)
+    picked = x[rng.integers(0, len(x), rows)] * rng.uniform(0.95, 1.05, (rows, x.shape[1]))
+    columns = {"id": np.arange(rows)}
+    columns.update({name: picked[:, j] for j, name in enumerate(names)})
+    return pa.table(columns)
+
+
+def worker_peak_rss_mb(master_pid: int) -> float:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    peaks = []
+    for pid in children:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peaks.append(int(line.split()[1]) / 1024)
+    return max(peaks)
+
+
+def run_job(src: Path, out: Path, work: Path, job_id: str) -> dict:
+    server = ServerProcess({"BATCH_ALLOW": f"{work}/", "WORKERS": "1"}, log_dir=work).start()
+    try:
+        server.wait_ready()
+        event = CloudEvent(
+            {"type": "warmstart.batch.v1", "source": "/bench", "id": job_id}, {"input": str(src), "output": str(out)}
+        )
+        headers, body = to_binary(event)
+        started = time.perf_counter()
+        resp = requests.post(server.url + "/", data=body, headers=headers, timeout=600)
+        wall = time.perf_counter() - started
+        resp.raise_for_status()
+        data = from_http(resp.headers, resp.content).data
+        return {
+            "rows": data["rows"],
+            "job_s": data["duration_s"],
+            "wall_s": wall,
+            "peak_rss_mb": worker_peak_rss_mb(server.proc.pid),
+        }
+    finally:
+        server.kill()
+
+
+def direct_rows_per_s(x: np.ndarray, options: ort.SessionOptions | None, chunk: int, repeat: int) -> float:
+    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        for i in range(0, len(x), chunk):
+            session.run(None, {name: x[i : i + chunk]})
+        times.append(time.perf_counter() - started)
+    return len(x) / statistics.median(times)
+
+
+def warmstart_options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return options
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "batch.json")
+    args = parser.parse_args()
+
+    meta = json.loads(ort.InferenceSession(str(MODEL)).get_modelmeta().custom_metadata_map["warmstart.card"])
+    names = meta["feature_names"]
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        work = Path(tmp)
+        for rows in args.rows:
+            tab = make_table(rows, names)
+            files = {"csv": work / f"in-{rows}.csv", "parquet": work / f"in-{rows}.parquet"}
+            pacsv.write_csv(tab, files["csv"])
+            pq.write_table(tab, files["parquet"])
+            x = np.column_stack([tab.column(n).to_numpy() for n in names]).astype(np.float32)
+            direct_one = direct_rows_per_s(x, warmstart_options(), 65_536, args.repeat)
+            direct_default = direct_rows_per_s(x, None, 65_536, args.repeat)
+            for fmt, src in files.items():
+                runs = [run_job(src, work / f"out-{rows}.{fmt}", work, f"{fmt}-{rows}-{i}") for i in range(args.repeat)]
+                job_s = statistics.median(r["job_s"] for r in runs)
+                entry = {
+                    "format": fmt,
+                    "rows": rows,
+                    "input_mb": round(src.stat().st_size / 1e6, 1),
+                    "job_s": job_s,
+                    "rows_per_s": rows / job_s,
+                    "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+                    "direct_rows_per_s_1_thread": direct_one,
+                    "direct_rows_per_s_default_threads": direct_default,
+                }
+                entry["ratio_to_direct_1_thread"] = entry["rows_per_s"] / direct_one
+                entry["ratio_to_direct_default"] = entry["rows_per_s"] / direct_default
+                results.append(entry)
+                print(
+                    f"{fmt:8} {rows:>9,} rows  {entry['input_mb']:7.1f} MB  {job_s:6.2f} s  "
+                    f"{entry['rows_per_s']:>10,.0f} rows/s  peak RSS {entry['peak_rss_mb']:6.1f} MB  "
+                    f"direct {direct_one:>10,.0f} (1 thread) {direct_default:>10,.0f} (default)  "
+                    f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}",
+                    flush=True,
+                )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+    args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
