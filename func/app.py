@@ -7,7 +7,7 @@ import logging
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, events, openapi
+from . import codecs, events, openapi, v2
 from .config import Settings
 from .errors import NotReady, WarmstartError
 from .serving import Serving
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
         model = state.loaded
         return respond(openapi.document(model.card if model else None))
 
+    v2.register(app, serving)
     if load:
         state.start_loading()
     return app

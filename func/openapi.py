@@ -54,6 +54,41 @@ def _get_op(summary: str, schema: dict[str, Any], extra_responses: dict[str, Any
     }
 
 
+def _v2_paths(name_param: dict[str, Any]) -> dict[str, Any]:
+    """Open Inference Protocol V2 routes; errors are {"error": "..."} as the protocol has them."""
+    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    v2_error = {"description": "Error", **_json({"$ref": "#/components/schemas/V2Error"})}
+    ok = {"200": {"description": "OK", **_json({"type": "object"})}}
+    paths: dict[str, Any] = {
+        "/v2": {"get": {"summary": "V2 server metadata", "responses": ok}},
+        "/v2/health/live": {"get": {"summary": "V2 liveness", "responses": ok}},
+        "/v2/health/ready": {"get": {"summary": "V2 readiness", "responses": {**ok, "503": v2_error}}},
+    }
+    for prefix, params in (
+        ("/v2/models/{name}", [name_param]),
+        ("/v2/models/{name}/versions/{version}", [name_param, version_param]),
+    ):
+        paths[prefix] = {
+            "get": {"summary": "V2 model metadata", "parameters": params, "responses": {**ok, "404": v2_error}}
+        }
+        paths[prefix + "/ready"] = {
+            "get": {"summary": "V2 model readiness", "parameters": params, "responses": {**ok, "404": v2_error}}
+        }
+        paths[prefix + "/infer"] = {
+            "post": {
+                "summary": "V2 inference; JSON, or with the binary tensor data extension a JSON header of "
+                "Inference-Header-Content-Length bytes followed by raw little-endian tensors",
+                "parameters": params,
+                "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/V2InferRequest"})},
+                "responses": {
+                    "200": {"description": "Outputs", **_json({"$ref": "#/components/schemas/V2InferResponse"})},
+                    **{code: v2_error for code in ("400", "404", "413", "415", "503")},
+                },
+            }
+        }
+    return paths
+
+
 def document(card: ModelCard | None) -> dict[str, Any]:
     """Build the document; `card`, once loaded, fills in feature names and row width."""
     width = card.n_features if card else None
@@ -85,7 +120,19 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     "Predict rows in feature order or by feature name", "PredictRequest", "PredictResponse"
                 )
             },
-            "/": {"post": _predict_op("Same as POST /predict", "PredictRequest", "PredictResponse")},
+            "/": {
+                "post": _predict_op(
+                    "Same as POST /predict; or a CloudEvent in binary (ce-* headers) or structured "
+                    "(application/cloudevents+json) mode: warmstart.predict.v1 -> warmstart.prediction.v1, "
+                    "warmstart.batch.v1 -> warmstart.batch.completed.v1",
+                    "PredictRequest",
+                    "PredictResponse",
+                    extra_responses={
+                        "400": _error("Malformed JSON or CloudEvent, or an unknown event type"),
+                        "403": _error("A batch job's input or output outside BATCH_ALLOW"),
+                    },
+                )
+            },
             "/v1/models/{name}:predict": {
                 "post": _predict_op("KServe V1 predict", "V1Request", "V1Response", [name_param], not_found)
             },
@@ -103,6 +150,7 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                 "Readiness: the model is loaded and warmed up", {"type": "object"}, {"503": _ERRORS["503"]}
             ),
             "/openapi.json": _get_op("This document", {"type": "object"}),
+            **_v2_paths(name_param),
         },
         "components": {
             "schemas": {
@@ -142,6 +190,34 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     "type": "object",
                     "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
                 },
+                "V2InferRequest": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name", "shape", "datatype"],
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "shape": {"type": "array", "items": {"type": "integer"}},
+                                    "datatype": {"type": "string"},
+                                    "parameters": {"type": "object"},
+                                    "data": {"type": "array", "items": {}},
+                                },
+                            },
+                        },
+                        "outputs": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+                "V2InferResponse": {
+                    "type": "object",
+                    "properties": {"model_name": {"type": "string"}, "outputs": {"type": "array", "items": {}}},
+                },
+                "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "Error": {
                     "type": "object",
                     "required": ["error"],

@@ -40,11 +40,15 @@ class Serving:
         return Response(body, 200, {**self.model_headers(), **headers})
 
     def json_body(self) -> Any:
-        """The request body parsed as JSON; no Content-Type counts as JSON (OIP clients send none)."""
+        """The request body parsed as JSON."""
+        self.require_json()
+        return codecs.parse_json(self.body_bytes())
+
+    def require_json(self) -> None:
+        """415 unless the body is JSON; no Content-Type counts as JSON (OIP clients send none)."""
         mimetype = request.mimetype
         if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
             raise UnsupportedMediaType(f"Content-Type {mimetype!r} is not supported; send application/json")
-        return codecs.parse_json(self.body_bytes())
 
     def body_bytes(self) -> bytes:
         """The raw body, at most MAX_REQUEST_BYTES (413 past that, chunked bodies included)."""
