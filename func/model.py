@@ -122,9 +122,8 @@ def _load_onnx(path: Path) -> Model:
         # a thread pool per process would fight them for the cores. Large inputs (batch
         # chunks, 10k-row requests) use every core: 1.4x the rows/s on 2 cores.
         session = ort.InferenceSession(str(path), _session_options(ort, 1), providers=["CPUExecutionProvider"])
-        bulk = ort.InferenceSession(
-            str(path), _session_options(ort, os.cpu_count() or 1), providers=["CPUExecutionProvider"]
-        )
+        bulk_options = _session_options(ort, os.cpu_count() or 1, spin=True)
+        bulk = ort.InferenceSession(str(path), bulk_options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"MODEL_PATH={path}: not a valid ONNX model ({_first_line(exc)})") from None
 
@@ -176,14 +175,15 @@ def _load_onnx(path: Path) -> Model:
     return Model(card, run, "onnx")
 
 
-def _session_options(ort: Any, threads: int) -> Any:
+def _session_options(ort: Any, threads: int, spin: bool = False) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    # Idle pool threads would otherwise spin and take CPU from the other workers.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Pool threads spin between work items: 1 ms less on a 10,000-row call (7.8 -> 6.9 ms),
+    # worth it on the bulk session, whose calls are large and rare.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     return options
 
 

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Rows per second of one large request, per protocol, against onnxruntime in-process.
+
+    .venv/bin/python loadtests/bench_rows.py [--rows 1000 10000] [--seconds 3]
+
+For each request size: warmstart's own JSON (`/predict`), Open Inference Protocol V2 as
+JSON and with the binary tensor data extension, and onnxruntime called in-process on the
+same float32 rows (the physical limit), interleaved round by round so machine drift hits
+all of them alike. One server, one worker, loopback only, bounded by --seconds per case.
+Writes loadtests/results/rows.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.server import ServerProcess  # noqa: E402
+
+MODEL = ROOT / "models" / "model.onnx"
+MODEL_NAME = "breast-cancer-rf"
+
+
+def rows(n: int) -> np.ndarray:
+    from sklearn.datasets import load_breast_cancer
+
+    x = load_breast_cancer().data
+    return x[np.arange(n) % len(x)].astype(np.float32)
+
+
+def own_json(session: requests.Session, url: str, x: np.ndarray) -> Callable[[], None]:
+    body = json.dumps({"instances": x.tolist()})
+
+    def call() -> None:
+        resp = session.post(url + "/predict", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 200, resp.text[:200]
+
+    return call
+
+
+def v2_json(session: requests.Session, url: str, x: np.ndarray) -> Callable[[], None]:
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+    )
+
+    def call() -> None:
+        resp = session.post(url + f"/v2/models/{MODEL_NAME}/infer", data=body)
+        assert resp.status_code == 200, resp.text[:200]
+
+    return call
+
+
+def v2_binary(session: requests.Session, url: str, x: np.ndarray) -> Callable[[], None]:
+    raw = x.astype("<f4").tobytes()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": len(raw)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    body = header + raw
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+
+    def call() -> None:
+        resp = session.post(url + f"/v2/models/{MODEL_NAME}/infer", data=body, headers=headers)
+        assert resp.status_code == 200, resp.text[:200]
+
+    return call
+
+
+def in_process(x: np.ndarray, threads: int | None) -> Callable[[], None]:
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+
+    def call() -> None:
+        session.run(None, {"input": x})
+
+    return call
+
+
+def timed(call: Callable[[], None], seconds: float) -> list[float]:
+    call()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per case per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "rows.json")
+    args = parser.parse_args()
+
+    server = ServerProcess({"WORKERS": "1", "MAX_ROWS": str(max(args.rows))}).start()
+    results = []
+    try:
+        server.wait_ready()
+        session = requests.Session()
+        for n in args.rows:
+            x = rows(n)
+            cases = {
+                "warmstart JSON /predict": own_json(session, server.url, x),
+                "warmstart V2 JSON": v2_json(session, server.url, x),
+                "warmstart V2 binary": v2_binary(session, server.url, x),
+                "onnxruntime in-process, 1 thread": in_process(x, 1),
+                "onnxruntime in-process, default threads": in_process(x, None),
+            }
+            samples: dict[str, list[float]] = {name: [] for name in cases}
+            for _ in range(args.rounds):
+                for name, call in cases.items():
+                    samples[name] += timed(call, args.seconds / args.rounds)
+            limit = n / statistics.median(samples["onnxruntime in-process, default threads"])
+            for name, times in samples.items():
+                median = statistics.median(times)
+                entry = {
+                    "system": name,
+                    "rows": n,
+                    "median_ms": median * 1000,
+                    "rows_per_s": n / median,
+                    "ratio_to_in_process": n / median / limit,
+                    "requests": len(times),
+                }
+                results.append(entry)
+                print(
+                    f"{n:>6} rows  {name:42} {median * 1000:8.2f} ms  {n / median:>11,.0f} rows/s  "
+                    f"{entry['ratio_to_in_process']:.2f}x in-process",
+                    flush=True,
+                )
+    finally:
+        server.kill()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
+    args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
