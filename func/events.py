@@ -12,10 +12,16 @@ import threading
 from typing import Any
 
 import orjson
-from cloudevents import exceptions as ce_errors
-from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent, from_http
 from flask import Request, Response, request
+
+try:  # cloudevents 2.x keeps the 1.x API under cloudevents.v1
+    from cloudevents.v1 import exceptions as ce_errors
+    from cloudevents.v1.conversion import to_binary, to_structured
+    from cloudevents.v1.http import CloudEvent, from_http
+except ImportError:
+    from cloudevents import exceptions as ce_errors
+    from cloudevents.conversion import to_binary, to_structured
+    from cloudevents.http import CloudEvent, from_http
 
 from . import batch, codecs
 from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType

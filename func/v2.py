@@ -8,14 +8,13 @@ Tensors decode into the same validated float32 rows as every other protocol
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs
+from . import __version__, codecs
 from .errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError
 from .model import Model, Prediction
 from .serving import Serving
@@ -38,13 +37,6 @@ DATATYPES = {
 }
 _DATATYPE_OF = {np.dtype(t).str.lstrip("<|="): name for name, t in DATATYPES.items()}
 INPUT_NAME = "input"
-
-
-def _server_version() -> str:
-    try:
-        return version("warmstart")
-    except PackageNotFoundError:
-        return "0.1.0"
 
 
 def model_metadata(model: Model) -> dict[str, Any]:
@@ -207,7 +199,7 @@ def register(app: Flask, serving: Serving) -> None:
 
     @v2.get("")
     def server_metadata() -> Response:
-        return serving.respond({"name": "warmstart", "version": _server_version(), "extensions": EXTENSIONS})
+        return serving.respond({"name": "warmstart", "version": __version__, "extensions": EXTENSIONS})
 
     @v2.get("/health/live")
     def live() -> Response:

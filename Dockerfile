@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# warmstart: the function image. Build: docker build -t REGISTRY/warmstart:1 .
+
+# --- train: the default model, made with the training libraries that never reach the image
+FROM python:3.11-slim AS train
+WORKDIR /src
+COPY requirements.txt requirements-sklearn.txt requirements-dev.txt ./
+RUN pip install --no-cache-dir -r requirements-dev.txt
+COPY func/ func/
+COPY scripts/ scripts/
+RUN python scripts/train.py --out models/model.onnx
+
+# --- runtime deps in a venv, so the final stage copies one folder and no build tools
+FROM python:3.11-slim AS deps
+RUN python -m venv /venv
+COPY requirements.txt /tmp/requirements.txt
+RUN /venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+
+# --- the image: runtime deps, the function, the model; no compiler, no scikit-learn
+FROM python:3.11-slim
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
+COPY --from=deps /venv /venv
+WORKDIR /app
+COPY func/ func/
+COPY --from=train /src/models/model.onnx models/model.onnx
+ENV PATH=/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PORT=8080 \
+    MODEL_PATH=/app/models/model.onnx
+USER 10001
+EXPOSE 8080
+# exec form: the server is PID 1 and receives SIGTERM itself
+ENTRYPOINT ["python", "-m", "func"]

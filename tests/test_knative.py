@@ -1,0 +1,207 @@
+"""The Knative artifacts, checked without a cluster: kustomize renders, the upstream CRD
+and Kubernetes schemas (strict), and the admission-webhook rules no schema checks."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.server import ROOT
+
+SCHEMA_DIR = Path(os.environ.get("KNATIVE_SCHEMA_DIR", ROOT.parent / "shared" / "schemas"))
+KNATIVE_GROUPS = ("serving.knative.dev", "eventing.knative.dev", "sources.knative.dev")
+KUBERNETES_VERSION = "1.33"
+TREES = ["base", "overlays/prewarm", "overlays/canary", "eventing"]
+GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
+
+needs_schemas = pytest.mark.skipif(
+    not SCHEMA_DIR.is_dir(), reason=f"Knative schemas not found at {SCHEMA_DIR}; set KNATIVE_SCHEMA_DIR"
+)
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+
+
+def render(tree: str) -> list[dict]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "knative" / tree)], capture_output=True, text=True, check=True
+    )
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def strict(schema: dict) -> dict:
+    """additionalProperties: false on every typed object below the top that does not
+    preserve unknown fields: unknown fields fail as `kubectl apply --validate=strict` would."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: dict, top: bool) -> None:
+        if not isinstance(node, dict):
+            return
+        if (
+            not top
+            and "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            node["additionalProperties"] = False
+        for key in ("properties", "patternProperties", "definitions"):
+            for child in (node.get(key) or {}).values():
+                walk(child, False)
+        for key in ("items", "additionalProperties"):
+            if isinstance(node.get(key), dict):
+                walk(node[key], False)
+        for key in ("allOf", "anyOf", "oneOf"):
+            for child in node.get(key) or []:
+                walk(child, False)
+
+    walk(schema, True)
+    return schema
+
+
+def schema_errors(doc: dict) -> list[str]:
+    group, version = doc["apiVersion"].split("/")
+    schema = json.loads((SCHEMA_DIR / f"{group}_{version}_{doc['kind'].lower()}.json").read_text())
+    validator = jsonschema.Draft7Validator(strict(schema))
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def all_docs() -> list[tuple[str, dict]]:
+    return [(tree, doc) for tree in TREES for doc in render(tree)]
+
+
+@needs_kubectl
+@needs_schemas
+@pytest.mark.parametrize("tree", TREES)
+def test_every_rendered_object_validates(tree):
+    import kubernetes_validate
+
+    docs = render(tree)
+    assert docs
+    for doc in docs:
+        name = f"{tree}: {doc['kind']}/{doc['metadata']['name']}"
+        if doc["apiVersion"].split("/")[0] in KNATIVE_GROUPS:
+            assert schema_errors(doc) == [], name
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+@needs_schemas
+def test_strict_mode_catches_a_misspelt_field():
+    doc = render("base")[0]
+    doc["spec"]["template"]["spec"]["containerConcurency"] = 4
+    assert any("containerConcurency" in e for e in schema_errors(doc))
+
+
+def services() -> list[tuple[str, dict]]:
+    return [(tree, doc) for tree, doc in all_docs() if doc["kind"] == "Service" and "knative" in doc["apiVersion"]]
+
+
+@needs_kubectl
+@needs_schemas
+def test_services_follow_the_serving_webhook_rules():
+    rules = json.loads((SCHEMA_DIR / "knative-autoscaling-annotations.json").read_text())["annotations"]
+    for tree, svc in services():
+        assert not any(k.startswith("autoscaling.knative.dev/") for k in svc["metadata"].get("annotations", {})), tree
+        template = svc["spec"]["template"]
+        assert template["metadata"]["name"].startswith(svc["metadata"]["name"] + "-"), tree
+        spec = template["spec"]
+        assert 0 <= spec["containerConcurrency"] <= 1000
+        assert spec["timeoutSeconds"] <= 600
+        assert len(spec["containers"]) == 1 and len(spec["containers"][0]["ports"]) == 1
+        for key, value in template["metadata"]["annotations"].items():
+            assert key in rules, f"{tree}: unknown annotation {key}"
+            rule, kind = rules[key], rules[key]["type"]
+            assert isinstance(value, str), f"{tree}: {key} must be a string"
+            if "allowed" in rule:
+                assert value in rule["allowed"], f"{tree}: {key}={value}"
+            elif kind.startswith("int"):
+                assert int(value) >= 0, f"{tree}: {key}={value}"
+            elif kind.startswith("float"):
+                assert float(value) > 0, f"{tree}: {key}={value}"
+            elif kind == "Go duration string":
+                assert GO_DURATION.match(value), f"{tree}: {key}={value}"
+
+
+@needs_kubectl
+def test_base_scales_to_zero_with_probes_on_the_health_endpoints():
+    (svc,) = [d for d in render("base") if d["kind"] == "Service"]
+    annotations = svc["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/min-scale"] == "0"
+    container = svc["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["MODEL_PATH"] == "/app/models/model.onnx" and env["MODEL_VERSION"] == "1"
+    assert container["resources"]["limits"]["memory"]
+
+
+@needs_kubectl
+def test_prewarm_keeps_a_pod_warm():
+    (svc,) = [d for d in render("overlays/prewarm") if d["kind"] == "Service"]
+    annotations = svc["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["autoscaling.knative.dev/min-scale"]) >= 1
+    assert int(annotations["autoscaling.knative.dev/initial-scale"]) >= 1
+    assert annotations["autoscaling.knative.dev/scale-down-delay"] == "10m"
+    assert annotations["autoscaling.knative.dev/scale-to-zero-pod-retention-period"] == "15m"
+
+
+@needs_kubectl
+def test_canary_splits_traffic_between_two_tagged_revisions():
+    (svc,) = [d for d in render("overlays/canary") if d["kind"] == "Service"]
+    traffic = svc["spec"]["traffic"]
+    assert sum(t["percent"] for t in traffic) == 100
+    assert {t["tag"] for t in traffic} == {"stable", "canary"}
+    assert {t["revisionName"] for t in traffic} == {"warmstart-v1", svc["spec"]["template"]["metadata"]["name"]}
+    container = svc["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e["value"] for e in container["env"]}["MODEL_VERSION"] == "2"
+    assert container["image"] and container["readinessProbe"], "the patch must keep the rest of the container"
+
+
+@needs_kubectl
+def test_triggers_follow_the_eventing_webhook_rules():
+    docs = render("eventing")
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    triggers = [d for d in docs if d["kind"] == "Trigger"]
+    assert sorted(t["spec"]["filter"]["attributes"]["type"] for t in triggers) == [
+        "warmstart.batch.v1",
+        "warmstart.predict.v1",
+    ]
+    for owner in [d for d in docs if d["kind"] in ("Trigger", "Broker")]:
+        spec = owner["spec"]
+        if owner["kind"] == "Trigger":
+            assert ("broker" in spec) != ("brokerRef" in spec)
+            assert spec["subscriber"]["ref"] == {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "name": "warmstart",
+            }
+        delivery = spec["delivery"]
+        assert delivery["retry"] >= 0
+        assert delivery["backoffPolicy"] in ("linear", "exponential")
+        assert ISO_DURATION.match(delivery["backoffDelay"])
+        dead = delivery["deadLetterSink"]["ref"]
+        assert (dead["kind"], dead["name"]) in kinds, "the dead-letter sink must be deployed with the broker"
+    (binding,) = [d for d in docs if d["kind"] == "SinkBinding"]
+    assert binding["spec"]["subject"]["name"] == "warmstart"
+
+
+@needs_schemas
+def test_func_yaml_is_valid_for_the_functions_cli():
+    schema = json.loads((SCHEMA_DIR / "func_yaml-schema.json").read_text())
+    doc = json.loads(json.dumps(yaml.safe_load((ROOT / "func.yaml").read_text()), default=str))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert [e.message for e in validator.iter_errors(doc)] == []
+    assert doc["runtime"] == "python"
+    assert doc["deploy"]["healthEndpoints"] == {"liveness": "/health/liveness", "readiness": "/health/readiness"}
+    scale = doc["deploy"]["options"]["scale"]
+    (svc,) = [d for d in render("base") if d["kind"] == "Service"]
+    assert str(scale["target"]) == svc["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/target"]
