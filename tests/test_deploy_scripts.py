@@ -1,0 +1,129 @@
+"""scripts/deploy.sh, prewarm.sh and rollout.sh in dry-run mode: the exact kn, kubectl and
+func commands they would run, their help, their refusals, and shellcheck."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.server import ROOT
+
+SCRIPTS = ["deploy.sh", "prewarm.sh", "rollout.sh"]
+
+
+def dry(script: str, *args: str) -> list[str]:
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *args, "--dry-run"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def refused(script: str, *args: str) -> str:
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *args, "--dry-run"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    return result.stderr
+
+
+def test_deploy_with_kubectl_applies_the_overlay_and_eventing():
+    assert dry("deploy.sh", "--overlay", "prewarm", "--eventing", "-n", "ml") == [
+        f"kubectl apply -k {ROOT}/knative/overlays/prewarm --namespace ml",
+        f"kubectl apply -k {ROOT}/knative/eventing --namespace ml",
+        "kubectl wait ksvc/warmstart --for=condition=Ready --timeout=300s --namespace ml",
+    ]
+
+
+def test_deploy_with_kubectl_sets_the_image_first():
+    assert (
+        dry("deploy.sh", "--image", "reg.example/warmstart:2")[0]
+        == "kustomize edit set image warmstart=reg.example/warmstart:2"
+    )
+
+
+def test_deploy_with_func():
+    assert dry("deploy.sh", "--func", "--image", "reg.example/warmstart:2") == [
+        f"func deploy --path {ROOT} --image reg.example/warmstart:2"
+    ]
+
+
+def test_prewarm_sets_and_clears_min_scale():
+    assert dry("prewarm.sh", "--min", "2") == [
+        "kn service update warmstart --scale-min 2 --scale-init 2 "
+        "--annotation autoscaling.knative.dev/scale-down-delay=10m"
+    ]
+    assert dry("prewarm.sh", "--clear", "--service", "cancer") == [
+        "kn service update cancer --scale-min 0 --annotation autoscaling.knative.dev/scale-down-delay=0s"
+    ]
+
+
+def test_rollout_start_promote_rollback():
+    assert dry(
+        "rollout.sh",
+        "start",
+        "--revision",
+        "warmstart-v2",
+        "--percent",
+        "10",
+        "--model-version",
+        "2",
+        "--stable",
+        "warmstart-v1",
+    ) == [
+        "kn service update warmstart --revision-name warmstart-v2 --env MODEL_VERSION=2 "
+        "--tag warmstart-v1=stable --tag @latest=canary --traffic warmstart-v1=90 --traffic @latest=10"
+    ]
+    found = dry("rollout.sh", "start", "--revision", "warmstart-v3", "--percent", "25", "--image", "reg/w:3")
+    assert found[0].startswith("kn service describe warmstart -o jsonpath=")
+    assert "--traffic CURRENT_REVISION=75 --traffic @latest=25" in found[1]
+    assert dry("rollout.sh", "promote") == [
+        "kn service update warmstart --untag stable --untag canary --tag @latest=stable --traffic @latest=100"
+    ]
+    assert dry("rollout.sh", "rollback", "-n", "ml") == [
+        "kn service update warmstart --traffic stable=100 --untag canary --namespace ml"
+    ]
+
+
+@pytest.mark.parametrize(
+    "script, args, message",
+    [
+        ("deploy.sh", ["--overlay", "blue"], "--overlay must be base, prewarm or canary"),
+        ("deploy.sh", ["--frobnicate"], "unknown option: --frobnicate"),
+        ("prewarm.sh", ["--min", "many"], "--min must be a whole number"),
+        (
+            "rollout.sh",
+            ["start", "--revision", "other-v2", "--percent", "10", "--image", "x"],
+            "must begin with 'warmstart-'",
+        ),
+        (
+            "rollout.sh",
+            ["start", "--revision", "warmstart-v2", "--percent", "100", "--image", "x"],
+            "--percent must be 1..99",
+        ),
+        ("rollout.sh", ["start", "--revision", "warmstart-v2", "--percent", "5"], "what is new?"),
+        ("rollout.sh", ["sideways"], "unknown action: sideways"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_reason(script, args, message):
+    assert message in refused(script, *args)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(script):
+    result = subprocess.run(["bash", str(ROOT / "scripts" / script), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: scripts/")
+    assert "--dry-run" in result.stdout
+
+
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
+)
+def test_shellcheck_clean():
+    paths = [str(ROOT / "scripts" / s) for s in [*SCRIPTS, "_common.sh"]]
+    result = subprocess.run(["shellcheck", "-x", *paths], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout
