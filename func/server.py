@@ -1,8 +1,9 @@
 """The production server: gunicorn with threaded workers, one app per worker process.
 
-The master imports the heavy modules (Flask, NumPy, onnxruntime) once, so forked workers
-share those pages and start in milliseconds; each worker then builds its own app and
-loads the model on a thread, because onnxruntime sessions must not cross a fork.
+The master imports Flask and NumPy once, so forked workers share those pages. Each
+worker imports onnxruntime itself, builds its own app and loads the model on a thread:
+onnxruntime imported before a fork makes the forked workers abort at exit ("terminate
+called after throwing an instance of 'std::system_error'") or hang creating a session.
 """
 
 from __future__ import annotations
@@ -75,15 +76,8 @@ class Server(BaseApplication):
         return create_app(self.settings)
 
 
-def preload(settings: Settings) -> None:
-    """Import what every worker needs before forking them."""
-    if settings.model_path.lower().endswith(".onnx"):
-        import onnxruntime  # noqa: F401
-
-
 def run(settings: Settings) -> None:
     logs.configure(settings)
-    preload(settings)
     log.info(
         "serving %s on %s:%d with %d worker(s) x %d thread(s)",
         settings.model_path,

@@ -41,11 +41,12 @@ class ServerProcess:
         self.cmd = cmd or [sys.executable, "-m", "func"]
         self.log_path = (log_dir or Path("/tmp")) / f"warmstart-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd = ROOT
 
     def start(self) -> ServerProcess:
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            self.cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         return self
 
