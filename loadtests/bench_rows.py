@@ -112,49 +112,55 @@ def timed(call: Callable[[], None], seconds: float) -> list[float]:
     return times
 
 
+def measure(url: str, sizes: list[int], seconds: float, rounds: int) -> list[dict]:
+    """Rows/s of each protocol on the server at `url`, and of onnxruntime in-process."""
+    session = requests.Session()
+    results = []
+    for n in sizes:
+        x = rows(n)
+        cases = {
+            "warmstart JSON /predict": own_json(session, url, x),
+            "warmstart V2 JSON": v2_json(session, url, x),
+            "warmstart V2 binary": v2_binary(session, url, x),
+            "onnxruntime in-process, 1 thread": in_process(x, 1),
+            "onnxruntime in-process, default threads": in_process(x, None),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(rounds):
+            for name, call in cases.items():
+                samples[name] += timed(call, seconds / rounds)
+        limit = n / statistics.median(samples["onnxruntime in-process, default threads"])
+        for name, times in samples.items():
+            median = statistics.median(times)
+            entry = {
+                "system": name,
+                "rows": n,
+                "median_ms": median * 1000,
+                "rows_per_s": n / median,
+                "ratio_to_in_process": n / median / limit,
+                "requests": len(times),
+            }
+            results.append(entry)
+            print(
+                f"{n:>6} rows  {name:42} {median * 1000:8.2f} ms  {n / median:>11,.0f} rows/s  "
+                f"{entry['ratio_to_in_process']:.2f}x in-process",
+                flush=True,
+            )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--seconds", type=float, default=3.0, help="per case per round")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per case")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "rows.json")
     args = parser.parse_args()
 
     server = ServerProcess({"WORKERS": "1", "MAX_ROWS": str(max(args.rows))}).start()
-    results = []
     try:
         server.wait_ready()
-        session = requests.Session()
-        for n in args.rows:
-            x = rows(n)
-            cases = {
-                "warmstart JSON /predict": own_json(session, server.url, x),
-                "warmstart V2 JSON": v2_json(session, server.url, x),
-                "warmstart V2 binary": v2_binary(session, server.url, x),
-                "onnxruntime in-process, 1 thread": in_process(x, 1),
-                "onnxruntime in-process, default threads": in_process(x, None),
-            }
-            samples: dict[str, list[float]] = {name: [] for name in cases}
-            for _ in range(args.rounds):
-                for name, call in cases.items():
-                    samples[name] += timed(call, args.seconds / args.rounds)
-            limit = n / statistics.median(samples["onnxruntime in-process, default threads"])
-            for name, times in samples.items():
-                median = statistics.median(times)
-                entry = {
-                    "system": name,
-                    "rows": n,
-                    "median_ms": median * 1000,
-                    "rows_per_s": n / median,
-                    "ratio_to_in_process": n / median / limit,
-                    "requests": len(times),
-                }
-                results.append(entry)
-                print(
-                    f"{n:>6} rows  {name:42} {median * 1000:8.2f} ms  {n / median:>11,.0f} rows/s  "
-                    f"{entry['ratio_to_in_process']:.2f}x in-process",
-                    flush=True,
-                )
+        results = measure(server.url, args.rows, args.seconds, args.rounds)
     finally:
         server.kill()
     args.out.parent.mkdir(parents=True, exist_ok=True)
