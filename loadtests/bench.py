@@ -58,8 +58,14 @@ class System:
     name: str
     cmd: list[str]
     env: dict[str, str]
+    path: str = "/predict"
+    body: str = ""  # one row; default {"features": [...]}
+    cwd: Path = ROOT
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.body = self.body or json.dumps({"features": row()})
 
     def start(self) -> float:
         """Start the server; return seconds from exec to its first successful prediction."""
@@ -67,13 +73,12 @@ class System:
         cmd = [part.replace("{port}", str(self.port)) for part in self.cmd]
         started = time.perf_counter()
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            cmd, cwd=self.cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        body = json.dumps({"features": row()})
-        deadline = started + 60
+        deadline = started + 120
         while time.perf_counter() < deadline:
             try:
-                resp = requests.post(self.url, data=body, headers={"Content-Type": "application/json"}, timeout=2)
+                resp = requests.post(self.url, data=self.body, headers={"Content-Type": "application/json"}, timeout=2)
                 if resp.status_code == 200:
                     return time.perf_counter() - started
             except requests.ConnectionError:
@@ -81,11 +86,11 @@ class System:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
             time.sleep(0.002)
-        raise TimeoutError(f"{self.name} gave no prediction within 60 s")
+        raise TimeoutError(f"{self.name} gave no prediction within 120 s")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/predict"
+        return f"http://127.0.0.1:{self.port}{self.path}"
 
     def rss_mb(self) -> dict[str, float]:
         """Total and largest RSS of the server's processes."""
@@ -176,6 +181,91 @@ def systems() -> dict[str, System]:
     }
 
 
+PEERS = LOADTESTS / ".peers"
+PEER_NAMES = ("MLServer", "MLServer, adaptive batching", "KServe ModelServer")
+MODEL_NAME = "breast-cancer-rf"
+
+
+def peers(work: Path) -> dict[str, System]:
+    """MLServer's SKLearn runtime (adaptive batching off and on) and a KServe ModelServer,
+    each from its own virtualenv under loadtests/.peers (installed on first use)."""
+    _install_peer("mlserver", ["mlserver==1.7.1", "mlserver-sklearn==1.7.1"])
+    _install_peer("kserve", ["kserve==0.21.0", "scikit-learn==1.9.1", "joblib"])
+    v2_row = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": row()}]})
+    found = {}
+    for name, batching in (
+        ("MLServer", {}),
+        ("MLServer, adaptive batching", {"max_batch_size": 32, "max_batch_time": 0.005}),
+    ):
+        folder = work / name.replace(" ", "_").replace(",", "")
+        folder.mkdir(parents=True)
+        shutil.copy(JOBLIB, folder / "model.joblib")
+        settings = {
+            "name": MODEL_NAME,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": "./model.joblib"},
+            **batching,
+        }
+        (folder / "model-settings.json").write_text(json.dumps(settings))
+        cmd = [str(PEERS / "mlserver" / "bin" / "mlserver"), "start", "."]
+        system = System(name, cmd, {}, path=f"/v2/models/{MODEL_NAME}/infer", body=v2_row, cwd=folder)
+        ports = {"http_port": system.port, "grpc_port": free_port(), "metrics_port": free_port()}
+        (folder / "settings.json").write_text(json.dumps({**ports, "parallel_workers": 0, "debug": False}))
+        found[name] = system
+    v1_row = json.dumps({"instances": [row()]})
+    cmd = [
+        str(PEERS / "kserve" / "bin" / "python"),
+        str(LOADTESTS / "baseline" / "kserve_app.py"),
+        "--http_port",
+        "{port}",
+        "--grpc_port",
+        str(free_port()),
+    ]
+    found["KServe ModelServer"] = System(
+        "KServe ModelServer", cmd, {"MODEL_PATH": str(JOBLIB)}, path=f"/v1/models/{MODEL_NAME}:predict", body=v1_row
+    )
+    return found
+
+
+def peer_rows(servers: dict[str, System], sizes: list[int], seconds: float) -> list[dict]:
+    """Rows/s of one large request to each peer, in the protocol it speaks."""
+    session = requests.Session()
+    results = []
+    for n in sizes:
+        x = bench_rows.rows(n).astype("float64")
+        for name, server in servers.items():
+            if server.path.startswith("/v2/"):
+                body = json.dumps(
+                    {
+                        "inputs": [
+                            {"name": "input", "shape": list(x.shape), "datatype": "FP64", "data": x.ravel().tolist()}
+                        ]
+                    }
+                )
+            elif server.path.startswith("/v1/"):
+                body = json.dumps({"instances": x.tolist()})
+            else:
+                continue
+
+            def call(url: str = server.url, data: str = body) -> None:
+                resp = session.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=60)
+                assert resp.status_code == 200, resp.text[:200]
+
+            median = statistics.median(bench_rows.timed(call, seconds))
+            results.append({"system": name, "rows": n, "median_ms": median * 1000, "rows_per_s": n / median})
+            print(f"{n:>6} rows  {name:42} {median * 1000:8.2f} ms  {n / median:>11,.0f} rows/s", flush=True)
+    return results
+
+
+def _install_peer(name: str, packages: list[str]) -> None:
+    venv = PEERS / name
+    if (venv / ".installed").exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages], check=True, timeout=1800)
+    (venv / ".installed").touch()
+
+
 def wrk(url: str, concurrency: int, seconds: float, body_file: Path) -> dict:
     cmd = [
         "wrk",
@@ -199,20 +289,23 @@ def wrk(url: str, concurrency: int, seconds: float, body_file: Path) -> dict:
 
 
 def load_phase(servers: dict[str, System], seconds: float, rounds: int) -> dict[str, dict[int, dict]]:
-    body_file = Path(tempfile.mkstemp(suffix=".json")[1])
-    body_file.write_text(json.dumps({"features": row()}))
+    bodies = {}
+    for name, server in servers.items():
+        bodies[name] = Path(tempfile.mkstemp(suffix=".json")[1])
+        bodies[name].write_text(server.body)
     samples: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in servers}
     for r in range(rounds):
         for c in CONCURRENCY:
             for name, server in servers.items():
-                result = wrk(server.url, c, seconds, body_file)
+                result = wrk(server.url, c, seconds, bodies[name])
                 samples[name][c].append(result)
                 print(
                     f"round {r + 1} c={c:<3} {name:28} {result['rps']:9,.0f} req/s  "
                     f"p99 {result['p99_us'] / 1000:7.2f} ms  non-2xx {result['non2xx']}",
                     flush=True,
                 )
-    body_file.unlink()
+    for body_file in bodies.values():
+        body_file.unlink()
     summary: dict[str, dict[int, dict]] = {}
     for name, by_c in samples.items():
         summary[name] = {}
@@ -228,7 +321,7 @@ def load_phase(servers: dict[str, System], seconds: float, rounds: int) -> dict[
     return summary
 
 
-def cold_starts(runs: int) -> dict[str, dict]:
+def cold_starts(runs: int, with_peers: bool) -> dict[str, dict]:
     cases = {
         "warmstart, ONNX": lambda: System(
             "warmstart", [sys.executable, "-m", "func"], {"MODEL_PATH": str(ONNX), "WORKERS": "2"}
@@ -240,6 +333,9 @@ def cold_starts(runs: int) -> dict[str, dict]:
         ),
         "naive, uvicorn": lambda: systems()["naive, uvicorn"],
     }
+    if with_peers:
+        for name in ("MLServer", "KServe ModelServer"):
+            cases[name] = lambda name=name: peers(Path(tempfile.mkdtemp(prefix="cold-")))[name]
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(runs):
         for name, make in cases.items():
@@ -280,9 +376,9 @@ def plot(load: dict, cold: dict, path: Path) -> None:
     ax2.set_xticklabels([str(c) for c in CONCURRENCY])
     ax1.legend(fontsize=8)
     names = list(cold)
-    ax3.bar(names, [cold[n]["median_s"] for n in names], color=["tab:blue", "tab:cyan", "tab:orange"])
+    ax3.bar(names, [cold[n]["median_s"] for n in names])
     ax3.set(title="cold start (exec to first prediction)", ylabel="s")
-    ax3.tick_params(axis="x", labelsize=8)
+    ax3.tick_params(axis="x", labelsize=7, rotation=20)
     fig.suptitle(f"warmstart vs baselines, {os.cpu_count()} cores, loopback, medians")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -341,6 +437,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cold-starts", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="2 s per case, 1 round, 3 cold starts")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also MLServer (batching off and on) and KServe, each in its own venv under loadtests/.peers",
+    )
     parser.add_argument("--out", type=Path, default=LOADTESTS / "results")
     args = parser.parse_args()
     if args.quick:
@@ -348,6 +449,9 @@ def main() -> int:
     ensure_prerequisites()
 
     servers = systems()
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    if args.peers:
+        servers.update(peers(work))
     try:
         for server in servers.values():
             server.start()
@@ -356,10 +460,12 @@ def main() -> int:
         rows = bench_rows.measure(
             servers["warmstart"].url.removesuffix("/predict"), [1000, 10000], args.seconds, args.rounds
         )
+        rows += peer_rows({n: servers[n] for n in servers if n in PEER_NAMES}, [1000, 10000], args.seconds)
     finally:
         for server in servers.values():
             server.stop()
-    cold = cold_starts(args.cold_starts)
+        shutil.rmtree(work, ignore_errors=True)
+    cold = cold_starts(args.cold_starts, args.peers)
     imports = import_breakdown()
 
     args.out.mkdir(parents=True, exist_ok=True)
