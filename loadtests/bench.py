@@ -408,8 +408,8 @@ def print_table(load: dict, rows: list[dict], cold: dict, rss: dict) -> None:
         )
     print("\none request, rows/s")
     for r in rows:
-        ratio = r["ratio_to_in_process"]
-        print(f"  {r['rows']:>6} rows {r['system']:42} {r['rows_per_s']:>11,.0f}  {ratio:.2f}x in-process")
+        ratio = f"{r['ratio_to_in_process']:.2f}x in-process" if "ratio_to_in_process" in r else ""
+        print(f"  {r['rows']:>6} rows {r['system']:42} {r['rows_per_s']:>11,.0f}  {ratio}")
     print("\ncold start, exec to first prediction (median)")
     base = cold["naive, uvicorn"]["median_s"]
     for name, c in cold.items():
