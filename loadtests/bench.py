@@ -170,6 +170,8 @@ def systems() -> dict[str, System]:
                 "gthread",
                 "--threads",
                 "4",
+                "--keep-alive",
+                "30",
                 "-b",
                 "127.0.0.1:{port}",
                 "--log-level",
