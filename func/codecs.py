@@ -68,10 +68,17 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
         return rows_from_json([features], card, 1, where)
     if not isinstance(features, list):
         raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {_json_type(features)}")
-    problem = _row_problem(features, card, where)
-    if problem:
-        raise InvalidInput(problem)
-    return check_rows(np.asarray([features]), card, where, [features], one_row=True)
+    try:
+        array = np.asarray([features])
+    except ValueError:
+        array = None  # a nested list of another length, say
+    # NumPy's type inference is the fast check; the per-value walk runs only to explain.
+    if array is None or array.ndim != 2 or array.dtype.kind not in _NUMBER_KINDS or array.shape[1] != card.n_features:
+        problem = _row_problem(features, card, where)
+        if problem:
+            raise InvalidInput(problem)
+        array = np.asarray([features], dtype=np.float64)  # integers beyond int64, say
+    return check_rows(array, card, where, [features], one_row=True)
 
 
 def check_rows(

@@ -19,20 +19,23 @@ class Serving:
         self.settings = settings
         self.state = state
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
+        self._loaded_headers: dict[str, str] | None = None
 
     def model_headers(self) -> dict[str, str]:
         model = self.state.loaded
         if model is not None:
-            name, version = model.card.name, model.card.version
-        else:
-            name, version = self.settings.model_name or "model", self.settings.model_version or "1"
+            if self._loaded_headers is None:
+                # Built once: every response carries them, and the card does not change.
+                self._loaded_headers = self._headers(model.card.name, model.card.version)
+            return self._loaded_headers
+        return self._headers(self.settings.model_name or "model", self.settings.model_version or "1")
+
+    def _headers(self, name: str, version: str) -> dict[str, str]:
         return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}
 
     def respond(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         """A JSON response carrying the model headers."""
-        all_headers = self.model_headers()
-        if headers:
-            all_headers.update(headers)
+        all_headers = {**self.model_headers(), **headers} if headers else self.model_headers()
         return Response(codecs.dump_json(body), status, all_headers, mimetype="application/json")
 
     def respond_bytes(self, body: bytes | str, headers: dict[str, str]) -> Response:
