@@ -63,14 +63,14 @@ def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
         body = serving.json_body()
         model = state.model
         rows, single = codecs.decode_predict(body, model.card, settings.max_rows)
-        return respond(codecs.prediction_body(model.predict(rows), model.card, single))
+        return respond(codecs.prediction_body(serving.predict(model, rows), model.card, single))
 
     @app.post("/v1/models/<name>:predict")
     def v1_predict(name: str) -> Response:
         body = serving.json_body()
         model = serving.model_named(name)
         rows = codecs.decode_v1(body, model.card, settings.max_rows)
-        return respond({"predictions": model.predict(rows).labels})
+        return respond({"predictions": serving.predict(model, rows).labels})
 
     @app.get("/v1/models")
     def v1_models() -> Response:

@@ -70,6 +70,8 @@ class Settings:
     drift_window: int = 1000
     batch_allow: tuple[str, ...] = ("./data/",)
     batch_wait_s: float = 30.0
+    adaptive_batch_rows: int = 0
+    adaptive_batch_delay_ms: float = 2.0
     k_service: str | None = None
     k_revision: str | None = None
     k_configuration: str | None = None
@@ -103,6 +105,8 @@ class Settings:
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
             batch_allow=allow,
             batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
+            adaptive_batch_rows=_int(env, "ADAPTIVE_BATCH_ROWS", 0),
+            adaptive_batch_delay_ms=_float(env, "ADAPTIVE_BATCH_DELAY_MS", 2.0),
             k_service=k_service,
             k_revision=env.get("K_REVISION") or None,
             k_configuration=env.get("K_CONFIGURATION") or None,

@@ -80,7 +80,7 @@ class EventHandler:
     def _predict(self, data: Any) -> dict[str, Any]:
         model = self.serving.state.model
         rows, single = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
-        return codecs.prediction_body(model.predict(rows), model.card, single)
+        return codecs.prediction_body(self.serving.predict(model, rows), model.card, single)
 
     def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flask import Response, request
 
 from . import codecs
+from .batching import Batcher
 from .config import Settings
 from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
-from .model import Model
+from .model import Model, Prediction
 from .state import ServingState
 
 
@@ -20,6 +22,7 @@ class Serving:
         self.state = state
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
         self._loaded_headers: dict[str, str] | None = None
+        self._batcher: Batcher | None = None
 
     def model_headers(self) -> dict[str, str]:
         model = self.state.loaded
@@ -41,6 +44,16 @@ class Serving:
     def respond_bytes(self, body: bytes | str, headers: dict[str, str]) -> Response:
         """A response whose body and Content-Type the caller already encoded (a reply event)."""
         return Response(body, 200, {**self.model_headers(), **headers})
+
+    def predict(self, model: Model, rows: np.ndarray) -> Prediction:
+        """The one model call of every request, coalesced with concurrent ones when
+        ADAPTIVE_BATCH_ROWS is set."""
+        rows_limit = self.settings.adaptive_batch_rows
+        if not rows_limit:
+            return model.predict(rows)
+        if self._batcher is None:
+            self._batcher = Batcher(model.predict, rows_limit, self.settings.adaptive_batch_delay_ms / 1000)
+        return self._batcher.predict(rows)
 
     def json_body(self) -> Any:
         """The request body parsed as JSON."""

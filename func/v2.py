@@ -231,7 +231,7 @@ def register(app: Flask, serving: Serving) -> None:
         body = serving.body_bytes()
         model = serving.model_named(name, version)
         header, rows = decode_infer(body, header_length, model, serving.settings.max_rows)
-        payload, headers = encode_infer(header, model.predict(rows), model)
+        payload, headers = encode_infer(header, serving.predict(model, rows), model)
         return serving.respond_bytes(payload, headers)
 
     app.register_blueprint(v2)
