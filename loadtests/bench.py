@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(LOADTESTS))
 
 import bench_rows  # noqa: E402
+import results_file  # noqa: E402
 
 from tests.server import free_port  # noqa: E402
 
@@ -470,30 +470,25 @@ def main() -> int:
     cold = cold_starts(args.cold_starts, args.peers)
     imports = import_breakdown()
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    machine = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "note": "load generator, servers and other processes share the same cores",
-    }
-    result = {
-        "machine": machine,
-        "settings": vars(args) | {"out": str(args.out)},
-        "single_row": load,
-        "rows": rows,
-        "cold_start": cold,
-        "rss_mb_after_load": rss,
-        "import_ms": imports,
-    }
-    (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    settings = vars(args) | {"out": str(args.out)}
+    results_file.write(
+        args.out / "bench.json",
+        {
+            "settings": settings,
+            "single_row": load,
+            "rows": rows,
+            "cold_start": cold,
+            "rss_mb_after_load": rss,
+            "import_ms": imports,
+        },
+    )
     plot(load, cold, args.out / "bench.png")
     print_table(load, rows, cold, rss)
     print(
         "\nimport time of warmstart's start (cumulative ms):",
         ", ".join(f"{r['module']} {r['cumulative_ms']:.0f}" for r in imports[:8]),
     )
-    print(f"\nwrote {args.out / 'bench.json'} and {args.out / 'bench.png'}")
+    print(f"wrote {args.out / 'bench.png'}")
     return 0
 
 

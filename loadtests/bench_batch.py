@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +32,9 @@ from cloudevents.http import CloudEvent, from_http
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+import results_file  # noqa: E402
 
 from tests.server import ServerProcess  # noqa: E402
 
@@ -146,10 +147,7 @@ def main() -> int:
                     f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}",
                     flush=True,
                 )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
-    args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    results_file.write(args.out, {"results": results})
     return 0
 
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -28,6 +26,9 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "loadtests"))
+
+import results_file  # noqa: E402
 
 from tests.server import ServerProcess  # noqa: E402
 
@@ -163,10 +164,7 @@ def main() -> int:
         results = measure(server.url, args.rows, args.seconds, args.rounds)
     finally:
         server.kill()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()}
-    args.out.write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    results_file.write(args.out, {"results": results})
     return 0
 
 
