@@ -69,7 +69,11 @@ class Serving:
     def body_bytes(self) -> bytes:
         """The raw body, at most MAX_REQUEST_BYTES (413 past that, chunked bodies included)."""
         limit = self.settings.max_request_bytes
-        if request.content_length is None and "wsgi.input_terminated" in request.environ:
+        length = request.content_length
+        if length is not None and length <= limit:
+            # One read of the announced length, not werkzeug's 64 KB at a time.
+            return request.environ["wsgi.input"].read(length)
+        if length is None and "wsgi.input_terminated" in request.environ:
             # A chunked body: werkzeug would silently cut it at the limit, so read one
             # byte past the limit to tell "exactly at" from "over".
             data = request.environ["wsgi.input"].read(limit + 1)
