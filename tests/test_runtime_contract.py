@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,3 +67,34 @@ def test_logs_are_json_lines_on_stdout_labelled_with_the_revision(tmp_path, data
     assert any(m.startswith("model breast-cancer-rf version 1 (onnx) ready in") for m in messages)
     assert any(m.startswith("shutdown started") for m in messages)
     assert {"time", "level", "logger", "message"} <= set(entries[0])
+
+
+def _listening_sockets(port: int) -> int:
+    """TCP sockets in LISTEN state on `port`, from /proc/net/tcp (state 0A)."""
+    count = 0
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if int(local.split(":")[1], 16) == port and state == "0A":
+            count += 1
+    return count
+
+
+def test_every_worker_listens_on_its_own_socket(start_server):
+    """SO_REUSEPORT per worker: the kernel spreads connections, instead of the first
+    worker to wake accepting them all from one shared socket."""
+    srv = start_server({"WORKERS": "3"})
+    assert _listening_sockets(srv.port) == 3
+
+
+def test_a_port_in_use_is_one_clear_error_not_a_crash_loop(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MODEL_PATH": str(DEFAULT_MODEL)}
+        done = subprocess.run(
+            [sys.executable, "-m", "func"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stdout
+    assert "Booting worker" not in done.stdout
