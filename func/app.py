@@ -60,16 +60,16 @@ def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
 
     @app.post("/predict")
     def predict() -> Response:
-        body = serving.json_body()
+        body = serving.json_bytes()
         model = state.model
-        rows, single = codecs.decode_predict(body, model.card, settings.max_rows)
+        rows, single = codecs.decode_predict_body(body, model.card, settings.max_rows)
         return respond(codecs.prediction_body(serving.predict(model, rows), model.card, single))
 
     @app.post("/v1/models/<name>:predict")
     def v1_predict(name: str) -> Response:
-        body = serving.json_body()
+        body = serving.json_bytes()
         model = serving.model_named(name)
-        rows = codecs.decode_v1(body, model.card, settings.max_rows)
+        rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
         return respond({"predictions": serving.predict(model, rows).labels})
 
     @app.get("/v1/models")

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from . import fast_rows
 from .card import ModelCard
 from .errors import InvalidInput, MalformedRequest, PayloadTooLarge
 from .model import Prediction
@@ -236,6 +237,32 @@ def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarra
         "request body: expected a field 'instances' (a list of rows) or 'features' (one row); "
         f"got fields {sorted(body)[:5]}"
     )
+
+
+def decode_predict_body(body: bytes, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool]:
+    """`decode_predict` of a raw body; large `instances` lists skip the Python objects."""
+    rows = _fast_instances(body, card, max_rows)
+    if rows is not None:
+        return rows, False
+    return decode_predict(parse_json(body), card, max_rows)
+
+
+def decode_v1_body(body: bytes, card: ModelCard, max_rows: int) -> np.ndarray:
+    """`decode_v1` of a raw body; large `instances` lists skip the Python objects."""
+    rows = _fast_instances(body, card, max_rows)
+    if rows is not None:
+        return rows
+    return decode_v1(parse_json(body), card, max_rows)
+
+
+def _fast_instances(body: bytes, card: ModelCard, max_rows: int) -> np.ndarray | None:
+    array = fast_rows.rows_array(body, "instances", card.n_features, max_rows)
+    if array is None:
+        return None
+    try:
+        return check_rows(array, card, "instances")
+    except InvalidInput:
+        return None  # the general path quotes the bad value as it was sent
 
 
 def decode_v1(body: Any, card: ModelCard, max_rows: int) -> np.ndarray:

@@ -55,10 +55,10 @@ class Serving:
             self._batcher = Batcher(model.predict, rows_limit, self.settings.adaptive_batch_delay_ms / 1000)
         return self._batcher.predict(rows)
 
-    def json_body(self) -> Any:
-        """The request body parsed as JSON."""
+    def json_bytes(self) -> bytes:
+        """The raw body of a JSON request (415 for another Content-Type)."""
         self.require_json()
-        return codecs.parse_json(self.body_bytes())
+        return self.body_bytes()
 
     def require_json(self) -> None:
         """415 unless the body is JSON; no Content-Type counts as JSON (OIP clients send none)."""
