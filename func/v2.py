@@ -14,7 +14,7 @@ import numpy as np
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__, codecs
+from . import __version__, codecs, fast_rows
 from .errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError
 from .model import Model, Prediction
 from .serving import Serving
@@ -72,7 +72,9 @@ def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows:
         if not 0 < split <= len(body):
             raise MalformedRequest(f"{HEADER_LENGTH}={split} does not fit a body of {len(body)} bytes")
         body, binary = body[:split], body[split:]
-    header = codecs.parse_json(body)
+    header = fast_rows.v2_request(body) if not binary else None
+    if header is None:
+        header = codecs.parse_json(body)
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("inference request: expected a JSON object with an 'inputs' list")
     inputs = header["inputs"]

@@ -172,6 +172,7 @@ def systems() -> dict[str, System]:
                 "4",
                 "--keep-alive",
                 "30",
+                "--reuse-port",
                 "-b",
                 "127.0.0.1:{port}",
                 "--log-level",

@@ -67,6 +67,7 @@ def test_ragged_rows_with_the_right_total_fall_back(dataset):
 
 
 def test_a_repeated_key_or_a_list_elsewhere_falls_back(dataset):
+    """orjson reads the last of repeated keys, simdjson the first: such bodies go the general way."""
     x, _ = dataset
     raw = body(big_rows(x))
     assert fast_rows.rows_array(raw[:-1] + b', "instances": 5}', "instances", N_FEATURES, 10_000) is None
@@ -101,3 +102,57 @@ def test_errors_in_large_requests_name_the_value_as_sent(server, dataset):
     resp = requests.post(server.url + "/v1/models/breast-cancer-rf:predict", data=body(rows), headers=JSON)
     assert resp.status_code == 422
     assert resp.json()["error"]["message"] == f"instances[1999][5] ({names[5]}): 1e+39 is out of float32 range"
+
+
+def v2_body(data: list, datatype: str = "FP32", shape: list[int] | None = None, **extra: object) -> bytes:
+    tensor = {"name": "input", "shape": shape or [len(data) // N_FEATURES, N_FEATURES], "datatype": datatype}
+    return json.dumps({"id": "r-1", "inputs": [{**tensor, "data": data}], **extra}).encode()
+
+
+def test_a_large_v2_request_keeps_its_header_and_reads_the_data_as_numbers(dataset):
+    x, _ = dataset
+    data = np.ravel(big_rows(x)).tolist()
+    request = fast_rows.v2_request(v2_body(data, outputs=[{"name": "label"}]))
+    assert request is not None
+    tensor = request["inputs"][0]
+    assert {k: v for k, v in tensor.items() if k != "data"} == {
+        "name": "input",
+        "shape": [2000, N_FEATURES],
+        "datatype": "FP32",
+    }
+    np.testing.assert_array_equal(tensor["data"], np.asarray(data))
+    assert request["id"] == "r-1"
+    assert request["outputs"] == [{"name": "label"}]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(lambda d: v2_body([d[:30]] + [d[30:60]] * 1999), id="nested data"),
+        pytest.param(lambda d: v2_body([*d[:-1], True]), id="boolean"),
+        pytest.param(lambda d: v2_body(d, datatype="INT64"), id="integer datatype"),
+        pytest.param(lambda d: v2_body(d)[:-1] + b', "id": "again"}', id="repeated key"),
+        pytest.param(lambda d: v2_body(d).replace(b'"datatype"', b'"name": "x", "datatype"'), id="repeated tensor key"),
+    ],
+)
+def test_v2_requests_the_general_path_reads_differently_fall_back(dataset, change):
+    x, _ = dataset
+    data = np.ravel(big_rows(x)).tolist()
+    assert fast_rows.v2_request(change(data)) is None
+
+
+def test_large_v2_requests_answer_like_the_general_path(server, dataset):
+    x, _ = dataset
+    data = np.ravel(big_rows(x)).tolist()
+    url = server.url + "/v2/models/breast-cancer-rf/infer"
+    fast = requests.post(url, data=v2_body(data), headers=JSON)
+    assert fast.status_code == 200, fast.text
+    # the same rows as a nested list take the general path
+    general = requests.post(url, data=v2_body(big_rows(x), shape=[2000, N_FEATURES]), headers=JSON)
+    assert general.status_code == 200, general.text
+    assert fast.json() == general.json()
+    assert fast.json()["id"] == "r-1"
+
+    short = requests.post(url, data=v2_body(data[:-1], shape=[2000, N_FEATURES]), headers=JSON)
+    assert short.status_code == 400
+    assert short.json()["error"] == f"inputs[0] (input): shape [2000, {N_FEATURES}] needs 60000 values, data has 59999"

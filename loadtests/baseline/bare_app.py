@@ -1,8 +1,10 @@
 """The bare stack: Flask + onnxruntime under gunicorn, with no validation, metrics,
 headers or events. The ceiling of the stack warmstart is built on, run with the same
-gunicorn layout as warmstart (2 processes x 4 threads, 30 s keep-alive).
+gunicorn layout as warmstart (2 processes x 4 threads, 30 s keep-alive, a listening
+socket per worker).
 
-    MODEL_PATH=models/model.onnx gunicorn -w 2 -k gthread --threads 4 --keep-alive 30 loadtests.baseline.bare_app:app
+    MODEL_PATH=models/model.onnx gunicorn -w 2 -k gthread --threads 4 --keep-alive 30 --reuse-port \
+        loadtests.baseline.bare_app:app
 """
 
 import json
