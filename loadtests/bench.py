@@ -30,9 +30,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,34 +232,28 @@ def peers(work: Path) -> dict[str, System]:
     return found
 
 
-def peer_rows(servers: dict[str, System], sizes: list[int], seconds: float) -> list[dict]:
-    """Rows/s of one large request to each peer, in the protocol it speaks."""
+def peer_calls(servers: dict[str, System]) -> Callable[[np.ndarray], dict[str, Callable[[], None]]]:
+    """For bench_rows.measure: one large request to each peer, in the protocol it speaks."""
     session = requests.Session()
-    results = []
-    for n in sizes:
-        x = bench_rows.rows(n).astype("float64")
+
+    def calls(rows: np.ndarray) -> dict[str, Callable[[], None]]:
+        x = rows.astype("float64")
+        found = {}
         for name, server in servers.items():
             if server.path.startswith("/v2/"):
-                body = json.dumps(
-                    {
-                        "inputs": [
-                            {"name": "input", "shape": list(x.shape), "datatype": "FP64", "data": x.ravel().tolist()}
-                        ]
-                    }
-                )
-            elif server.path.startswith("/v1/"):
-                body = json.dumps({"instances": x.tolist()})
+                tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP64", "data": x.ravel().tolist()}
+                body = json.dumps({"inputs": [tensor]})
             else:
-                continue
+                body = json.dumps({"instances": x.tolist()})
 
             def call(url: str = server.url, data: str = body) -> None:
                 resp = session.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=60)
                 assert resp.status_code == 200, resp.text[:200]
 
-            median = statistics.median(bench_rows.timed(call, seconds))
-            results.append({"system": name, "rows": n, "median_ms": median * 1000, "rows_per_s": n / median})
-            print(f"{n:>6} rows  {name:42} {median * 1000:8.2f} ms  {n / median:>11,.0f} rows/s", flush=True)
-    return results
+            found[name] = call
+        return found
+
+    return calls
 
 
 def _install_peer(name: str, packages: list[str]) -> None:
@@ -460,10 +456,14 @@ def main() -> int:
             server.start()
         load = load_phase(servers, args.seconds, args.rounds)
         rss = {name: server.rss_mb() for name, server in servers.items()}
+        # peers' large requests interleaved round by round with warmstart's and in-process
         rows = bench_rows.measure(
-            servers["warmstart"].url.removesuffix("/predict"), [1000, 10000], args.seconds, args.rounds
+            servers["warmstart"].url.removesuffix("/predict"),
+            [1000, 10000],
+            args.seconds,
+            args.rounds,
+            peer_calls({n: servers[n] for n in servers if n in PEER_NAMES}),
         )
-        rows += peer_rows({n: servers[n] for n in servers if n in PEER_NAMES}, [1000, 10000], args.seconds)
     finally:
         for server in servers.values():
             server.stop()

@@ -113,8 +113,15 @@ def timed(call: Callable[[], None], seconds: float) -> list[float]:
     return times
 
 
-def measure(url: str, sizes: list[int], seconds: float, rounds: int) -> list[dict]:
-    """Rows/s of each protocol on the server at `url`, and of onnxruntime in-process."""
+def measure(
+    url: str,
+    sizes: list[int],
+    seconds: float,
+    rounds: int,
+    others: Callable[[np.ndarray], dict[str, Callable[[], None]]] | None = None,
+) -> list[dict]:
+    """Rows/s of each protocol on the server at `url`, and of onnxruntime in-process;
+    `others(x)` adds more systems' calls on the same rows, interleaved with these."""
     session = requests.Session()
     results = []
     for n in sizes:
@@ -125,6 +132,7 @@ def measure(url: str, sizes: list[int], seconds: float, rounds: int) -> list[dic
             "warmstart V2 binary": v2_binary(session, url, x),
             "onnxruntime in-process, 1 thread": in_process(x, 1),
             "onnxruntime in-process, default threads": in_process(x, None),
+            **(others(x) if others else {}),
         }
         samples: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(rounds):
