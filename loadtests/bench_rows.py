@@ -3,7 +3,8 @@
 
     .venv/bin/python loadtests/bench_rows.py [--rows 1000 10000] [--seconds 3]
 
-For each request size: warmstart's own JSON (`/predict`), Open Inference Protocol V2 as
+For each request size: warmstart's own JSON (`/predict`, labels and probabilities), the
+same body on its KServe V1 route (labels only), Open Inference Protocol V2 as
 JSON and with the binary tensor data extension, and onnxruntime called in-process on the
 same float32 rows (the physical limit), interleaved round by round so machine drift hits
 all of them alike. One server, one worker, loopback only, bounded by --seconds per case.
@@ -48,6 +49,19 @@ def own_json(session: requests.Session, url: str, x: np.ndarray) -> Callable[[],
 
     def call() -> None:
         resp = session.post(url + "/predict", data=body, headers={"Content-Type": "application/json"})
+        assert resp.status_code == 200, resp.text[:200]
+
+    return call
+
+
+def kserve_v1(session: requests.Session, url: str, x: np.ndarray) -> Callable[[], None]:
+    """The same body on the KServe V1 route, which answers labels only, as KServe does."""
+    body = json.dumps({"instances": x.tolist()})
+
+    def call() -> None:
+        resp = session.post(
+            url + f"/v1/models/{MODEL_NAME}:predict", data=body, headers={"Content-Type": "application/json"}
+        )
         assert resp.status_code == 200, resp.text[:200]
 
     return call
@@ -128,6 +142,7 @@ def measure(
         x = rows(n)
         cases = {
             "warmstart JSON /predict": own_json(session, url, x),
+            "warmstart KServe V1 JSON": kserve_v1(session, url, x),
             "warmstart V2 JSON": v2_json(session, url, x),
             "warmstart V2 binary": v2_binary(session, url, x),
             "onnxruntime in-process, 1 thread": in_process(x, 1),
