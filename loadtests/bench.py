@@ -8,7 +8,7 @@ when missing). Loopback only; every phase is bounded in time.
 
 - single-row requests at concurrency 1, 8, 32 with wrk: req/s, p50/p90/p99, failures;
   systems interleaved round by round so machine drift hits all of them alike
-- rows/s of one 1,000- and 10,000-row request (JSON, V2 JSON, V2 binary) against
+- rows/s of one 1,000- and 10,000-row request (JSON, KServe V1, V2 JSON, V2 binary) against
   onnxruntime in-process on the same rows (loadtests/bench_rows.py)
 - cold start, process exec to first successful prediction, median of N fresh starts:
   warmstart with the ONNX model, with the joblib model, and the naive baseline; plus
