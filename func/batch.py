@@ -167,17 +167,30 @@ def _read_chunks(stream: Any, fmt: str, uri: str) -> Iterator[Any]:
             import pyarrow.csv as pacsv
 
             reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES))
-            yield from reader
+            batches, schema = iter(reader), reader.schema
         elif fmt == "jsonl":
             import pyarrow.json as pajson
 
-            reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES))
-            yield from reader
+            try:
+                reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES))
+            except pa.ArrowInvalid as exc:
+                if "Empty JSON" in str(exc):
+                    return  # no lines in, no lines out
+                raise
+            batches, schema = iter(reader), reader.schema
         else:
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(stream, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
-            yield from parquet.iter_batches(batch_size=CHUNK_ROWS)
+            batches, schema = parquet.iter_batches(batch_size=CHUNK_ROWS), parquet.schema_arrow
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            # A header-only CSV or a Parquet file of no rows still gets an output with its
+            # columns (a Parquet file of no bytes is not a Parquet file).
+            yield pa.RecordBatch.from_pylist([], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
 

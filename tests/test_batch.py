@@ -103,6 +103,31 @@ def test_batch_job_predicts_every_row_and_keeps_extra_columns(batch_server, jobs
     )
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_an_input_of_no_rows_gives_a_readable_output_of_no_rows(batch_server, jobs, dataset, suffix):
+    """A header-only CSV or an empty Parquet file: the output still has its columns
+    (a zero-byte file would not be a Parquet file at all)."""
+    x, names = dataset
+    src = write(jobs / f"empty{suffix}", table(x, names, 0))
+    out = jobs / f"empty-out{suffix}"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}, f"empty{suffix}"))
+    assert resp.status_code == 200, resp.text
+    assert from_http(resp.headers, resp.content).data["rows"] == 0
+    result = read(out)
+    assert result.num_rows == 0
+    assert result.column_names == ["patient_id", "prediction", "probability_0", "probability_1"]
+
+
+def test_an_empty_json_lines_input_gives_an_empty_output(batch_server, jobs):
+    src = jobs / "empty.jsonl"
+    src.write_text("")
+    out = jobs / "empty-out.jsonl"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}, "empty.jsonl"))
+    assert resp.status_code == 200, resp.text
+    assert from_http(resp.headers, resp.content).data["rows"] == 0
+    assert out.read_text() == ""
+
+
 def test_format_field_overrides_the_extension_and_output_format_follows_its_own(batch_server, jobs, dataset):
     x, names = dataset
     src = write(jobs / "rows.csv", table(x, names, 20))
