@@ -77,6 +77,7 @@ class Settings:
     k_configuration: str | None = None
     workers: int = DEFAULT_WORKERS
     threads: int = DEFAULT_THREADS
+    inference_threads: int = 0  # 0: the CPUs this process may use (func/cpus.py)
     graceful_timeout: int = 25
 
     @classmethod
@@ -112,5 +113,6 @@ class Settings:
             k_configuration=env.get("K_CONFIGURATION") or None,
             workers=_int(env, "WORKERS", DEFAULT_WORKERS, minimum=1),
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
+            inference_threads=_int(env, "INFERENCE_THREADS", 0),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
         )

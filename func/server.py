@@ -20,6 +20,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from . import logs
 from .app import create_app
 from .config import Settings
+from .cpus import available_cpus
 
 log = logging.getLogger("warmstart.server")
 
@@ -111,11 +112,12 @@ def run(settings: Settings) -> None:
         log.error(problem)
         sys.exit(1)
     log.info(
-        "serving %s on %s:%d with %d worker(s) x %d thread(s)",
+        "serving %s on %s:%d with %d worker(s) x %d thread(s); inputs of 512 rows or more on %d thread(s)",
         settings.model_path,
         settings.host,
         settings.port,
         settings.workers,
         settings.threads,
+        settings.inference_threads or available_cpus(),
     )
     Server(settings).run()
