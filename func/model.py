@@ -48,13 +48,15 @@ class Prediction:
 class Model:
     """A loaded model and its card. `predict` takes float32 rows in card feature order."""
 
-    def __init__(self, card: ModelCard, run: Callable[[np.ndarray], Prediction], fmt: str) -> None:
+    def __init__(self, card: ModelCard, run: Callable[[np.ndarray, bool], Prediction], fmt: str) -> None:
         self.card = card
         self.format = fmt
         self._run = run
 
-    def predict(self, rows: np.ndarray) -> Prediction:
-        return self._run(rows)
+    def predict(self, rows: np.ndarray, one_thread: bool = False) -> Prediction:
+        """`one_thread` keeps a large input on one thread, for a caller that keeps the
+        other cores busy itself (a batch job parsing its next chunk)."""
+        return self._run(rows, one_thread)
 
     def warm_up(self) -> None:
         """One inference on a plausible row so the first real request pays no lazy setup."""
@@ -156,8 +158,8 @@ def _load_onnx(path: Path, bulk_threads: int) -> Model:
             )
         out_names = outputs[:2]
 
-        def run(rows: np.ndarray) -> Prediction:
-            chosen = bulk if len(rows) >= BULK_ROWS else session
+        def run(rows: np.ndarray, one_thread: bool) -> Prediction:
+            chosen = bulk if len(rows) >= BULK_ROWS and not one_thread else session
             labels, probabilities = chosen.run(out_names, {input_name: rows})
             if not isinstance(probabilities, np.ndarray):
                 raise ModelLoadError(
@@ -167,8 +169,8 @@ def _load_onnx(path: Path, bulk_threads: int) -> Model:
     else:
         out_names = outputs[:1]
 
-        def run(rows: np.ndarray) -> Prediction:
-            chosen = bulk if len(rows) >= BULK_ROWS else session
+        def run(rows: np.ndarray, one_thread: bool) -> Prediction:
+            chosen = bulk if len(rows) >= BULK_ROWS and not one_thread else session
             (values,) = chosen.run(out_names, {input_name: rows})
             return Prediction(values.reshape(len(rows)), None)
 
@@ -265,12 +267,12 @@ def _sklearn_model(path: Path, estimator: Any, fmt: str) -> Model:
     # accepts, but float64 keeps its thresholds' exact semantics.
     if card.is_classifier and hasattr(estimator, "predict_proba"):
 
-        def run(rows: np.ndarray) -> Prediction:
+        def run(rows: np.ndarray, one_thread: bool) -> Prediction:
             x = np.asarray(rows, dtype=np.float64)
             return Prediction(np.asarray(estimator.predict(x)), estimator.predict_proba(x))
     else:
 
-        def run(rows: np.ndarray) -> Prediction:
+        def run(rows: np.ndarray, one_thread: bool) -> Prediction:
             x = np.asarray(rows, dtype=np.float64)
             return Prediction(np.asarray(estimator.predict(x)).reshape(len(rows)), None)
 

@@ -318,3 +318,40 @@ def test_submit_batch_fans_out_one_event_per_part_and_is_idempotent(start_server
     bad = subprocess.run([*cmd[:3], "/etc", srv.url], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1
     assert "0 completed" in bad.stdout and "403 output" in bad.stdout
+
+
+def test_csv_feature_columns_of_true_and_false_count_as_one_and_zero(batch_server, jobs, dataset):
+    """Feature columns are read as float64 for speed; a column pyarrow cannot read that
+    way in the first block (here booleans) makes the job read the file as before."""
+    x, names = dataset
+    numbers = table(x, names, 200, shuffle_columns=False)
+    flags = [i % 3 == 0 for i in range(200)]
+    column = numbers.column_names.index("mean radius")
+    as_numbers = numbers.set_column(column, "mean radius", pa.array([float(f) for f in flags]))
+    as_words = numbers.set_column(column, "mean radius", pa.array(flags))
+    results = []
+    for name, tab in (("flags-numbers", as_numbers), ("flags-words", as_words)):
+        src = write(jobs / f"{name}.csv", tab)
+        resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / f"{name}-out.csv")}, name))
+        assert resp.status_code == 200, resp.text
+        results.append(read(jobs / f"{name}-out.csv").column("prediction").to_pylist())
+    assert "true" in (jobs / "flags-words.csv").read_text()
+    assert results[0] == results[1]
+
+
+def test_csv_feature_column_of_integers_then_a_fraction_reads(batch_server, jobs, dataset):
+    """pyarrow infers a column's type from the first 1 MB block; a feature column of whole
+    numbers there and a fraction later used to fail with 'conversion error to int64'."""
+    x, names = dataset
+    n = 12_000
+    tab = table(x, names, n, shuffle_columns=False)
+    area = [float(round(v)) for v in tab.column("mean area").to_pylist()]
+    area[-1] = 1000.5
+    tab = tab.set_column(tab.column_names.index("mean area"), "mean area", pa.array(area))
+    src = jobs / "late-fraction.csv"
+    text = pacsv.write_csv(tab, src) or src.read_text().replace(".0,", ",")
+    src.write_text(text)
+    assert src.stat().st_size > 2 * 1024 * 1024
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "late-out.csv")}, "late"))
+    assert resp.status_code == 200, resp.text
+    assert from_http(resp.headers, resp.content).data["rows"] == n
