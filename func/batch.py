@@ -163,12 +163,20 @@ def _predict_all(chunks: Iterator[Any], model: Model, uri: str, writer: Any, one
     rows = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-predict") as pool:
         pending: Future[Any] | None = None
-        for chunk in chunks:
-            predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread)
-            rows += chunk.num_rows
-            if pending is not None:
-                writer.write(pending.result())
-            pending = predicted
+        try:
+            for chunk in chunks:
+                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread)
+                rows += chunk.num_rows
+                if pending is not None:
+                    writer.write(pending.result())
+                pending = predicted
+        except BaseException:
+            # A bad row in the chunk being predicted comes before whatever went wrong
+            # reading the next one: report the first problem in the file.
+            earlier = pending.exception() if pending is not None else None
+            if earlier is not None:
+                raise earlier from None
+            raise
         if pending is not None:
             writer.write(pending.result())
     return rows

@@ -355,3 +355,20 @@ def test_csv_feature_column_of_integers_then_a_fraction_reads(batch_server, jobs
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "late-out.csv")}, "late"))
     assert resp.status_code == 200, resp.text
     assert from_http(resp.headers, resp.content).data["rows"] == n
+
+
+def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, dataset):
+    """Chunk k is predicted while chunk k+1 is read: a bad value in the first chunk is
+    still reported before a broken line in the second."""
+    x, names = dataset
+    tab = table(x, names, 12_000, shuffle_columns=False)
+    values = tab.column("mean texture").to_pylist()
+    values[5] = None
+    tab = tab.set_column(tab.column_names.index("mean texture"), "mean texture", pa.array(values))
+    src = write(jobs / "two-problems.csv", tab)
+    text = src.read_text()
+    cut = text.index("\n", 1_500_000) + 1  # in the second 1 MB block
+    src.write_text(text[:cut] + '"p-extra",1,2\n' + text[cut:])  # a line of too few columns
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "two-out.csv")}, "two"))
+    assert resp.status_code == 422
+    assert "row[5][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
