@@ -156,3 +156,76 @@ def test_large_v2_requests_answer_like_the_general_path(server, dataset):
     short = requests.post(url, data=v2_body(data[:-1], shape=[2000, N_FEATURES]), headers=JSON)
     assert short.status_code == 400
     assert short.json()["error"] == f"inputs[0] (input): shape [2000, {N_FEATURES}] needs 60000 values, data has 59999"
+
+
+TOKENS = [b"true", b"null", b'"x"', b"[", b"]", b"{", b"}", b",", b"NaN", b"1e999", b"-", b"18446744073709551616", b" "]
+
+
+def mutations(raw: bytes, count: int, seed: int = 7):
+    """Bodies near a valid one: a token inserted, a byte replaced, or the end cut off."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        at = int(rng.integers(0, len(raw)))
+        kind = rng.integers(0, 3)
+        if kind == 0:
+            yield raw[:at] + TOKENS[int(rng.integers(0, len(TOKENS)))] + raw[at:]
+        elif kind == 1:
+            yield raw[:at] + TOKENS[int(rng.integers(0, len(TOKENS)))] + raw[at + 1 :]
+        else:
+            yield raw[:at]
+
+
+def general_rows(raw: bytes) -> np.ndarray | None:
+    """What the general path reads: the rows if they form a numeric matrix, else None."""
+    try:
+        rows = json.loads(raw)["instances"]
+        array = np.asarray(rows, dtype=np.float64)
+    except (ValueError, TypeError, KeyError):
+        return None
+    return array if array.ndim == 2 and array.shape[1] == N_FEATURES else None
+
+
+def test_whatever_the_fast_path_accepts_the_general_path_reads_the_same(dataset):
+    x, _ = dataset
+    raw = body(x[:100].tolist())
+    assert len(raw) >= fast_rows.MIN_BYTES
+    accepted = 0
+    for mutated in mutations(raw, 3000):
+        fast = fast_rows.rows_array(mutated, "instances", N_FEATURES, 10_000)
+        if fast is None:
+            continue
+        accepted += 1
+        general = general_rows(mutated)
+        assert general is not None, mutated
+        np.testing.assert_array_equal(fast, general)
+    assert accepted > 100  # insertions of a space or a digit-preserving "-" still parse
+
+
+def test_whatever_the_v2_fast_path_accepts_json_reads_the_same(dataset):
+    x, _ = dataset
+    raw = v2_body(np.ravel(x[:100]).tolist(), outputs=[{"name": "label"}])
+    accepted = 0
+    for mutated in mutations(raw, 3000, seed=11):
+        fast = fast_rows.v2_request(mutated)
+        if fast is None:
+            continue
+        accepted += 1
+        general = json.loads(mutated)
+        data = general["inputs"][0].pop("data")
+        fast_data = fast["inputs"][0].pop("data")
+        assert fast == general
+        np.testing.assert_array_equal(fast_data, np.asarray(data, dtype=np.float64))
+    assert accepted > 100
+
+
+def test_mutated_large_bodies_never_get_a_5xx(server, dataset):
+    x, _ = dataset
+    raw = body(x[:100].tolist())
+    v2 = v2_body(np.ravel(x[:100]).tolist())
+    session = requests.Session()
+    cases = {"/predict": raw, "/v1/models/breast-cancer-rf:predict": raw, "/v2/models/breast-cancer-rf/infer": v2}
+    for path, good in cases.items():
+        for mutated in mutations(good, 60):
+            resp = session.post(server.url + path, data=mutated, headers=JSON)
+            assert resp.status_code < 500, (path, resp.status_code, resp.text[:300])
+            assert "error" in resp.json() or resp.status_code == 200
