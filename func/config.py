@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from .cpus import available_cpus
 
 # Knative's queue-proxy forwards at most containerConcurrency requests per pod; two
 # gunicorn processes with a few threads each keep both cores busy while one thread
@@ -77,7 +79,8 @@ class Settings:
     k_configuration: str | None = None
     workers: int = DEFAULT_WORKERS
     threads: int = DEFAULT_THREADS
-    inference_threads: int = 0  # 0: the CPUs this process may use (func/cpus.py)
+    # onnxruntime threads for one large input: by default the CPUs this process may use
+    inference_threads: int = field(default_factory=available_cpus)
     graceful_timeout: int = 25
 
     @classmethod
@@ -113,6 +116,6 @@ class Settings:
             k_configuration=env.get("K_CONFIGURATION") or None,
             workers=_int(env, "WORKERS", DEFAULT_WORKERS, minimum=1),
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
-            inference_threads=_int(env, "INFERENCE_THREADS", 0),
+            inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
         )

@@ -19,7 +19,6 @@ import numpy as np
 
 from .card import CARD_METADATA_KEY, CardError, ModelCard, sidecar_path
 from .config import Settings
-from .cpus import available_cpus
 
 log = logging.getLogger("warmstart.model")
 
@@ -87,7 +86,7 @@ def load_model(settings: Settings) -> Model:
             )
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
-        model = _load_onnx(path, settings.inference_threads or available_cpus())
+        model = _load_onnx(path, settings.inference_threads)
     elif suffix in SKOPS_SUFFIXES:
         model = _load_skops(path, settings.skops_trusted)
     elif suffix in PICKLE_SUFFIXES:

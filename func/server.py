@@ -20,7 +20,6 @@ from gunicorn.glogging import Logger as GunicornLogger
 from . import logs
 from .app import create_app
 from .config import Settings
-from .cpus import available_cpus
 
 log = logging.getLogger("warmstart.server")
 
@@ -118,6 +117,6 @@ def run(settings: Settings) -> None:
         settings.port,
         settings.workers,
         settings.threads,
-        settings.inference_threads or available_cpus(),
+        settings.inference_threads,
     )
     Server(settings).run()

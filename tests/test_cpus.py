@@ -45,7 +45,8 @@ def test_a_quota_below_the_affinity_bounds_the_count_rounded_up(tmp_path):
 
 
 def test_inference_threads_is_a_setting():
-    assert Settings.from_env({}).inference_threads == 0  # auto
+    assert Settings.from_env({}).inference_threads == available_cpus()
+    assert Settings().inference_threads == available_cpus()
     assert Settings.from_env({"INFERENCE_THREADS": "3"}).inference_threads == 3
 
 
