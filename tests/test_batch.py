@@ -42,6 +42,18 @@ def table(x: np.ndarray, names: list[str], n: int, shuffle_columns: bool = True)
     return pa.table(columns)
 
 
+def with_column(tab: pa.Table, name: str, values: list) -> pa.Table:
+    """`tab` with column `name` replaced by `values`."""
+    return tab.set_column(tab.column_names.index(name), name, pa.array(values))
+
+
+def with_value(tab: pa.Table, name: str, row: int, value: object) -> pa.Table:
+    """`tab` with one cell of column `name` replaced."""
+    values = tab.column(name).to_pylist()
+    values[row] = value
+    return with_column(tab, name, values)
+
+
 def write(path: Path, tab: pa.Table) -> Path:
     if path.suffix == ".csv":
         pacsv.write_csv(tab, path)
@@ -209,10 +221,7 @@ def test_invalid_job_data_is_422(batch_server, data, message):
 
 def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server, jobs, dataset):
     x, names = dataset
-    tab = table(x, names, 50, shuffle_columns=False)
-    values = tab.column("mean texture").to_pylist()
-    values[37] = None
-    tab = tab.set_column(tab.column_names.index("mean texture"), "mean texture", pa.array(values))
+    tab = with_value(table(x, names, 50, shuffle_columns=False), "mean texture", 37, None)
     src = write(jobs / "holes.parquet", tab)
     out = jobs / "holes-out.parquet"
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
@@ -224,7 +233,7 @@ def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server
     words = table(x, names, 10, shuffle_columns=False)
     area = [str(v) for v in words.column("mean area").to_pylist()]
     area[3] = "lots"
-    words = words.set_column(words.column_names.index("mean area"), "mean area", pa.array(area))
+    words = with_column(words, "mean area", area)
     src = write(jobs / "words.csv", words)
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "w.csv")}))
     assert resp.status_code == 422
@@ -326,9 +335,8 @@ def test_csv_feature_columns_of_true_and_false_count_as_one_and_zero(batch_serve
     x, names = dataset
     numbers = table(x, names, 200, shuffle_columns=False)
     flags = [i % 3 == 0 for i in range(200)]
-    column = numbers.column_names.index("mean radius")
-    as_numbers = numbers.set_column(column, "mean radius", pa.array([float(f) for f in flags]))
-    as_words = numbers.set_column(column, "mean radius", pa.array(flags))
+    as_numbers = with_column(numbers, "mean radius", [float(f) for f in flags])
+    as_words = with_column(numbers, "mean radius", flags)
     results = []
     for name, tab in (("flags-numbers", as_numbers), ("flags-words", as_words)):
         src = write(jobs / f"{name}.csv", tab)
@@ -347,7 +355,7 @@ def test_csv_feature_column_of_integers_then_a_fraction_reads(batch_server, jobs
     tab = table(x, names, n, shuffle_columns=False)
     area = [float(round(v)) for v in tab.column("mean area").to_pylist()]
     area[-1] = 1000.5
-    tab = tab.set_column(tab.column_names.index("mean area"), "mean area", pa.array(area))
+    tab = with_column(tab, "mean area", area)
     src = jobs / "late-fraction.csv"
     text = pacsv.write_csv(tab, src) or src.read_text().replace(".0,", ",")
     src.write_text(text)
@@ -361,10 +369,7 @@ def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, d
     """Chunk k is predicted while chunk k+1 is read: a bad value in the first chunk is
     still reported before a broken line in the second."""
     x, names = dataset
-    tab = table(x, names, 12_000, shuffle_columns=False)
-    values = tab.column("mean texture").to_pylist()
-    values[5] = None
-    tab = tab.set_column(tab.column_names.index("mean texture"), "mean texture", pa.array(values))
+    tab = with_value(table(x, names, 12_000, shuffle_columns=False), "mean texture", 5, None)
     src = write(jobs / "two-problems.csv", tab)
     text = src.read_text()
     cut = text.index("\n", 1_500_000) + 1  # in the second 1 MB block
