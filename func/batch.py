@@ -193,7 +193,7 @@ def _filesystem(uri: str, field: str) -> tuple[Any, str]:
         raise InvalidInput(f"{field} {uri!r}: {exc}") from None
 
 
-def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str] = ()) -> Iterator[Any]:
+def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str]) -> Iterator[Any]:
     """Record batches of the input, whatever its format, decoded with pyarrow."""
     import pyarrow as pa
 
