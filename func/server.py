@@ -20,6 +20,7 @@ from gunicorn.glogging import Logger as GunicornLogger
 from . import logs
 from .app import create_app
 from .config import Settings
+from .model import BULK_ROWS
 
 log = logging.getLogger("warmstart.server")
 
@@ -111,12 +112,13 @@ def run(settings: Settings) -> None:
         log.error(problem)
         sys.exit(1)
     log.info(
-        "serving %s on %s:%d with %d worker(s) x %d thread(s); inputs of 512 rows or more on %d thread(s)",
+        "serving %s on %s:%d with %d worker(s) x %d thread(s); inputs of %d rows or more on %d thread(s)",
         settings.model_path,
         settings.host,
         settings.port,
         settings.workers,
         settings.threads,
+        BULK_ROWS,
         settings.inference_threads,
     )
     Server(settings).run()
