@@ -229,3 +229,16 @@ def test_mutated_large_bodies_never_get_a_5xx(server, dataset):
             resp = session.post(server.url + path, data=mutated, headers=JSON)
             assert resp.status_code < 500, (path, resp.status_code, resp.text[:300])
             assert "error" in resp.json() or resp.status_code == 200
+
+
+def test_results_stay_usable_while_the_next_body_is_parsed(dataset):
+    """One parser serves every request of a process: what a parse returned must not hold
+    it, or the next large body would quietly fall back to the slow path."""
+    x, _ = dataset
+    raw = body(big_rows(x))
+    v2 = v2_body(np.ravel(big_rows(x)).tolist())
+    kept = [fast_rows.rows_array(raw, "instances", N_FEATURES, 10_000), fast_rows.v2_request(v2)]
+    again = [fast_rows.rows_array(raw, "instances", N_FEATURES, 10_000), fast_rows.v2_request(v2)]
+    assert all(result is not None for result in kept + again)
+    np.testing.assert_array_equal(kept[0], again[0])
+    np.testing.assert_array_equal(kept[1]["inputs"][0]["data"], again[1]["inputs"][0]["data"])
