@@ -51,6 +51,8 @@ class Model:
         self.card = card
         self.format = fmt
         self._run = run
+        # The served file's digest: metrics, drift events and lineage name the exact model.
+        self.sha256 = ""
 
     def predict(self, rows: np.ndarray, one_thread: bool = False) -> Prediction:
         """`one_thread` keeps a large input on one thread, for a caller that keeps the
@@ -77,13 +79,12 @@ def load_model(settings: Settings) -> Model:
     path = Path(settings.model_path)
     if not path.is_file():
         raise ModelLoadError(f"MODEL_PATH={settings.model_path}: no such file")
-    if settings.model_sha256:
-        actual = file_sha256(path)
-        if actual != settings.model_sha256:
-            raise ModelLoadError(
-                f"MODEL_PATH={settings.model_path}: sha256 is {actual}, but MODEL_SHA256 "
-                f"requires {settings.model_sha256}; refusing to load it"
-            )
+    digest = file_sha256(path)
+    if settings.model_sha256 and digest != settings.model_sha256:
+        raise ModelLoadError(
+            f"MODEL_PATH={settings.model_path}: sha256 is {digest}, but MODEL_SHA256 "
+            f"requires {settings.model_sha256}; refusing to load it"
+        )
     suffix = path.suffix.lower()
     if suffix in ONNX_SUFFIXES:
         model = _load_onnx(path, settings.inference_threads)
@@ -108,6 +109,7 @@ def load_model(settings: Settings) -> Model:
         overrides["version"] = settings.model_version
     if overrides:
         model.card = dataclasses.replace(model.card, **overrides)
+    model.sha256 = digest
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot predict one row is not servable

@@ -50,7 +50,8 @@ class ServingState:
         if self.shutting_down:
             return "the server is shutting down; retry on another instance"
         if self.load_error:
-            return f"the model failed to load: {self.load_error}"
+            # The reason names server paths and digests: it goes to the log, not to callers.
+            return "the model failed to load; the server log says why"
         return "the model is still loading"
 
     def start_loading(self) -> threading.Thread:

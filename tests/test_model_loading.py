@@ -34,9 +34,8 @@ def assert_not_ready_with_one_log_line(srv, *phrases: str) -> None:
     resp = wait_for_load_failure(srv)
     assert resp.status_code == 503
     assert resp.headers["Retry-After"] == "1"
-    message = resp.json()["error"]["message"]
-    for phrase in phrases:
-        assert phrase in message, message
+    # callers learn that it failed; the path and digests stay in the server's log
+    assert resp.json()["error"]["message"] == "the model failed to load; the server log says why"
     # probes keep coming; the process stays up and does not log once per probe
     for _ in range(5):
         assert readiness(srv).status_code == 503
