@@ -82,6 +82,11 @@ class Settings:
     # onnxruntime threads for one large input: by default the CPUs this process may use
     inference_threads: int = field(default_factory=available_cpus)
     graceful_timeout: int = 25
+    # Where the server makes the folder its workers share (a writable emptyDir on a pod
+    # with a read-only root filesystem); the system's temporary folder by default.
+    shared_dir_base: str | None = None
+    # Set by the server for its workers (func/shared_dir.py), not by the environment.
+    shared_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -118,4 +123,5 @@ class Settings:
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
+            shared_dir_base=env.get("SHARED_DIR") or None,
         )

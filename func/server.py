@@ -8,7 +8,9 @@ called after throwing an instance of 'std::system_error'") or hang creating a se
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
@@ -17,7 +19,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from . import logs
+from . import logs, shared_dir
 from .app import create_app
 from .config import Settings
 from .model import BULK_ROWS
@@ -121,4 +123,12 @@ def run(settings: Settings) -> None:
         BULK_ROWS,
         settings.inference_threads,
     )
-    Server(settings).run()
+    shared = shared_dir.create(settings.shared_dir_base)
+    master = os.getpid()
+    try:
+        Server(dataclasses.replace(settings, shared_dir=str(shared))).run()
+    finally:
+        # A worker leaves through here too (gunicorn forks inside run()): only the master,
+        # which made the folder, removes it.
+        if os.getpid() == master:
+            shared_dir.remove(shared)
