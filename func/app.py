@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -10,6 +11,10 @@ from werkzeug.exceptions import HTTPException
 from . import codecs, events, openapi, v2
 from .config import Settings
 from .errors import NotReady, WarmstartError
+from .metrics import Metrics
+from .model import Model
+from .observe import Observer
+from .process import process_started
 from .serving import Serving
 from .state import ServingState
 
@@ -18,12 +23,27 @@ log = logging.getLogger("warmstart.app")
 _WERKZEUG_CODES = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
-def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
+def create_app(settings: Settings | None = None, *, load: bool = True, started: float | None = -1.0) -> Flask:
     """Build the WSGI app. With `load`, the model starts loading on a background thread;
-    `app.extensions["warmstart"]` is the ServingState that readiness reports."""
+    `app.extensions["warmstart"]` is the ServingState that readiness reports.
+
+    `started` is when the server started (seconds since the epoch), for the startup
+    metric: this process's own start by default; None for a worker that replaces another
+    long after the start, whose readiness is no cold start."""
     settings = settings or Settings.from_env()
-    state = ServingState(settings)
-    serving = Serving(settings, state)
+    metrics = Metrics(settings)
+    started_at = process_started() if started == -1.0 else started
+
+    def on_loaded(model: Model, seconds: float) -> None:
+        card = model.card
+        metrics.bind_model(card.name, card.version, model.sha256, model.card_version)
+        labels = metrics.model_labels()
+        metrics.load_seconds.labels(*labels).set(seconds)
+        if started_at is not None:
+            metrics.startup_seconds.labels(*labels).set(time.time() - started_at)
+
+    state = ServingState(settings, on_loaded)
+    serving = Serving(settings, state, metrics)
     respond = serving.respond
     app = Flask("warmstart")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
@@ -50,7 +70,15 @@ def create_app(settings: Settings | None = None, *, load: bool = True) -> Flask:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return respond({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
 
+    observer = Observer(settings, metrics, lambda: serving.model_headers()["X-Model-Version"])
+    app.wsgi_app = observer.wrap(app.wsgi_app)  # type: ignore[method-assign]
+    serving.tracing = observer.tracing
     event_handler = events.EventHandler(serving)
+
+    @app.get("/metrics", endpoint="metrics")
+    def scrape() -> Response:
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        return Response(body, 200, {**serving.model_headers(), "Content-Type": content_type})
 
     @app.post("/")
     def root() -> Response:

@@ -43,13 +43,26 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "0").strip().lower()
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower() or ("1" if default else "0")
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("", "0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name}={raw!r}: expected 0 or 1")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off", "warn": "warning"}
+    value = aliases.get(raw, raw) if raw not in choices else raw
+    if value not in choices:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+ACCESS_LOG_CHOICES = ("on", "off", "all")
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,11 @@ class Settings:
     # onnxruntime threads for one large input: by default the CPUs this process may use
     inference_threads: int = field(default_factory=available_cpus)
     graceful_timeout: int = 25
+    log_level: str = "info"
+    # Request metrics on /metrics; off only to measure what they cost (loadtests/bench.py).
+    metrics: bool = True
+    # "on": a JSON line per request; "all": probes and scrapes too; "off": none
+    access_log: str = "on"
     # Where the server makes the folder its workers share (a writable emptyDir on a pod
     # with a read-only root filesystem); the system's temporary folder by default.
     shared_dir_base: str | None = None
@@ -124,4 +142,7 @@ class Settings:
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
             shared_dir_base=env.get("SHARED_DIR") or None,
+            metrics=_flag(env, "METRICS", default=True),
+            log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
+            access_log=_choice(env, "ACCESS_LOG", "on", ACCESS_LOG_CHOICES),
         )

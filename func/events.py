@@ -24,7 +24,8 @@ except ImportError:
     from cloudevents.http import CloudEvent, from_http
 
 from . import batch, codecs
-from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType
+from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType, WarmstartError
+from .observe import current
 from .serving import Serving
 
 PREDICT = "warmstart.predict.v1"
@@ -53,20 +54,35 @@ class EventHandler:
         self._batch_slot = threading.BoundedSemaphore(1)
 
     def handle(self) -> Response:
+        """Answer one event; every event is counted by type and outcome."""
+        record = current()
+        if record is not None:
+            record.protocol = "cloudevent"
+        seen = {"type": "unparsed"}
+        try:
+            response = self._handle(seen, record)
+        except WarmstartError as exc:
+            self.serving.metrics.event_received(seen["type"], exc.code)
+            raise
+        self.serving.metrics.event_received(seen["type"], "ok")
+        return response
+
+    def _handle(self, seen: dict[str, str], record: Any) -> Response:
         if request.mimetype == BATCHED:
             raise UnsupportedMediaType(
                 f"batched CloudEvents ({BATCHED}) are not supported; send one event per request, "
                 "in binary or structured mode"
             )
         event = self._parse()
-        kind = event["type"]
+        kind = seen["type"] = event["type"]
+        self.serving.tracing.continue_event(record, event.get("traceparent"), event.get("tracestate"))
         if kind == PREDICT:
             reply_type, data = PREDICTION, self._predict(event.data)
         elif kind == BATCH:
             reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
         else:
             raise UnknownEventType(f"event type {kind!r} is not handled here; send {PREDICT!r} or {BATCH!r}")
-        return self._reply(event, reply_type, data)
+        return self._reply(event, reply_type, data, record)
 
     def _parse(self) -> CloudEvent:
         body = self.serving.body_bytes()
@@ -87,18 +103,28 @@ class EventHandler:
         model = self.serving.state.model
         if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
+        metrics = self.serving.metrics
         try:
-            return batch.run_job(job, model, self.serving.settings.batch_allow, event_id)
+            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id)
+        except Exception as exc:
+            metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
+            raise
         finally:
             self._batch_slot.release()
+        metrics.batch_job("completed", result["rows"])
+        return result
 
-    def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any]) -> Response:
+    def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:
         attributes = {"type": reply_type, "source": self.serving.settings.ce_source, "causationid": event["id"]}
         if event.get("subject") is not None:
             attributes["subject"] = event["subject"]
         for name in TRACE_EXTENSIONS:
             if event.get(name) is not None:
                 attributes[name] = event[name]
+        incoming = request.headers.get("traceparent") or event.get("traceparent")
+        traceparent = self.serving.tracing.reply_traceparent(record, incoming)
+        if traceparent is not None:
+            attributes["traceparent"] = traceparent
         reply = CloudEvent(attributes, data)
         if request.mimetype == STRUCTURED:
             # The SDK writes the envelope with json.dumps, which needs plain Python data.
@@ -106,8 +132,8 @@ class EventHandler:
         else:
             headers, body = to_binary(reply, data_marshaller=codecs.dump_json)
             headers["Content-Type"] = "application/json"
-        if "traceparent" in request.headers:
-            headers["traceparent"] = request.headers["traceparent"]
+        if traceparent is not None and "traceparent" in request.headers:
+            headers["traceparent"] = traceparent
         return self.serving.respond_bytes(body, headers)
 
 

@@ -33,11 +33,12 @@ def labels(settings: Settings) -> dict[str, str]:
     return {k: v for k, v in found.items() if v}
 
 
-def configure(settings: Settings, level: int = logging.INFO) -> logging.Handler:
-    """Send every logger's records to stdout as JSON lines; return the handler."""
+def configure(settings: Settings, level: str = "info") -> logging.Handler:
+    """Send every logger's records of `level` and above to stdout as JSON lines; return
+    the handler."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(labels(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     return handler

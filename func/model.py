@@ -53,6 +53,8 @@ class Model:
         self._run = run
         # The served file's digest: metrics, drift events and lineage name the exact model.
         self.sha256 = ""
+        # The version the card itself gives, whatever MODEL_VERSION says.
+        self.card_version = card.version
 
     def predict(self, rows: np.ndarray, one_thread: bool = False) -> Prediction:
         """`one_thread` keeps a large input on one thread, for a caller that keeps the

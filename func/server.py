@@ -20,9 +20,9 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
 from . import logs, shared_dir
-from .app import create_app
 from .config import Settings
 from .model import BULK_ROWS
+from .process import process_started
 
 log = logging.getLogger("warmstart.server")
 
@@ -53,9 +53,17 @@ def _post_worker_init(worker: Any) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def _post_fork(arbiter: Any, worker: Any) -> None:
+    """In the new worker: which worker it is (gunicorn counts them from 1; a number past
+    WORKERS means it replaced one that died)."""
+    arbiter.app.worker_age = worker.age
+
+
 class Server(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.started = process_started()
+        self.worker_age = 0
         super().__init__()
 
     def load_config(self) -> None:
@@ -70,6 +78,7 @@ class Server(BaseApplication):
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
             "post_worker_init": _post_worker_init,
+            "post_fork": _post_fork,
             "proc_name": f"warmstart-{s.k_service or 'local'}",
             # gunicorn's runtime control socket is a second way in; nothing here uses it.
             "control_socket_disable": True,
@@ -82,7 +91,12 @@ class Server(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app(self.settings)
+        # Imported here, after run() made the shared folder: prometheus-client picks its
+        # multiprocess mode when first imported.
+        from .app import create_app
+
+        first_generation = self.worker_age <= self.settings.workers
+        return create_app(self.settings, started=self.started if first_generation else None)
 
 
 def port_problem(host: str, port: int) -> str | None:
@@ -108,7 +122,7 @@ def port_problem(host: str, port: int) -> str | None:
 
 
 def run(settings: Settings) -> None:
-    logs.configure(settings)
+    logs.configure(settings, settings.log_level)
     problem = port_problem(settings.host, settings.port)
     if problem:
         log.error(problem)

@@ -3,6 +3,7 @@ JSON body and write a JSON response (with the X-Model-* headers)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -12,14 +13,19 @@ from . import codecs
 from .batching import Batcher
 from .config import Settings
 from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
+from .metrics import Metrics
 from .model import Model, Prediction
+from .observe import current
 from .state import ServingState
+from .tracing import Tracing
 
 
 class Serving:
-    def __init__(self, settings: Settings, state: ServingState) -> None:
+    def __init__(self, settings: Settings, state: ServingState, metrics: Metrics) -> None:
         self.settings = settings
         self.state = state
+        self.metrics = metrics
+        self.tracing = Tracing()
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
         self._loaded_headers: dict[str, str] | None = None
         self._batcher: Batcher | None = None
@@ -47,7 +53,16 @@ class Serving:
 
     def predict(self, model: Model, rows: np.ndarray) -> Prediction:
         """The one model call of every request, coalesced with concurrent ones when
-        ADAPTIVE_BATCH_ROWS is set."""
+        ADAPTIVE_BATCH_ROWS is set; the request's record gets its rows and timing."""
+        record = current()
+        started = time.perf_counter()
+        prediction = self._call(model, rows)
+        if record is not None:
+            record.infer_start, record.infer_end = started, time.perf_counter()
+            record.rows += len(rows)
+        return prediction
+
+    def _call(self, model: Model, rows: np.ndarray) -> Prediction:
         rows_limit = self.settings.adaptive_batch_rows
         if not rows_limit:
             return model.predict(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from .config import Settings
 from .errors import NotReady
@@ -19,8 +20,10 @@ log = logging.getLogger("warmstart.state")
 
 
 class ServingState:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_loaded: Callable[[Model, float], None] | None = None) -> None:
+        """`on_loaded(model, seconds)` runs once the model is loaded and warmed up."""
         self.settings = settings
+        self._on_loaded = on_loaded
         self._model: Model | None = None
         self.load_error: str | None = None
         self.shutting_down = False
@@ -71,13 +74,12 @@ class ServingState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model not loaded, readiness stays 503: %s", self.load_error)
         else:
+            seconds = time.perf_counter() - started
+            if self._on_loaded is not None:
+                self._on_loaded(model, seconds)
             self._model = model
             log.info(
-                "model %s version %s (%s) ready in %.3f s",
-                model.card.name,
-                model.card.version,
-                model.format,
-                time.perf_counter() - started,
+                "model %s version %s (%s) ready in %.3f s", model.card.name, model.card.version, model.format, seconds
             )
         finally:
             self._loaded.set()

@@ -131,6 +131,10 @@ def systems() -> dict[str, System]:
     naive = {"MODEL_PATH": str(JOBLIB)}
     return {
         "warmstart": System("warmstart", [sys.executable, "-m", "func"], warm),
+        # the same with request metrics and the access log off: what observing costs
+        "warmstart, unobserved": System(
+            "warmstart, unobserved", [sys.executable, "-m", "func"], {**warm, "METRICS": "0", "ACCESS_LOG": "off"}
+        ),
         "naive, uvicorn": System(
             "naive, uvicorn",
             [
