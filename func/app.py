@@ -10,6 +10,8 @@ from werkzeug.exceptions import HTTPException
 
 from . import codecs, events, openapi, v2
 from .config import Settings
+from .drift import DRIFT_EVENT, Drift
+from .emit import Emitter
 from .errors import NotReady, WarmstartError
 from .metrics import Metrics
 from .model import Model
@@ -34,9 +36,23 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     metrics = Metrics(settings)
     started_at = process_started() if started == -1.0 else started
 
+    emitter = Emitter(settings.k_sink, settings.ce_source, metrics.event_sent)
+
     def on_loaded(model: Model, seconds: float) -> None:
         card = model.card
         metrics.bind_model(card.name, card.version, model.sha256, model.card_version)
+        if settings.drift:
+            serving.drift = Drift(
+                card,
+                model.sha256,
+                settings.k_revision,
+                settings.shared_dir,
+                settings.drift_window,
+                settings.drift_threshold,
+                lambda event_id, data: emitter.send(DRIFT_EVENT, event_id, data, subject=card.name),
+                metrics.model_labels,
+            )
+            metrics.add_collector(serving.drift)
         labels = metrics.model_labels()
         metrics.load_seconds.labels(*labels).set(seconds)
         if started_at is not None:
@@ -122,6 +138,14 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         if not state.ready:
             raise NotReady(state.not_ready_reason())
         return respond({"status": "ready"})
+
+    @app.get("/drift")
+    def drift() -> Response:
+        if state.loaded is None:
+            raise NotReady(state.not_ready_reason())
+        if serving.drift is None:
+            return respond({"enabled": False, "reason": "drift detection is off (DRIFT=0)"})
+        return respond(serving.drift.report())
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:

@@ -37,6 +37,9 @@ class ModelCard:
     created: str = ""
     description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    # What the model answered on its training data, for prediction drift: the share of
+    # each class (in class_labels order), or a regressor's quantile bins like a feature's.
+    prediction_reference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -82,6 +85,7 @@ class ModelCard:
             created=str(data.get("created") or ""),
             description=str(data.get("description") or ""),
             metrics=dict(data.get("metrics") or {}),
+            prediction_reference=dict(data.get("prediction_reference") or {}),
         )
 
     @classmethod
@@ -120,6 +124,16 @@ def reference_statistics(x: np.ndarray, feature_names: list[str]) -> dict[str, d
             "fractions": [float(c) / len(col) for c in counts],
         }
     return stats
+
+
+def prediction_reference(predicted: np.ndarray, class_labels: tuple[Any, ...] | list[Any]) -> dict[str, Any]:
+    """The training data's prediction mix: class shares for a classifier (labels in
+    `class_labels` order), quantile bins for a regressor."""
+    predicted = np.asarray(predicted).reshape(-1)
+    if len(class_labels):
+        shares = [float(np.mean(predicted == label)) for label in class_labels]
+        return {"fractions": shares}
+    return reference_statistics(predicted.reshape(-1, 1).astype(np.float64), ["prediction"])["prediction"]
 
 
 def utc_now() -> str:

@@ -83,6 +83,8 @@ class Settings:
     k_sink: str | None = None
     drift_threshold: float = 0.2
     drift_window: int = 1000
+    # on by default when the model card has reference statistics; 0 turns it off
+    drift: bool = True
     batch_allow: tuple[str, ...] = ("./data/",)
     batch_wait_s: float = 30.0
     adaptive_batch_rows: int = 0
@@ -130,6 +132,7 @@ class Settings:
             k_sink=env.get("K_SINK") or None,
             drift_threshold=_float(env, "DRIFT_THRESHOLD", 0.2),
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
+            drift=_flag(env, "DRIFT", default=True),
             batch_allow=allow,
             batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
             adaptive_batch_rows=_int(env, "ADAPTIVE_BATCH_ROWS", 0),

@@ -12,6 +12,7 @@ from flask import Response, request
 from . import codecs
 from .batching import Batcher
 from .config import Settings
+from .drift import Drift
 from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
 from .metrics import Metrics
 from .model import Model, Prediction
@@ -26,6 +27,7 @@ class Serving:
         self.state = state
         self.metrics = metrics
         self.tracing = Tracing()
+        self.drift: Drift | None = None
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
         self._loaded_headers: dict[str, str] | None = None
         self._batcher: Batcher | None = None
@@ -57,6 +59,9 @@ class Serving:
         record = current()
         started = time.perf_counter()
         prediction = self._call(model, rows)
+        drift = self.drift
+        if drift is not None:
+            drift.add(rows, prediction)
         if record is not None:
             record.infer_start, record.infer_end = started, time.perf_counter()
             record.rows += len(rows)

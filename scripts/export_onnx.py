@@ -23,7 +23,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from func.card import CARD_METADATA_KEY, ModelCard, reference_statistics, sidecar_path, utc_now  # noqa: E402
+from func.card import (  # noqa: E402
+    CARD_METADATA_KEY,
+    ModelCard,
+    prediction_reference,
+    reference_statistics,
+    sidecar_path,
+    utc_now,
+)
 
 # Above this the exported model would change answers users see; float32 rounding of a
 # tree ensemble's probabilities stays around 1e-7.
@@ -48,13 +55,15 @@ def build_card(
     metrics: dict[str, float] | None = None,
 ) -> ModelCard:
     classes = getattr(estimator, "classes_", None)
+    labels = tuple(c.item() if hasattr(c, "item") else c for c in classes) if classes is not None else ()
     return ModelCard(
         name=name,
         version=version,
         task="classification" if classes is not None else "regression",
         feature_names=tuple(feature_names),
-        class_labels=tuple(c.item() if hasattr(c, "item") else c for c in classes) if classes is not None else (),
+        class_labels=labels,
         reference=reference_statistics(x, feature_names),
+        prediction_reference=prediction_reference(estimator.predict(x), labels),
         libraries=library_versions(),
         created=utc_now(),
         description=description,

@@ -1,0 +1,447 @@
+"""Feature and prediction drift: live inputs and answers against the training data's.
+
+Every predicted row falls into one bin per feature: the card's reference quantile bins,
+plus `missing`, `below_min` and `above_max` (outside the training range); the answer
+falls into a prediction bin (its class, or a regressor's value bin). The counts live in
+a tally vector per worker (func/tallies.py), so the pod's counts are the sum of its
+workers', and /metrics exports them (PSI over a revision's pods is then a PromQL query).
+
+Windows are pod-wide: when the pod's row count passes the next multiple of DRIFT_WINDOW,
+whichever worker sees it first takes the folder's lock, reads every worker's counts,
+and closes the window: PSI per feature and for the predictions against the reference,
+the share of values out of the training range, a status. A window that crosses
+DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/emit.py).
+
+Rows are binned in batches, off the request: a request appends its rows to a queue (a
+fraction of a microsecond), and a thread bins what queued every FLUSH_S or once
+QUEUE_ROWS are waiting. Binning one row at a time cost 6 us of a 110 us request; 64 rows
+at once cost 0.2 us a row.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .card import ModelCard
+from .model import Prediction
+from .tallies import Tallies
+
+log = logging.getLogger("warmstart.drift")
+
+DRIFT_EVENT = "warmstart.drift.detected.v1"
+# PSI bands as the credit-scoring practice that defined the index uses them: under 0.1
+# no change, 0.1 to the threshold (0.2 by default) a warning, above it a shift.
+WARNING_PSI = 0.1
+# Empty bins would make PSI infinite; a share this small stands in for zero.
+PSI_FLOOR = 1e-4
+FLUSH_S = 0.05
+QUEUE_ROWS = 4096
+TOP_FEATURES = 5
+SPECIAL_BINS = ("missing", "below_min", "above_max")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each feature's and the prediction's bins sit in the tally vector."""
+
+    features: tuple[str, ...]
+    edges: np.ndarray  # (features, widest edges), padded with +inf
+    starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
+    widths: tuple[int, ...]  # reference bins per feature
+    reference: tuple[np.ndarray, ...]  # each feature's reference shares over all its slots
+    mins: np.ndarray
+    maxs: np.ndarray
+    prediction_start: int
+    prediction_edges: np.ndarray | None  # a regressor's value bins; None for classes
+    prediction_reference: np.ndarray | None
+    size: int
+
+    @classmethod
+    def of(cls, card: ModelCard) -> Layout | None:
+        """The layout for a card with reference statistics for every feature, else None."""
+        if not card.reference or any("bin_edges" not in card.reference.get(n, {}) for n in card.feature_names):
+            return None
+        refs = [card.reference[n] for n in card.feature_names]
+        widest = max(len(r["bin_edges"]) for r in refs)
+        edges = np.full((len(refs), widest), np.inf)
+        starts, widths, shares = [], [], []
+        slot = 1  # slot 0 counts rows
+        for f, r in enumerate(refs):
+            edges[f, : len(r["bin_edges"])] = r["bin_edges"]
+            width = len(r["bin_edges"]) + 1
+            starts.append(slot)
+            widths.append(width)
+            shares.append(np.array([0.0, 0.0, *r["fractions"], 0.0]))
+            slot += width + len(SPECIAL_BINS)
+        pred = card.prediction_reference
+        if card.is_classifier:
+            prediction_edges = None
+            n_pred = max(len(card.class_labels), 1)
+            pred_ref = np.array(pred["fractions"]) if len(pred.get("fractions", ())) == n_pred else None
+        else:
+            prediction_edges = np.array(pred.get("bin_edges", []), dtype=np.float64)
+            n_pred = len(prediction_edges) + 1
+            pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
+        return cls(
+            features=card.feature_names,
+            edges=edges,
+            starts=np.array(starts),
+            widths=tuple(widths),
+            reference=tuple(shares),
+            mins=np.array([r["min"] for r in refs]),
+            maxs=np.array([r["max"] for r in refs]),
+            prediction_start=slot,
+            prediction_edges=prediction_edges,
+            prediction_reference=pred_ref,
+            size=slot + n_pred + 1,  # + a regressor's sum of predicted values
+        )
+
+    def bin_slots(self, rows: np.ndarray) -> np.ndarray:
+        """The slot each value of `rows` counts in: (rows, features)."""
+        # reference bin k holds edges[k-1] <= x < edges[k], as np.searchsorted(side="right")
+        bins = (rows[:, :, None] >= self.edges[None, :, :]).sum(axis=2)
+        slots = self.starts + 2 + bins
+        slots = np.where(rows < self.mins, self.starts + 1, slots)
+        slots = np.where(rows > self.maxs, self.starts + 2 + np.array(self.widths), slots)
+        return np.where(np.isnan(rows), self.starts, slots)
+
+    def prediction_slots(self, labels: np.ndarray, class_index: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        if self.prediction_edges is None:
+            return self.prediction_start + class_index(labels)
+        values = np.asarray(labels, dtype=np.float64)
+        # side="left": bin k holds edges[k-1] < v <= edges[k], as Prometheus' `le` buckets do
+        return self.prediction_start + np.searchsorted(self.prediction_edges, values, side="left")
+
+
+def psi(live: np.ndarray, reference: np.ndarray) -> float:
+    """Population stability index of live counts against reference shares."""
+    total = live.sum()
+    if not total:
+        return 0.0
+    p = np.maximum(live / total, PSI_FLOOR)
+    q = np.maximum(reference, PSI_FLOOR)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def status_of(value: float, threshold: float) -> str:
+    return "drift" if value >= threshold else "warning" if value >= WARNING_PSI else "ok"
+
+
+class Drift:
+    """Counts rows and answers into bins, closes windows, and reports."""
+
+    def __init__(
+        self,
+        card: ModelCard,
+        model_sha256: str,
+        revision: str | None,
+        shared_dir: str | None,
+        window: int,
+        threshold: float,
+        on_drift: Callable[[str, dict[str, Any]], None],
+        model_labels: Callable[[], tuple[str, str, str]],
+    ) -> None:
+        self.card, self.window, self.threshold = card, window, threshold
+        self.layout = Layout.of(card)
+        classes = {label: i for i, label in enumerate(card.class_labels)}
+        self._class_index = lambda labels: np.array([classes.get(x, 0) for x in labels.tolist()], dtype=np.int64)
+        self._revision = revision
+        size = self.layout.size if self.layout else (len(card.class_labels) + 2)
+        self.tallies = Tallies(shared_dir, "drift", size)
+        self._state = _WindowState(Path(shared_dir) if shared_dir else None)
+        self._identity = f"{model_sha256}/{os.uname().nodename}/{Path(shared_dir).name if shared_dir else os.getpid()}"
+        self._model = {"name": card.name, "version": card.version, "sha256": model_sha256}
+        self._on_drift = on_drift
+        self.model_labels = model_labels
+        self._queue: list[tuple[np.ndarray, Prediction]] = []
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._next_close = window
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.layout is not None
+
+    def add(self, rows: np.ndarray, prediction: Prediction) -> None:
+        """Queue predicted rows for binning (the request path's whole cost)."""
+        with self._lock:
+            self._queue.append((rows, prediction))
+            self._queued += len(rows)
+            full = self._queued >= QUEUE_ROWS
+            if self._thread is None:
+                # Started in the serving process: a thread would not survive gunicorn's fork.
+                self._thread = threading.Thread(target=self._flush_every, name="drift", daemon=True)
+                self._thread.start()
+        if full:
+            self.flush()
+
+    def _flush_every(self) -> None:
+        while True:
+            time.sleep(FLUSH_S)
+            try:
+                self.flush()
+            except Exception:  # the thread must outlive any one bad batch
+                log.exception("drift binning failed")
+
+    def flush(self) -> None:
+        """Bin what is queued, then close the pod's windows that are complete."""
+        with self._lock:
+            queue, self._queue, self._queued = self._queue, [], 0
+        if not queue:
+            return
+        rows = np.concatenate([r for r, _ in queue]) if len(queue) > 1 else queue[0][0]
+        counts = np.zeros(self.tallies.size)
+        counts[0] = len(rows)
+        labels = np.concatenate([np.asarray(p.labels).reshape(-1) for _, p in queue])
+        if self.layout is not None:
+            counts += np.bincount(self.layout.bin_slots(rows).ravel(), minlength=self.tallies.size)
+            counts += np.bincount(self.layout.prediction_slots(labels, self._class_index), minlength=self.tallies.size)
+            if self.layout.prediction_edges is not None:
+                counts[-1] += float(np.sum(labels))
+        elif self.card.is_classifier:
+            counts += np.bincount(1 + self._class_index(labels), minlength=self.tallies.size)
+        with self.tallies.lock:
+            self.tallies.array += counts
+        if self.layout is not None and self.tallies.slot_total(0) >= self._next_close:
+            self._close_windows()
+
+    def _close_windows(self) -> None:
+        closed = []
+        with self._state.locked() as state:
+            total = self.tallies.total()
+            while total[0] - state["rows_at_start"] >= self.window:
+                # Counts arrive in batches, so a window holds DRIFT_WINDOW rows or a batch more.
+                report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
+                state["index"] += 1
+                state["start"] = total.tolist()
+                state["rows_at_start"] = float(total[0])
+                state["last"] = report
+                state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
+                closed.append(report)
+            self._next_close = state["rows_at_start"] + self.window
+        for report in closed:
+            log.info(
+                "drift window %d closed: %s, largest feature PSI %.3f, prediction PSI %s",
+                report["window"]["index"],
+                report["status"],
+                report["top_features"][0]["psi"] if report["top_features"] else 0.0,
+                report["prediction_psi"],
+            )
+            if report["status"] == "drift":
+                self._on_drift(self.event_id(report["window"]["index"]), self.event_data(report))
+
+    def _report(self, counts: np.ndarray, index: int) -> dict[str, Any]:
+        layout = self.layout
+        assert layout is not None
+        features: dict[str, Any] = {}
+        out_of_range = 0.0
+        for f, name in enumerate(layout.features):
+            start, width = int(layout.starts[f]), layout.widths[f]
+            live = counts[start : start + width + len(SPECIAL_BINS)]
+            total = live.sum()
+            out_of_range += live[1] + live[-1]
+            features[name] = {
+                "psi": round(psi(live, layout.reference[f]), 6),
+                "bins": ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"],
+                "reference": [round(x, 6) for x in layout.reference[f].tolist()],
+                "live": [round(x / total, 6) if total else 0.0 for x in live.tolist()],
+            }
+        rows = float(counts[0])
+        prediction_psi = None
+        prediction_live = counts[layout.prediction_start : layout.size - 1]
+        if layout.prediction_reference is not None:
+            prediction_psi = round(psi(prediction_live, layout.prediction_reference), 6)
+        top = sorted(features, key=lambda n: features[n]["psi"], reverse=True)[:TOP_FEATURES]
+        worst = max([features[top[0]]["psi"] if top else 0.0, prediction_psi or 0.0])
+        return {
+            "window": {"index": index, "rows": int(rows), "size": self.window},
+            "status": status_of(worst, self.threshold),
+            "threshold": self.threshold,
+            "out_of_range_rate": round(out_of_range / (rows * len(layout.features)), 6) if rows else 0.0,
+            "prediction_psi": prediction_psi,
+            "prediction": {
+                "reference": None if layout.prediction_reference is None else layout.prediction_reference.tolist(),
+                "live": [round(x / rows, 6) if rows else 0.0 for x in prediction_live.tolist()],
+            },
+            "top_features": [{"feature": n, "psi": features[n]["psi"]} for n in top],
+            "features": features,
+        }
+
+    def event_id(self, index: int) -> str:
+        """Deterministic: the model's digest and the window's identity (this server of this
+        pod, window number), so a retried send is one event downstream."""
+        return hashlib.sha256(f"{self._identity}/{index}".encode()).hexdigest()[:32]
+
+    def event_data(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self._model,
+            "revision": self._revision,
+            "window": report["window"],
+            "threshold": report["threshold"],
+            "status": report["status"],
+            "psi": {name: f["psi"] for name, f in report["features"].items()},
+            "top_features": report["top_features"],
+            "prediction_psi": report["prediction_psi"],
+            "out_of_range_rate": report["out_of_range_rate"],
+        }
+
+    def report(self) -> dict[str, Any]:
+        """GET /drift: the window filling now and the last complete one."""
+        if self.layout is None:
+            return {
+                "enabled": False,
+                "reason": "the model card has no reference statistics for its features; "
+                "export the model with scripts/export_onnx.py to add them",
+            }
+        self.flush()
+        state = self._state.read()
+        total = self.tallies.total()
+        current = total - np.array(state["start"]) if state["start"] else total
+        return {
+            "enabled": True,
+            "window_size": self.window,
+            "threshold": self.threshold,
+            "rows_seen": int(total[0]),
+            "current": self._report(current, state["index"]),
+            "last_complete": state["last"],
+            "windows": state["windows"],
+        }
+
+    def collect(self) -> Iterator[Any]:
+        """The counts and the last window as Prometheus series (a collector of /metrics)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        model = list(self.model_labels())
+        names = ["model_name", "model_version", "revision"]
+        self.flush()
+        total = self.tallies.total()
+        layout = self.layout
+        if self.card.is_classifier:
+            predictions = CounterMetricFamily(
+                "warmstart_predictions", "Rows predicted, by predicted class", labels=[*names, "class"]
+            )
+            start = layout.prediction_start if layout else 1
+            for i, label in enumerate(self.card.class_labels):
+                predictions.add_metric([*model, str(label)], total[start + i])
+            yield predictions
+        elif layout is not None and layout.prediction_edges is not None:
+            counts = total[layout.prediction_start : layout.size - 1].cumsum()
+            bounds = [*(repr(float(e)) for e in layout.prediction_edges), "+Inf"]
+            values = HistogramMetricFamily(
+                "warmstart_prediction_value",
+                "Predicted values (buckets: the training predictions' deciles)",
+                labels=names,
+            )
+            values.add_metric(model, list(zip(bounds, counts.tolist())), float(total[-1]))
+            yield values
+        if layout is None:
+            return
+        rows = CounterMetricFamily(
+            "warmstart_drift_bin_rows",
+            "Predicted rows by feature and bin (the drift counts)",
+            labels=[*names, "feature", "bin"],
+        )
+        reference = GaugeMetricFamily(
+            "warmstart_drift_reference_fraction",
+            "Share of the training rows in each feature bin",
+            labels=[*names, "feature", "bin"],
+        )
+        for f, name in enumerate(layout.features):
+            start, width = int(layout.starts[f]), layout.widths[f]
+            bins = ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"]
+            for k, bin_name in enumerate(bins):
+                rows.add_metric([*model, name, bin_name], total[start + k])
+                reference.add_metric([*model, name, bin_name], float(layout.reference[f][k]))
+        yield rows
+        yield reference
+        state = self._state.read()
+        windows = CounterMetricFamily(
+            "warmstart_drift_windows", "Drift windows closed, by status", labels=[*names, "status"]
+        )
+        for status in ("ok", "warning", "drift"):
+            windows.add_metric([*model, status], state["windows"].get(status, 0))
+        yield windows
+        last = state["last"]
+        if last:
+            feature_psi = GaugeMetricFamily(
+                "warmstart_drift_psi", "PSI per feature, last complete window", labels=[*names, "feature"]
+            )
+            for name, entry in last["features"].items():
+                feature_psi.add_metric([*model, name], entry["psi"])
+            yield feature_psi
+            if last["prediction_psi"] is not None:
+                prediction_psi = GaugeMetricFamily(
+                    "warmstart_drift_prediction_psi", "PSI of the predictions, last complete window", labels=names
+                )
+                prediction_psi.add_metric(model, last["prediction_psi"])
+                yield prediction_psi
+
+
+class _WindowState:
+    """Which window the pod is in and the counts at its start: a JSON file under a lock
+    file in the shared folder, or memory when the process serves alone."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self._folder = folder
+        self._memory = self._empty()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"index": 0, "start": [], "rows_at_start": 0.0, "last": None, "windows": {}}
+
+    def read(self) -> dict[str, Any]:
+        if self._folder is None:
+            with self._lock:
+                return json.loads(json.dumps(self._memory))
+        path = self._folder / "drift-state.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return self._empty()
+
+    def locked(self) -> Any:
+        return _Locked(self)
+
+
+class _Locked:
+    def __init__(self, owner: _WindowState) -> None:
+        self.owner = owner
+
+    def __enter__(self) -> dict[str, Any]:
+        owner = self.owner
+        owner._lock.acquire()
+        if owner._folder is None:
+            self.state = owner._memory
+            return self.state
+        self._fd = os.open(owner._folder / "drift.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.state = owner.read()
+        return self.state
+
+    def __exit__(self, *exc: Any) -> None:
+        owner = self.owner
+        try:
+            if owner._folder is not None:
+                if exc[0] is None:
+                    path = owner._folder / "drift-state.json"
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(json.dumps(self.state))
+                    tmp.replace(path)
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
+        finally:
+            owner._lock.release()
