@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         return respond({"error": {"code": "internal", "message": "internal error; see the server log"}}, 500)
 
     observer = Observer(settings, metrics, lambda: serving.model_headers()["X-Model-Version"])
-    app.wsgi_app = observer.wrap(app.wsgi_app)  # type: ignore[method-assign]
+    observer.install(app)
     serving.tracing = observer.tracing
     event_handler = events.EventHandler(serving)
 

@@ -84,8 +84,6 @@ class Emitter:
                 self._counted(event["type"], "sent")
                 return "sent"
             problem = f"HTTP {status}"
-        log.error(
-            "%s %s not sent to %s after %d tries: %s", event["type"], event["id"], self.sink, tries, problem
-        )
+        log.error("%s %s not sent to %s after %d tries: %s", event["type"], event["id"], self.sink, tries, problem)
         self._counted(event["type"], "failed")
         return "failed"

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import flask
+
 from .access_log import AccessLog
 from .config import Settings
 from .metrics import Metrics
@@ -51,6 +53,7 @@ class RequestRecord:
     infer_end: float = 0.0
     span: Any = None
     trace_id: str | None = None
+    rule: Any = None
 
 
 def current() -> RequestRecord | None:
@@ -66,6 +69,18 @@ class Observer:
         self._log_quiet = settings.access_log == "all"
         self._metrics_on = settings.metrics
         self._model_version = model_version
+
+    def install(self, app: Any) -> None:
+        """Observe every request of a Flask app: the WSGI wrapper, plus one hook that notes
+        the matched route (Flask forgets it when the request ends)."""
+        app.wsgi_app = self.wrap(app.wsgi_app)
+
+        def note_route() -> None:
+            record = current()
+            if record is not None:
+                record.rule = flask.request.url_rule
+
+        app.before_request(note_route)
 
     def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         """`app` (a WSGI callable) observed."""
@@ -94,8 +109,7 @@ class Observer:
 
     def _finish(self, record: RequestRecord, environ: dict[str, Any], status: int, quiet: bool, metered: bool) -> None:
         now = time.perf_counter()
-        request = environ.get("werkzeug.request")
-        rule = getattr(request, "url_rule", None)
+        rule = record.rule
         route = rule.rule if rule is not None else "unmatched"
         if not record.protocol:
             record.protocol = PROTOCOLS.get(rule.endpoint if rule is not None else "", "other")

@@ -58,7 +58,7 @@ class ServerProcess:
             try:
                 requests.get(self.url + "/health/liveness", timeout=1)
                 return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a busy machine starts slowly
                 time.sleep(0.05)
         raise TimeoutError(f"server not listening after {timeout}s:\n{self.log()}")
 
