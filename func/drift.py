@@ -160,7 +160,7 @@ class Drift:
         self._revision = revision
         size = self.layout.size if self.layout else (len(card.class_labels) + 2)
         self.tallies = Tallies(shared_dir, "drift", size)
-        self._state = _WindowState(Path(shared_dir) if shared_dir else None)
+        self._state = _WindowState(Path(shared_dir) if shared_dir else None, window)
         self._identity = f"{model_sha256}/{os.uname().nodename}/{Path(shared_dir).name if shared_dir else os.getpid()}"
         self._model = {"name": card.name, "version": card.version, "sha256": model_sha256}
         self._on_drift = on_drift
@@ -222,16 +222,17 @@ class Drift:
         closed = []
         with self._state.locked() as state:
             total = self.tallies.total()
-            while total[0] - state["rows_at_start"] >= self.window:
-                # Counts arrive in batches, so a window holds DRIFT_WINDOW rows or a batch more.
+            if total[0] >= state["close_at"]:
+                # Counts arrive in batches: a window holds about DRIFT_WINDOW rows, and one
+                # batch that spans several boundaries makes one window.
                 report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
                 state["index"] += 1
                 state["start"] = total.tolist()
-                state["rows_at_start"] = float(total[0])
+                state["close_at"] = (total[0] // self.window + 1) * self.window
                 state["last"] = report
                 state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
                 closed.append(report)
-            self._next_close = state["rows_at_start"] + self.window
+            self._next_close = state["close_at"]
         for report in closed:
             log.info(
                 "drift window %d closed: %s, largest feature PSI %.3f, prediction PSI %s",
@@ -394,14 +395,14 @@ class _WindowState:
     """Which window the pod is in and the counts at its start: a JSON file under a lock
     file in the shared folder, or memory when the process serves alone."""
 
-    def __init__(self, folder: Path | None) -> None:
-        self._folder = folder
-        self._memory = self._empty()
+    def __init__(self, folder: Path | None, window: int) -> None:
+        self._folder, self._window = folder, window
+        self._memory = self._empty(window)
         self._lock = threading.Lock()
 
     @staticmethod
-    def _empty() -> dict[str, Any]:
-        return {"index": 0, "start": [], "rows_at_start": 0.0, "last": None, "windows": {}}
+    def _empty(window: int) -> dict[str, Any]:
+        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}}
 
     def read(self) -> dict[str, Any]:
         if self._folder is None:
@@ -411,7 +412,7 @@ class _WindowState:
         try:
             return json.loads(path.read_text())
         except (OSError, ValueError):
-            return self._empty()
+            return self._empty(self._window)
 
     def locked(self) -> Any:
         return _Locked(self)

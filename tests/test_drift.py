@@ -1,0 +1,172 @@
+"""Drift: one window for the whole pod, PSI against the card's reference, one event per
+drifted window to K_SINK, and predictions that never wait for the sink."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import requests
+
+from tests.server import free_port
+
+
+def wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def training_rows() -> np.ndarray:
+    from sklearn.datasets import load_breast_cancer
+
+    # shuffled: the data set lists most malignant tumours first, so its first rows are no
+    # sample of the training data
+    return np.random.default_rng(0).permutation(load_breast_cancer().data)
+
+
+class Sink(BaseHTTPRequestHandler):
+    """A CloudEvents receiver: parses each event with the SDK; `behaviour` can make it
+    fail or hang."""
+
+    events: list = []
+    behaviour = "ok"
+    hanging = threading.Event()
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        from cloudevents.http import from_http
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if Sink.behaviour == "fail":
+            self.send_response(500)
+            self.end_headers()
+            return
+        if Sink.behaviour == "hang":
+            Sink.hanging.set()
+            time.sleep(4)
+            return
+        Sink.events.append(from_http(dict(self.headers), body))
+        self.send_response(202)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def sink():
+    Sink.events, Sink.behaviour = [], "ok"
+    Sink.hanging.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+
+
+def send_rows(srv, rows: np.ndarray, per_request: int = 1) -> None:
+    """Each request on a new connection, so the kernel spreads them over the workers."""
+    for i in range(0, len(rows), per_request):
+        resp = requests.post(srv.url + "/predict", json={"instances": rows[i : i + per_request].tolist()})
+        assert resp.status_code == 200, resp.text
+
+
+def drift(srv) -> dict:
+    return requests.get(srv.url + "/drift").json()
+
+
+def test_rows_from_every_worker_fill_one_window(start_server, tmp_path, training_rows):
+    srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "300", "SHARED_DIR": str(tmp_path)})
+    send_rows(srv, training_rows[:300])
+    report = wait_for(lambda: (r := drift(srv))["last_complete"] and r)
+    assert report["last_complete"]["window"] == {"index": 0, "rows": 300, "size": 300}
+    assert report["windows"] == {report["last_complete"]["status"]: 1}
+    assert report["last_complete"]["status"] in ("ok", "warning")  # a sample of the training data
+    assert report["current"]["window"]["rows"] == 0 and report["rows_seen"] == 300
+    # both workers counted some of them
+    files = list(tmp_path.glob("warmstart-*/drift-*.f64"))
+    assert len(files) == 2 and all(np.fromfile(f)[0] > 0 for f in files)
+
+
+def test_psi_per_feature_matches_the_reference_bins(start_server, training_rows, card):
+    srv = start_server({"DRIFT_WINDOW": "200"})
+    shifted = training_rows[:200] * np.linspace(0.8, 1.6, training_rows.shape[1])
+    send_rows(srv, shifted, per_request=50)
+    last = wait_for(lambda: drift(srv)["last_complete"])
+    for f, name in enumerate(card["feature_names"]):
+        ref = card["reference"][name]
+        edges, column = np.array(ref["bin_edges"]), shifted[:, f].astype(np.float32).astype(np.float64)
+        below, above = column < ref["min"], column > ref["max"]
+        inside = np.bincount(np.searchsorted(edges, column[~below & ~above], side="right"), minlength=len(edges) + 1)
+        live = np.array([0, below.sum(), *inside, above.sum()]) / len(column)
+        expected = np.array([0, 0, *ref["fractions"], 0])
+        p, q = np.maximum(live, 1e-4), np.maximum(expected, 1e-4)
+        assert last["features"][name]["psi"] == pytest.approx(float(np.sum((p - q) * np.log(p / q))), abs=1e-5), name
+        assert last["features"][name]["live"] == pytest.approx(live.tolist(), abs=1e-6)
+    top = last["top_features"]
+    assert top[0]["psi"] == max(f["psi"] for f in last["features"].values()) and len(top) == 5
+    assert last["status"] == "drift" and last["threshold"] == 0.2
+    assert 0 < last["out_of_range_rate"] < 1
+
+
+def test_a_drifted_window_sends_one_event_per_window(start_server, sink, training_rows):
+    srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "150", "K_SINK": sink, "K_REVISION": "rev-a"})
+    send_rows(srv, training_rows[:150], per_request=2)  # window 0: the training data, no event
+    # rows are binned in batches, so a window closes at the first batch past its size
+    assert wait_for(lambda: drift(srv)["last_complete"])["status"] != "drift"
+    send_rows(srv, training_rows[150:450] * 1.7, per_request=15)  # windows 1 and 2: drifted
+    assert wait_for(lambda: len(Sink.events) == 2), Sink.events
+    time.sleep(0.3)
+    assert len(Sink.events) == 2
+    first, second = sorted(Sink.events, key=lambda e: e.data["window"]["index"])
+    assert [e.data["window"]["index"] for e in (first, second)] == [1, 2]
+    assert first["type"] == "warmstart.drift.detected.v1" and first["source"] == second["source"]
+    assert first["id"] != second["id"] and len(first["id"]) == 32
+    data = first.data
+    assert data["model"]["name"] == "breast-cancer-rf" and len(data["model"]["sha256"]) == 64
+    assert data["revision"] == "rev-a" and data["status"] == "drift" and data["threshold"] == 0.2
+    assert set(data["psi"]) == set(drift(srv)["current"]["features"]) and data["prediction_psi"] is not None
+    assert data["top_features"][0]["psi"] >= 0.2
+    text = requests.get(srv.url + "/metrics").text
+    assert 'warmstart_events_sent_total{model_name="breast-cancer-rf"' in text and 'outcome="sent"' in text
+
+
+@pytest.mark.parametrize("behaviour", ["fail", "hang", "absent"])
+def test_a_failing_slow_or_absent_sink_never_fails_a_prediction(start_server, sink, training_rows, behaviour):
+    Sink.behaviour = behaviour
+    target = f"http://127.0.0.1:{free_port()}/" if behaviour == "absent" else sink
+    srv = start_server({"DRIFT_WINDOW": "50", "K_SINK": target})
+    send_rows(srv, training_rows[:50] * 1.7, per_request=50)
+    if behaviour == "hang":
+        assert Sink.hanging.wait(10)  # the sender is stuck on the sink...
+    send_rows(srv, training_rows[:100])  # ...and predictions go on
+    outcome = 'outcome="failed"'
+    assert wait_for(lambda: outcome in requests.get(srv.url + "/metrics").text, timeout=20)
+    assert "not sent to" in srv.log()
+
+
+def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, training_rows, card):
+    srv = start_server({"WORKERS": "2"})
+    send_rows(srv, training_rows[:40], per_request=4)
+    n_features = len(card["feature_names"])
+
+    def bin_rows() -> float:
+        text = requests.get(srv.url + "/metrics").text
+        lines = [line for line in text.splitlines() if line.startswith("warmstart_drift_bin_rows_total{")]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+    assert wait_for(lambda: bin_rows() == 40 * n_features)
+    off = start_server({"DRIFT": "0"})
+    send_rows(off, training_rows[:5])
+    assert drift(off)["enabled"] is False
+    assert "warmstart_drift_bin_rows_total" not in requests.get(off.url + "/metrics").text
+    assert json.loads(requests.get(srv.url + "/drift").text)["enabled"] is True
+
+
