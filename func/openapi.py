@@ -24,6 +24,57 @@ _ERRORS = {
 }
 
 
+_WINDOW = {
+    "type": "object",
+    "properties": {
+        "window": {
+            "type": "object",
+            "properties": {"index": {"type": "integer"}, "rows": {"type": "integer"}, "size": {"type": "integer"}},
+        },
+        "status": {"type": "string", "enum": ["ok", "warning", "drift"]},
+        "threshold": {"type": "number"},
+        "out_of_range_rate": {"type": "number", "description": "share of values outside the training range"},
+        "prediction_psi": {"type": "number", "nullable": True},
+        "prediction": {"type": "object", "description": "reference and live shares of the prediction bins"},
+        "top_features": {
+            "type": "array",
+            "items": {"type": "object", "properties": {"feature": {"type": "string"}, "psi": {"type": "number"}}},
+        },
+        "features": {
+            "type": "object",
+            "description": "per feature: psi, bin names, reference and live shares",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {
+                    "psi": {"type": "number"},
+                    "bins": {"type": "array", "items": {"type": "string"}},
+                    "reference": {"type": "array", "items": {"type": "number"}},
+                    "live": {"type": "array", "items": {"type": "number"}},
+                },
+            },
+        },
+    },
+}
+_DRIFT = {
+    "type": "object",
+    "required": ["enabled"],
+    "properties": {
+        "enabled": {"type": "boolean"},
+        "reason": {"type": "string", "description": "why drift detection is off"},
+        "window_size": {"type": "integer"},
+        "threshold": {"type": "number"},
+        "rows_seen": {"type": "integer"},
+        "current": _WINDOW,
+        "last_complete": {**_WINDOW, "nullable": True},
+        "windows": {
+            "type": "object",
+            "additionalProperties": {"type": "integer"},
+            "description": "closed windows by status",
+        },
+    },
+}
+
+
 def _predict_op(
     summary: str,
     request_ref: str,
@@ -150,10 +201,31 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                 "Readiness: the model is loaded and warmed up", {"type": "object"}, {"503": _ERRORS["503"]}
             ),
             "/openapi.json": _get_op("This document", {"type": "object"}),
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of every worker of this server (OpenMetrics when the Accept "
+                    "header asks for application/openmetrics-text)",
+                    "responses": {
+                        "200": {
+                            "description": "Metrics",
+                            "content": {
+                                "text/plain": {"schema": {"type": "string"}},
+                                "application/openmetrics-text": {"schema": {"type": "string"}},
+                            },
+                        }
+                    },
+                }
+            },
+            "/drift": _get_op(
+                "Feature and prediction drift: the window filling now and the last complete one",
+                {"$ref": "#/components/schemas/Drift"},
+                {"503": _ERRORS["503"]},
+            ),
             **_v2_paths(name_param),
         },
         "components": {
             "schemas": {
+                "Drift": _DRIFT,
                 "PredictRequest": {
                     "oneOf": [
                         {"type": "object", "required": ["instances"], "properties": {"instances": instances}},

@@ -119,6 +119,8 @@ def test_openapi_describes_every_route(server):
         ("/health/liveness", "get"),
         ("/health/readiness", "get"),
         ("/openapi.json", "get"),
+        ("/metrics", "get"),
+        ("/drift", "get"),
     ]:
         assert method in paths[path], path
     assert paths["/predict"]["post"]["responses"]["422"]
