@@ -32,12 +32,22 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        # RecursionError: orjson stops at 1,024 levels of nesting, and json's recursive
+        # parser would overflow the stack on the same body.
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def dump_json(body: Any) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(body, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: arrays of strings or Python objects (the labels of
+    a classifier trained on string classes) and NumPy scalars outside arrays."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def rows_from_json(instances: Any, card: ModelCard, max_rows: int, where: str = "instances") -> np.ndarray:

@@ -57,8 +57,15 @@ def _output_specs(model: Model) -> list[tuple[str, str, list[int]]]:
     if not card.is_classifier:
         return [("prediction", "FP32", [-1])]
     labels = card.class_labels
-    label_type = "BYTES" if labels and any(isinstance(c, str) for c in labels) else "INT64"
-    return [("label", label_type, [-1]), ("probabilities", "FP32", [-1, len(labels) or -1])]
+    return [("label", _label_datatype(labels), [-1]), ("probabilities", "FP32", [-1, len(labels) or -1])]
+
+
+def _label_datatype(labels: tuple[Any, ...]) -> str:
+    if any(isinstance(c, str) for c in labels):
+        return "BYTES"
+    if labels and all(isinstance(c, bool) for c in labels):
+        return "BOOL"
+    return "INT64"
 
 
 def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows: int) -> tuple[dict, np.ndarray]:
