@@ -65,7 +65,7 @@ class BatchJob:
                 raise InvalidInput(f"event data: {key!r} must be a non-empty URI string")
         fmt = data.get("format")
         if fmt is not None and fmt not in FORMATS:
-            raise InvalidInput(f"event data: format {fmt!r} is not one of {', '.join(FORMATS)}")
+            raise InvalidInput(f"event data: format {codecs.short(fmt)} is not one of {', '.join(FORMATS)}")
         return cls(data["input"], data["output"], fmt)
 
     def formats(self) -> tuple[str, str]:

@@ -54,7 +54,7 @@ def rows_from_json(instances: Any, card: ModelCard, max_rows: int, where: str = 
     """Turn JSON rows (lists in feature order, or objects keyed by feature name) into a
     validated float32 array of shape (n, n_features)."""
     if not isinstance(instances, list):
-        raise InvalidInput(f"{where}: expected a list of rows, got {_json_type(instances)}")
+        raise InvalidInput(f"{where}: expected a list of rows, got {json_type(instances)}")
     if not instances:
         raise InvalidInput(f"{where}: expected at least one row, got an empty list")
     if len(instances) > max_rows:
@@ -78,7 +78,7 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
     if isinstance(features, dict):
         return rows_from_json([features], card, 1, where)
     if not isinstance(features, list):
-        raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {_json_type(features)}")
+        raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {json_type(features)}")
     try:
         array = np.asarray([features])
     except ValueError:
@@ -145,7 +145,7 @@ def rows_from_columns(columns: dict[str, Any], card: ModelCard, where: str, firs
         except (TypeError, ValueError):
             r, value = _first_non_number(column)
             raise InvalidInput(
-                f"{where}[{r + first_row}][{c}] ({name}): expected a number, got {_json_type(value)} {_short(value)}"
+                f"{where}[{r + first_row}][{c}] ({name}): expected a number, got {json_type(value)} {short(value)}"
             ) from None
     return check_rows(array, card, where, first_row=first_row)
 
@@ -166,7 +166,7 @@ def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[lis
     out = []
     for r, row in enumerate(instances):
         if not isinstance(row, dict):
-            raise InvalidInput(f"{where}[{r}]: expected an object like row 0, got {_json_type(row)}")
+            raise InvalidInput(f"{where}[{r}]: expected an object like row 0, got {json_type(row)}")
         if len(row) != len(names) or not all(k in row for k in names):
             raise InvalidInput(_named_row_problem(row, card, f"{where}[{r}]"))
         out.append(list(pick(row)) if len(names) > 1 else [pick(row)])
@@ -197,18 +197,18 @@ def _first_row_problem(instances: list[Any], card: ModelCard, where: str) -> str
 
 def _row_problem(row: Any, card: ModelCard, where: str) -> str | None:
     if not isinstance(row, list):
-        return f"{where}: expected a row of {card.n_features} numbers, got {_json_type(row)}"
+        return f"{where}: expected a row of {card.n_features} numbers, got {json_type(row)}"
     if len(row) != card.n_features:
         return f"{where}: expected {card.n_features} features, got {len(row)}"
     for c, value in enumerate(row):
         if value is None:
             return f"{where}[{c}] ({card.feature_names[c]}): null is not a number"
         if not isinstance(value, (int, float)):
-            return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {_json_type(value)} {_short(value)}"
+            return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {json_type(value)} {short(value)}"
     return None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
@@ -216,9 +216,14 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def short(value: Any, limit: int = 40) -> str:
+    """A JSON value as a message quotes it: at most `limit` characters, however large or
+    deeply nested the value (orjson refuses past 254 levels where json would recurse)."""
+    try:
+        text = repr(value) if isinstance(value, float) else orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        text = f"{json_type(value)} nested too deeply to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def prediction_body(prediction: Prediction, card: ModelCard, single: bool = False) -> dict[str, Any]:
@@ -237,7 +242,7 @@ def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarra
     """The own API's three shapes -> (rows, whether it was a single `features` row)."""
     if not isinstance(body, dict):
         raise InvalidInput(
-            f"request body: expected a JSON object with 'instances' or 'features', got {_json_type(body)}"
+            f"request body: expected a JSON object with 'instances' or 'features', got {json_type(body)}"
         )
     if "instances" in body:
         return rows_from_json(body["instances"], card, max_rows), False
