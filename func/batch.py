@@ -241,7 +241,10 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
     import pyarrow.csv as pacsv
 
     read_options = pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES)
-    typed = pacsv.ConvertOptions(column_types={name: pa.float64() for name in features})
+    # Only an empty cell is missing: pyarrow would also read "nan", "NA" or "NULL" as
+    # null, and a message would then call a cell holding "nan" empty.
+    nulls = {"null_values": [""], "strings_can_be_null": True}
+    typed = pacsv.ConvertOptions(column_types={name: pa.float64() for name in features}, **nulls)
     try:
         reader = pacsv.open_csv(stream, read_options=read_options, convert_options=typed)
         first = reader.read_next_batch()
@@ -249,7 +252,7 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
         return iter(()), reader.schema
     except pa.ArrowInvalid:
         stream.seek(0)
-        reader = pacsv.open_csv(stream, read_options=read_options)
+        reader = pacsv.open_csv(stream, read_options=read_options, convert_options=pacsv.ConvertOptions(**nulls))
         return iter(reader), reader.schema
     return itertools.chain([first], reader), reader.schema
 
@@ -262,7 +265,7 @@ def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_threa
     card = model.card
     names = chunk.schema.names
     columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
-    rows = codecs.rows_from_columns(columns, card, f"input {uri!r} row", first_row)
+    rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
     prediction = model.predict(rows, one_thread=one_thread)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
@@ -276,9 +279,11 @@ def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_threa
 def _column_values(column: Any) -> np.ndarray:
     import pyarrow as pa
 
+    if column.null_count:
+        # Python objects, so the None of an empty cell stays apart from a NaN in the file;
+        # a feature column with nulls is refused anyway, so speed does not matter here.
+        return np.asarray(column.to_pylist(), dtype=object)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
-        if column.null_count:
-            column = column.cast(pa.float64())
         return column.to_numpy(zero_copy_only=False)
     if pa.types.is_null(column.type):
         return np.full(len(column), np.nan)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -93,14 +94,21 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
 
 
 def check_rows(
-    array: np.ndarray, card: ModelCard, where: str, source: Any = None, one_row: bool = False, first_row: int = 0
+    array: np.ndarray,
+    card: ModelCard,
+    where: str,
+    source: Any = None,
+    one_row: bool = False,
+    first_row: int = 0,
+    table: Table | None = None,
 ) -> np.ndarray:
     """Check a 2-D numeric array against the card and return it as float32.
 
     `source`, when given, is the original nested list, so a message can quote the value
     that was wrong rather than its float32 rendering. `one_row` names positions `where[c]`
     rather than `where[r][c]`; `first_row` is the index of the array's first row in a
-    larger input (a chunk of a batch job).
+    larger input (a chunk of a batch job), and `table` says where its columns are in the
+    file and which cells were empty.
     """
     if array.ndim != 2:
         raise InvalidInput(f"{where}: expected a 2-D array of rows, got {array.ndim} dimension(s)")
@@ -122,42 +130,67 @@ def check_rows(
             if isinstance(value, (int, float)) and math.isfinite(value)
             else "is not a finite number"
         )
-        position = f"{where}[{c}]" if one_row else f"{where}[{r + first_row}][{c}]"
+        if table is not None and table.empty is not None and table.empty[r, c]:
+            shown, reason = "the cell", "is empty; expected a number"
+        column = table.numbers[c] if table is not None else c
+        position = f"{where}[{c}]" if one_row else f"{where}[{r + first_row}][{column}]"
         raise InvalidInput(f"{position} ({card.feature_names[c]}): {shown} {reason}")
     return rows
 
 
-def rows_from_columns(columns: dict[str, Any], card: ModelCard, where: str, first_row: int = 0) -> np.ndarray:
+@dataclass
+class Table:
+    """What a message about a table's cell needs beyond the array: each feature's column
+    number in the file, and which cells were empty (None when none were)."""
+
+    numbers: list[int]
+    empty: np.ndarray | None = None
+
+
+def rows_from_columns(
+    columns: dict[str, Any], names: list[str], card: ModelCard, where: str, first_row: int = 0
+) -> np.ndarray:
     """A chunk of a table (CSV, JSONL, Parquet) with one column per feature name, in any
-    order and with extra columns beside them, as validated float32 rows."""
+    order and with extra columns beside them, as validated float32 rows. `names` are all
+    the file's columns in order: a message's position `row[r][c]` counts them. A None (a
+    null, or an empty CSV cell) is reported as empty."""
     missing = [name for name in card.feature_names if name not in columns]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InvalidInput(f"{where}: missing feature column(s) {', '.join(map(repr, missing[:5]))}{more}")
+    table = Table([names.index(name) for name in card.feature_names])
     array = np.empty((len(columns[card.feature_names[0]]), card.n_features), dtype=np.float64)
     for c, name in enumerate(card.feature_names):
         column = np.asarray(columns[name])
-        try:
-            # Text columns of numbers ("1001.0" in a CSV whose column also holds text) convert.
-            if column.dtype.kind not in _NUMBER_KINDS:
-                column = np.array([np.nan if v is None else v for v in column.tolist()]).astype(np.float64)
-            array[:, c] = column
-        except (TypeError, ValueError):
-            r, value = _first_non_number(column)
-            raise InvalidInput(
-                f"{where}[{r + first_row}][{c}] ({name}): expected a number, got {json_type(value)} {short(value)}"
-            ) from None
-    return check_rows(array, card, where, first_row=first_row)
+        # Text columns of numbers ("1001.0" in a CSV whose column also holds text) convert.
+        if column.dtype.kind not in _NUMBER_KINDS:
+            values = column.tolist()
+            blank = [v is None or (isinstance(v, str) and not v.strip()) for v in values]
+            if any(blank):
+                if table.empty is None:
+                    table.empty = np.zeros(array.shape, dtype=bool)
+                table.empty[:, c] = blank
+            try:
+                column = np.array([np.nan if b else v for v, b in zip(values, blank)]).astype(np.float64)
+            except (TypeError, ValueError):
+                r, value = _first_non_number(values, blank)
+                raise InvalidInput(
+                    f"{where} row[{r + first_row}][{table.numbers[c]}] ({name}): "
+                    f"expected a number, got {json_type(value)} {short(value)}"
+                ) from None
+        array[:, c] = column
+    return check_rows(array, card, f"{where} row", first_row=first_row, table=table)
 
 
-def _first_non_number(column: np.ndarray) -> tuple[int, Any]:
-    for r, value in enumerate(column.tolist()):
+def _first_non_number(values: list[Any], blank: list[bool]) -> tuple[int, Any]:
+    for r, (value, empty) in enumerate(zip(values, blank)):
+        if empty:
+            continue
         try:
             float(value)
         except (TypeError, ValueError):
-            if value is not None:
-                return r, value
-    return 0, column[0]
+            return r, value
+    return 0, values[0]
 
 
 def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[list[Any]]:

@@ -227,7 +227,11 @@ def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server
     out = jobs / "holes-out.parquet"
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
     assert resp.status_code == 422
-    assert "row[37][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
+    # Positions count the file's columns: patient_id is column 0.
+    assert (
+        error_of(resp)["message"]
+        == f"input {str(src)!r} row[37][2] (mean texture): the cell is empty; expected a number"
+    )
     assert not out.exists()
     assert not [p for p in jobs.iterdir() if p.name.startswith(".holes-out")]
 
@@ -238,7 +242,7 @@ def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server
     src = write(jobs / "words.csv", words)
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "w.csv")}))
     assert resp.status_code == 422
-    assert 'row[3][3] (mean area): expected a number, got string "lots"' in error_of(resp)["message"]
+    assert 'row[3][4] (mean area): expected a number, got string "lots"' in error_of(resp)["message"]
 
 
 def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
@@ -246,7 +250,7 @@ def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
     src = write(jobs / "narrow.csv", table(x, names, 5).drop_columns(["worst area"]))
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "n.csv")}))
     assert resp.status_code == 422
-    assert "missing feature column(s) 'worst area'" in error_of(resp)["message"]
+    assert error_of(resp)["message"] == f"input {str(src)!r}: missing feature column(s) 'worst area'"
 
 
 def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_server, tmp_path, dataset):
@@ -377,7 +381,7 @@ def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, d
     src.write_text(text[:cut] + '"p-extra",1,2\n' + text[cut:])  # a line of too few columns
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "two-out.csv")}, "two"))
     assert resp.status_code == 422
-    assert "row[5][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
+    assert "row[5][2] (mean texture): the cell is empty; expected a number" in error_of(resp)["message"]
 
 
 def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
@@ -455,3 +459,20 @@ def test_any_job_removes_partial_files_of_dead_attempts_but_not_of_running_ones(
         assert not dead.exists()
         assert running.exists()
     running.unlink()
+
+
+def test_an_empty_csv_cell_is_reported_as_empty_and_a_nan_as_not_finite(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "blank.csv", table(x, names, 3, shuffle_columns=False))
+    lines = src.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[3] = ""  # mean perimeter, column 3 of the file, in row 1
+    src.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
+    assert resp.status_code == 422
+    assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): the cell is empty; expected a number")
+    cells[3] = "nan"
+    src.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
+    assert resp.status_code == 422
+    assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): nan is not a finite number")
