@@ -107,11 +107,15 @@ def test_export_fails_when_onnx_disagrees_with_the_original(tmp_path):
     joblib.dump(model, tmp_path / "fragile.joblib")
     write_csv(tmp_path / "sample.csv", ["a", "b"], x)
     out = tmp_path / "fragile.onnx"
+    out.write_bytes(b"the model being served")
     result = run_script(
         "scripts/export_onnx.py", str(tmp_path / "fragile.joblib"), str(tmp_path / "sample.csv"), str(out)
     )
     assert result.returncode == 1
     assert "disagrees with the original" in result.stderr
+    assert f"{out} was not written" in result.stderr
+    assert out.read_bytes() == b"the model being served"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fragile.joblib", "fragile.onnx", "sample.csv"]
 
 
 def test_export_rejects_a_sample_with_the_wrong_columns(tmp_path, dataset):
