@@ -84,6 +84,9 @@ def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows:
         header = codecs.parse_json(body)
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("inference request: expected a JSON object with an 'inputs' list")
+    if not isinstance(header.get("id", ""), str):
+        # The answer echoes it, so it must be what the protocol says: a string.
+        raise InvalidInput(f"id: expected a string, got {codecs.short(header['id'])}")
     inputs = header["inputs"]
     if len(inputs) != 1:
         raise InvalidInput(f"inputs: this model takes one tensor {INPUT_NAME!r} of shape [N, {model.card.n_features}]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 MODEL = "breast-cancer-rf"
+DEEP = functools.reduce(lambda inner, _: [inner], range(300), [])  # past orjson's 254 levels of output
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,8 @@ def tensor(shape, data, datatype="FP32", name="input"):
         (tensor([1, 30], [-200] * 30, "INT8"), 400, "data holds a value outside the range of INT8 (-128 to 127)"),
         (tensor([1, 30], [-1] * 30, "UINT64"), 400, "data holds a value outside the range of UINT64"),
         (tensor([1, 30], [2**70] * 30, "INT64"), 400, "data holds a value outside the range of INT64"),
+        ({**tensor([1, 30], [1.0] * 30), "id": {"a": 1}}, 400, 'id: expected a string, got {"a":1}'),
+        ({**tensor([1, 30], [1.0] * 30), "id": DEEP}, 400, "id: expected a string, got array nested too deeply"),
     ],
 )
 def test_bad_tensors_are_400_in_the_protocol_shape(server, body, status, message):
