@@ -151,10 +151,11 @@ def _checked(attributes: dict[str, Any], where: str) -> dict[str, Any]:
     for name, value in attributes.items():
         if value is None:
             continue  # the JSON format reads a null optional attribute as absent
-        # Attribute types (string, integer, boolean, URI, timestamp) are all JSON scalars.
+        # CloudEvents attribute types (string, integer, boolean, URI, timestamp) are JSON
+        # strings, integers and booleans.
         if not isinstance(value, (str, int)):
             raise MalformedRequest(
-                f"not a valid CloudEvent: {where.format(name)} must be a string, number or boolean, "
+                f"not a valid CloudEvent: {where.format(name)} must be a string, integer or boolean, "
                 f"got {codecs.short(value)}"
             )
         checked[name] = value

@@ -171,6 +171,7 @@ ENVELOPE = {"specversion": "1.0", "id": "s-1", "source": "/t", "type": "warmstar
         ("id", True),
         ("id", ""),
         ("subject", {"a": 1}),
+        ("time", 1.5),
     ],
 )
 def test_structured_event_with_a_wrong_attribute_is_400_naming_it(server, attribute, value):
