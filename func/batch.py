@@ -3,18 +3,18 @@
 Input and output are URIs opened through fsspec (local paths and file:// always; s3://,
 gs://, http(s):// when their backend package is installed). Only URIs under a BATCH_ALLOW
 prefix are touched, after `..` and symbolic links are resolved. The output is written to
-a temporary name beside it and renamed into place when complete, so a job killed half-way
-leaves nothing under the output name and a re-delivered job leaves exactly one output.
+a temporary name beside it and renamed into place when complete (func/partials.py), so a
+job killed half-way leaves nothing under the output name and a re-delivered job, even one
+delivered twice at once, leaves exactly one complete output.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
+import logging
 import os
 import posixpath
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import orjson
 
-from . import codecs
+from . import codecs, partials
 from .errors import Forbidden, InvalidInput
 from .model import Model
 
@@ -48,6 +48,8 @@ TEXT_BLOCK_BYTES = 1 << 20
 # writers make as large as 1M rows.
 PARQUET_BUFFER_BYTES = 1 << 20
 
+log = logging.getLogger("warmstart.batch")
+
 
 @dataclass(frozen=True)
 class BatchJob:
@@ -63,9 +65,11 @@ class BatchJob:
         for key in ("input", "output"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise InvalidInput(f"event data: {key!r} must be a non-empty URI string")
+            if "\x00" in data[key]:
+                raise InvalidInput(f"event data: {key!r} holds a NUL character, which no path or URL may hold")
         fmt = data.get("format")
         if fmt is not None and fmt not in FORMATS:
-            raise InvalidInput(f"event data: format {fmt!r} is not one of {', '.join(FORMATS)}")
+            raise InvalidInput(f"event data: format {codecs.short(fmt)} is not one of {', '.join(FORMATS)}")
         return cls(data["input"], data["output"], fmt)
 
     def formats(self) -> tuple[str, str]:
@@ -94,7 +98,10 @@ def resolve_allowed(uri: str, allow: tuple[str, ...], field: str) -> str:
         root = _resolve(prefix)
         if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
             return resolved
-    raise Forbidden(f"{field} {uri!r} is outside BATCH_ALLOW ({', '.join(allow)})")
+    # The caller learns which input broke which rule; where the server's files live and
+    # what it allows are the operator's business, so they go to the log only.
+    log.warning("batch %s %r resolves to %r, outside BATCH_ALLOW=%s", field, uri, resolved, ",".join(allow))
+    raise Forbidden(f"{field} {uri!r} is outside BATCH_ALLOW, the locations this function may read and write")
 
 
 def _resolve(uri: str) -> str:
@@ -110,23 +117,20 @@ def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) ->
     started = time.perf_counter()
     source = resolve_allowed(job.input, allow, "input")
     target = resolve_allowed(job.output, allow, "output")
+    if target == source:
+        raise InvalidInput(f"output {job.output!r} is the input; name another file, so the input survives the job")
     input_format, output_format = job.formats()
-    in_fs, in_path = _filesystem(source, "input")
-    out_fs, out_path = _filesystem(target, "output")
+    in_fs, in_path = _filesystem(source, job.input, "input")
+    out_fs, out_path = _filesystem(target, job.output, "output")
     if not in_fs.isfile(in_path):
         raise InvalidInput(f"input {job.input!r}: no such file")
-    parent = posixpath.dirname(out_path)
-    if not out_fs.isdir(parent):
-        raise InvalidInput(f"output {job.output!r}: folder {parent!r} does not exist")
+    if out_fs.isdir(out_path):
+        raise InvalidInput(f"output {job.output!r} is a folder; name a file in it")
+    if not out_fs.isdir(posixpath.dirname(out_path)):
+        raise InvalidInput(f"output {job.output!r}: its folder does not exist")
 
-    # One temporary name per event id: a re-delivery first removes what a killed attempt
-    # of the same event left behind, then writes its own.
-    stem = f"{parent}/.{posixpath.basename(out_path)}.{hashlib.sha256(job_id.encode()).hexdigest()[:16]}"
-    for stale in out_fs.glob(stem + ".*.partial"):
-        out_fs.rm(stale)
-    partial = f"{stem}.{uuid.uuid4().hex[:8]}.partial"
     rows = 0
-    try:
+    with partials.partial_file(out_fs, out_path, job_id) as partial:
         with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
             writer = _writer(output_format, sink)
             try:
@@ -137,10 +141,6 @@ def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) ->
             finally:
                 writer.close()
         out_fs.mv(partial, out_path)
-    except BaseException:
-        if out_fs.exists(partial):
-            out_fs.rm(partial)
-        raise
     return {
         "input": job.input,
         "output": job.output,
@@ -182,11 +182,12 @@ def _predict_all(chunks: Iterator[Any], model: Model, uri: str, writer: Any, one
     return rows
 
 
-def _filesystem(uri: str, field: str) -> tuple[Any, str]:
+def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for `resolved`; messages name `uri`, as the job gave it."""
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(uri)
+        return fsspec.core.url_to_fs(resolved)
     except ImportError as exc:
         raise InvalidInput(f"{field} {uri!r}: this scheme needs a package that is not installed ({exc})") from None
     except ValueError as exc:
@@ -240,7 +241,10 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
     import pyarrow.csv as pacsv
 
     read_options = pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES)
-    typed = pacsv.ConvertOptions(column_types={name: pa.float64() for name in features})
+    # Only an empty cell is missing: pyarrow would also read "nan", "NA" or "NULL" as
+    # null, and a message would then call a cell holding "nan" empty.
+    nulls = {"null_values": [""], "strings_can_be_null": True}
+    typed = pacsv.ConvertOptions(column_types={name: pa.float64() for name in features}, **nulls)
     try:
         reader = pacsv.open_csv(stream, read_options=read_options, convert_options=typed)
         first = reader.read_next_batch()
@@ -248,7 +252,7 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
         return iter(()), reader.schema
     except pa.ArrowInvalid:
         stream.seek(0)
-        reader = pacsv.open_csv(stream, read_options=read_options)
+        reader = pacsv.open_csv(stream, read_options=read_options, convert_options=pacsv.ConvertOptions(**nulls))
         return iter(reader), reader.schema
     return itertools.chain([first], reader), reader.schema
 
@@ -261,7 +265,7 @@ def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_threa
     card = model.card
     names = chunk.schema.names
     columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
-    rows = codecs.rows_from_columns(columns, card, f"input {uri!r} row", first_row)
+    rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
     prediction = model.predict(rows, one_thread=one_thread)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
@@ -275,9 +279,11 @@ def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_threa
 def _column_values(column: Any) -> np.ndarray:
     import pyarrow as pa
 
+    if column.null_count:
+        # Python objects, so the None of an empty cell stays apart from a NaN in the file;
+        # a feature column with nulls is refused anyway, so speed does not matter here.
+        return np.asarray(column.to_pylist(), dtype=object)
     if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
-        if column.null_count:
-            column = column.cast(pa.float64())
         return column.to_numpy(zero_copy_only=False)
     if pa.types.is_null(column.type):
         return np.full(len(column), np.nan)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -32,19 +33,29 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         try:
             return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        # RecursionError: orjson stops at 1,024 levels of nesting, and json's recursive
+        # parser would overflow the stack on the same body.
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def dump_json(body: Any) -> bytes:
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+    return orjson.dumps(body, default=_plain, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: arrays of strings or Python objects (the labels of
+    a classifier trained on string classes) and NumPy scalars outside arrays."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def rows_from_json(instances: Any, card: ModelCard, max_rows: int, where: str = "instances") -> np.ndarray:
     """Turn JSON rows (lists in feature order, or objects keyed by feature name) into a
     validated float32 array of shape (n, n_features)."""
     if not isinstance(instances, list):
-        raise InvalidInput(f"{where}: expected a list of rows, got {_json_type(instances)}")
+        raise InvalidInput(f"{where}: expected a list of rows, got {json_type(instances)}")
     if not instances:
         raise InvalidInput(f"{where}: expected at least one row, got an empty list")
     if len(instances) > max_rows:
@@ -68,7 +79,7 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
     if isinstance(features, dict):
         return rows_from_json([features], card, 1, where)
     if not isinstance(features, list):
-        raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {_json_type(features)}")
+        raise InvalidInput(f"{where}: expected a list of {card.n_features} numbers, got {json_type(features)}")
     try:
         array = np.asarray([features])
     except ValueError:
@@ -83,14 +94,21 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
 
 
 def check_rows(
-    array: np.ndarray, card: ModelCard, where: str, source: Any = None, one_row: bool = False, first_row: int = 0
+    array: np.ndarray,
+    card: ModelCard,
+    where: str,
+    source: Any = None,
+    one_row: bool = False,
+    first_row: int = 0,
+    table: Table | None = None,
 ) -> np.ndarray:
     """Check a 2-D numeric array against the card and return it as float32.
 
     `source`, when given, is the original nested list, so a message can quote the value
     that was wrong rather than its float32 rendering. `one_row` names positions `where[c]`
     rather than `where[r][c]`; `first_row` is the index of the array's first row in a
-    larger input (a chunk of a batch job).
+    larger input (a chunk of a batch job), and `table` says where its columns are in the
+    file and which cells were empty.
     """
     if array.ndim != 2:
         raise InvalidInput(f"{where}: expected a 2-D array of rows, got {array.ndim} dimension(s)")
@@ -112,42 +130,67 @@ def check_rows(
             if isinstance(value, (int, float)) and math.isfinite(value)
             else "is not a finite number"
         )
-        position = f"{where}[{c}]" if one_row else f"{where}[{r + first_row}][{c}]"
+        if table is not None and table.empty is not None and table.empty[r, c]:
+            shown, reason = "the cell", "is empty; expected a number"
+        column = table.numbers[c] if table is not None else c
+        position = f"{where}[{c}]" if one_row else f"{where}[{r + first_row}][{column}]"
         raise InvalidInput(f"{position} ({card.feature_names[c]}): {shown} {reason}")
     return rows
 
 
-def rows_from_columns(columns: dict[str, Any], card: ModelCard, where: str, first_row: int = 0) -> np.ndarray:
+@dataclass
+class Table:
+    """What a message about a table's cell needs beyond the array: each feature's column
+    number in the file, and which cells were empty (None when none were)."""
+
+    numbers: list[int]
+    empty: np.ndarray | None = None
+
+
+def rows_from_columns(
+    columns: dict[str, Any], names: list[str], card: ModelCard, where: str, first_row: int = 0
+) -> np.ndarray:
     """A chunk of a table (CSV, JSONL, Parquet) with one column per feature name, in any
-    order and with extra columns beside them, as validated float32 rows."""
+    order and with extra columns beside them, as validated float32 rows. `names` are all
+    the file's columns in order: a message's position `row[r][c]` counts them. A None (a
+    null, or an empty CSV cell) is reported as empty."""
     missing = [name for name in card.feature_names if name not in columns]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise InvalidInput(f"{where}: missing feature column(s) {', '.join(map(repr, missing[:5]))}{more}")
+    table = Table([names.index(name) for name in card.feature_names])
     array = np.empty((len(columns[card.feature_names[0]]), card.n_features), dtype=np.float64)
     for c, name in enumerate(card.feature_names):
         column = np.asarray(columns[name])
-        try:
-            # Text columns of numbers ("1001.0" in a CSV whose column also holds text) convert.
-            if column.dtype.kind not in _NUMBER_KINDS:
-                column = np.array([np.nan if v is None else v for v in column.tolist()]).astype(np.float64)
-            array[:, c] = column
-        except (TypeError, ValueError):
-            r, value = _first_non_number(column)
-            raise InvalidInput(
-                f"{where}[{r + first_row}][{c}] ({name}): expected a number, got {_json_type(value)} {_short(value)}"
-            ) from None
-    return check_rows(array, card, where, first_row=first_row)
+        # Text columns of numbers ("1001.0" in a CSV whose column also holds text) convert.
+        if column.dtype.kind not in _NUMBER_KINDS:
+            values = column.tolist()
+            blank = [v is None or (isinstance(v, str) and not v.strip()) for v in values]
+            if any(blank):
+                if table.empty is None:
+                    table.empty = np.zeros(array.shape, dtype=bool)
+                table.empty[:, c] = blank
+            try:
+                column = np.array([np.nan if b else v for v, b in zip(values, blank)]).astype(np.float64)
+            except (TypeError, ValueError):
+                r, value = _first_non_number(values, blank)
+                raise InvalidInput(
+                    f"{where} row[{r + first_row}][{table.numbers[c]}] ({name}): "
+                    f"expected a number, got {json_type(value)} {short(value)}"
+                ) from None
+        array[:, c] = column
+    return check_rows(array, card, f"{where} row", first_row=first_row, table=table)
 
 
-def _first_non_number(column: np.ndarray) -> tuple[int, Any]:
-    for r, value in enumerate(column.tolist()):
+def _first_non_number(values: list[Any], blank: list[bool]) -> tuple[int, Any]:
+    for r, (value, empty) in enumerate(zip(values, blank)):
+        if empty:
+            continue
         try:
             float(value)
         except (TypeError, ValueError):
-            if value is not None:
-                return r, value
-    return 0, column[0]
+            return r, value
+    return 0, values[0]
 
 
 def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[list[Any]]:
@@ -156,7 +199,7 @@ def _rows_by_name(instances: list[Any], card: ModelCard, where: str) -> list[lis
     out = []
     for r, row in enumerate(instances):
         if not isinstance(row, dict):
-            raise InvalidInput(f"{where}[{r}]: expected an object like row 0, got {_json_type(row)}")
+            raise InvalidInput(f"{where}[{r}]: expected an object like row 0, got {json_type(row)}")
         if len(row) != len(names) or not all(k in row for k in names):
             raise InvalidInput(_named_row_problem(row, card, f"{where}[{r}]"))
         out.append(list(pick(row)) if len(names) > 1 else [pick(row)])
@@ -187,18 +230,18 @@ def _first_row_problem(instances: list[Any], card: ModelCard, where: str) -> str
 
 def _row_problem(row: Any, card: ModelCard, where: str) -> str | None:
     if not isinstance(row, list):
-        return f"{where}: expected a row of {card.n_features} numbers, got {_json_type(row)}"
+        return f"{where}: expected a row of {card.n_features} numbers, got {json_type(row)}"
     if len(row) != card.n_features:
         return f"{where}: expected {card.n_features} features, got {len(row)}"
     for c, value in enumerate(row):
         if value is None:
             return f"{where}[{c}] ({card.feature_names[c]}): null is not a number"
         if not isinstance(value, (int, float)):
-            return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {_json_type(value)} {_short(value)}"
+            return f"{where}[{c}] ({card.feature_names[c]}): expected a number, got {json_type(value)} {short(value)}"
     return None
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
     if value is None:
         return "null"
     return {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}.get(
@@ -206,9 +249,14 @@ def _json_type(value: Any) -> str:
     )
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, float) else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def short(value: Any, limit: int = 40) -> str:
+    """A JSON value as a message quotes it: at most `limit` characters, however large or
+    deeply nested the value (orjson refuses past 254 levels where json would recurse)."""
+    try:
+        text = repr(value) if isinstance(value, float) else orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        text = f"{json_type(value)} nested too deeply to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def prediction_body(prediction: Prediction, card: ModelCard, single: bool = False) -> dict[str, Any]:
@@ -227,7 +275,7 @@ def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarra
     """The own API's three shapes -> (rows, whether it was a single `features` row)."""
     if not isinstance(body, dict):
         raise InvalidInput(
-            f"request body: expected a JSON object with 'instances' or 'features', got {_json_type(body)}"
+            f"request body: expected a JSON object with 'instances' or 'features', got {json_type(body)}"
         )
     if "instances" in body:
         return rows_from_json(body["instances"], card, max_rows), False

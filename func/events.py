@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import threading
 from typing import Any
+from urllib.parse import quote, unquote
 
 import orjson
 from flask import Request, Response, request
 
 try:  # cloudevents 2.x keeps the 1.x API under cloudevents.v1
-    from cloudevents.v1 import exceptions as ce_errors
     from cloudevents.v1.conversion import to_binary, to_structured
-    from cloudevents.v1.http import CloudEvent, from_http
+    from cloudevents.v1.http import CloudEvent
 except ImportError:
-    from cloudevents import exceptions as ce_errors
     from cloudevents.conversion import to_binary, to_structured
-    from cloudevents.http import CloudEvent, from_http
+    from cloudevents.http import CloudEvent
 
 from . import batch, codecs
 from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType, WarmstartError
@@ -34,9 +33,12 @@ BATCH = "warmstart.batch.v1"
 BATCH_COMPLETED = "warmstart.batch.completed.v1"
 STRUCTURED = "application/cloudevents+json"
 BATCHED = "application/cloudevents-batch+json"
+SPECVERSION = "1.0"
+REQUIRED = ("specversion", "id", "source", "type")
 # Extensions a reply carries over from its request (W3C trace context, as Knative's
 # brokers propagate it).
 TRACE_EXTENSIONS = ("traceparent", "tracestate")
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
 
 
 def is_cloudevent(req: Request) -> bool:
@@ -85,13 +87,30 @@ class EventHandler:
         return self._reply(event, reply_type, data, record)
 
     def _parse(self) -> CloudEvent:
-        body = self.serving.body_bytes()
-        try:
-            return from_http(dict(request.headers), body, data_unmarshaller=_data_from_bytes)
-        except MalformedRequest:
-            raise
-        except ce_errors.GenericException as exc:
-            raise MalformedRequest(f"not a valid CloudEvent: {_shorten(str(exc))}") from None
+        """The event, its attributes checked; its data parsed by codecs.parse_json, the
+        one JSON parser of every route (so a body it cannot parse is a 400 here too)."""
+        if request.mimetype == STRUCTURED:
+            envelope = codecs.parse_json(self.serving.body_bytes())
+            if not isinstance(envelope, dict):
+                raise MalformedRequest(
+                    f"structured CloudEvent: expected a JSON object, got {codecs.json_type(envelope)}"
+                )
+            if "data_base64" in envelope:
+                raise UnsupportedMediaType("structured CloudEvent: data_base64 is not supported; send JSON in 'data'")
+            data = envelope.pop("data", None)
+            attributes = _checked(envelope, "attribute {!r}")
+        else:
+            # Binary mode: the body is the event's data, so it must be JSON like any other.
+            self.serving.require_json()
+            headers = {
+                name.lower()[3:]: _header_value(name, value)
+                for name, value in request.headers.items()
+                if name.lower().startswith("ce-")
+            }
+            attributes = _checked(headers, "header 'ce-{}'")
+            body = self.serving.body_bytes()
+            data = codecs.parse_json(body) if body else None
+        return CloudEvent(attributes, data)
 
     def _predict(self, data: Any) -> dict[str, Any]:
         model = self.serving.state.model
@@ -131,22 +150,58 @@ class EventHandler:
             headers, body = to_structured(reply, data_marshaller=_plain_json)
         else:
             headers, body = to_binary(reply, data_marshaller=codecs.dump_json)
+            headers = {name: _header_text(value) for name, value in headers.items()}
             headers["Content-Type"] = "application/json"
         if traceparent is not None and "traceparent" in request.headers:
             headers["traceparent"] = traceparent
         return self.serving.respond_bytes(body, headers)
 
 
-def _shorten(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _checked(attributes: dict[str, Any], where: str) -> dict[str, Any]:
+    """The attributes, if the required ones are non-empty strings and specversion is 1.0;
+    `where` names an attribute in a message ("header 'ce-{}'" or "attribute {!r}")."""
+    for name in REQUIRED:
+        value = attributes.get(name)
+        if value is None:
+            raise MalformedRequest(f"not a valid CloudEvent: {where.format(name)} is missing")
+        if not isinstance(value, str) or not value:
+            raise MalformedRequest(
+                f"not a valid CloudEvent: {where.format(name)} must be a non-empty string, got {codecs.short(value)}"
+            )
+    if attributes["specversion"] != SPECVERSION:
+        raise MalformedRequest(
+            f"not a valid CloudEvent: {where.format('specversion')} is {attributes['specversion']!r}; "
+            f"this function reads CloudEvents {SPECVERSION}"
+        )
+    checked = {}
+    for name, value in attributes.items():
+        if value is None:
+            continue  # the JSON format reads a null optional attribute as absent
+        # CloudEvents attribute types (string, integer, boolean, URI, timestamp) are JSON
+        # strings, integers and booleans.
+        if not isinstance(value, (str, int)):
+            raise MalformedRequest(
+                f"not a valid CloudEvent: {where.format(name)} must be a string, integer or boolean, "
+                f"got {codecs.short(value)}"
+            )
+        checked[name] = value
+    return checked
+
+
+def _header_value(name: str, value: str) -> str:
+    """A ce-* header as the HTTP binding writes it: UTF-8, with percent-encoded
+    characters decoded. The WSGI server hands header bytes over as latin-1."""
+    try:
+        return unquote(value.encode("latin-1").decode("utf-8"), errors="strict")
+    except UnicodeError:
+        raise MalformedRequest(f"not a valid CloudEvent: header {name.lower()!r} is not UTF-8 text") from None
+
+
+def _header_text(value: str) -> str:
+    """A ce-* header value percent-encoded as the HTTP binding asks: space, '"', '%' and
+    everything outside printable ASCII (a subject in any language echoed back)."""
+    return quote(value, safe=_HEADER_SAFE)
 
 
 def _plain_json(data: Any) -> Any:
     return orjson.loads(codecs.dump_json(data))
-
-
-def _data_from_bytes(body: bytes | str) -> Any:
-    """Event data as JSON: the SDK hands binary-mode bodies here."""
-    if isinstance(body, str):
-        body = body.encode()
-    return codecs.parse_json(body) if body else None

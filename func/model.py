@@ -160,6 +160,9 @@ def _load_onnx(path: Path, bulk_threads: int) -> Model:
                 f"MODEL_PATH={path}: a classifier must output labels and probabilities; this model outputs {outputs}"
             )
         out_names = outputs[:2]
+        # skl2onnx writes boolean classes as the integers 0 and 1; answer with the classes
+        # the model was trained on, as the scikit-learn model itself would.
+        boolean = bool(card.class_labels) and all(isinstance(c, bool) for c in card.class_labels)
 
         def run(rows: np.ndarray, one_thread: bool) -> Prediction:
             chosen = bulk if len(rows) >= BULK_ROWS and not one_thread else session
@@ -168,7 +171,7 @@ def _load_onnx(path: Path, bulk_threads: int) -> Model:
                 raise ModelLoadError(
                     f"MODEL_PATH={path}: probabilities come as a ZipMap; export with options={{'zipmap': False}}"
                 )
-            return Prediction(labels, probabilities)
+            return Prediction(labels.astype(bool) if boolean else labels, probabilities)
     else:
         out_names = outputs[:1]
 

@@ -57,8 +57,15 @@ def _output_specs(model: Model) -> list[tuple[str, str, list[int]]]:
     if not card.is_classifier:
         return [("prediction", "FP32", [-1])]
     labels = card.class_labels
-    label_type = "BYTES" if labels and any(isinstance(c, str) for c in labels) else "INT64"
-    return [("label", label_type, [-1]), ("probabilities", "FP32", [-1, len(labels) or -1])]
+    return [("label", _label_datatype(labels), [-1]), ("probabilities", "FP32", [-1, len(labels) or -1])]
+
+
+def _label_datatype(labels: tuple[Any, ...]) -> str:
+    if any(isinstance(c, str) for c in labels):
+        return "BYTES"
+    if labels and all(isinstance(c, bool) for c in labels):
+        return "BOOL"
+    return "INT64"
 
 
 def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows: int) -> tuple[dict, np.ndarray]:
@@ -77,6 +84,9 @@ def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows:
         header = codecs.parse_json(body)
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("inference request: expected a JSON object with an 'inputs' list")
+    if not isinstance(header.get("id", ""), str):
+        # The answer echoes it, so it must be what the protocol says: a string.
+        raise InvalidInput(f"id: expected a string, got {codecs.short(header['id'])}")
     inputs = header["inputs"]
     if len(inputs) != 1:
         raise InvalidInput(f"inputs: this model takes one tensor {INPUT_NAME!r} of shape [N, {model.card.n_features}]")
@@ -92,22 +102,25 @@ def decode_infer(body: bytes, header_length: str | None, model: Model, max_rows:
 def _tensor(tensor: dict[str, Any], binary: bytes, width: int) -> np.ndarray:
     name = tensor.get("name")
     if name != INPUT_NAME:
-        raise InvalidInput(f"inputs[0]: unknown input {name!r}; this model's input is {INPUT_NAME!r}")
+        raise InvalidInput(f"inputs[0]: unknown input {codecs.short(name)}; this model's input is {INPUT_NAME!r}")
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidInput(f"inputs[0] ({name}): datatype {datatype!r} is not supported; use FP32 or FP64")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise InvalidInput(f"inputs[0] ({name}): datatype {codecs.short(datatype)} is not supported; use FP32 or FP64")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise InvalidInput(f"inputs[0] ({name}): shape must be a list of non-negative integers, got {shape!r}")
+        raise InvalidInput(
+            f"inputs[0] ({name}): shape must be a list of non-negative integers, got {codecs.short(shape)}"
+        )
     if len(shape) != 2 or shape[1] != width:
         raise InvalidInput(f"inputs[0] ({name}): shape must be [N, {width}], got {shape}")
     dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
     count = shape[0] * shape[1]
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, f"inputs[0] ({name})").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != len(binary):
             raise InvalidInput(
-                f"inputs[0] ({name}): binary_data_size {size!r} does not match the {len(binary)} bytes after the header"
+                f"inputs[0] ({name}): binary_data_size {codecs.short(size)} does not match "
+                f"the {len(binary)} bytes after the header"
             )
         if size != count * dtype.itemsize:
             raise InvalidInput(
@@ -118,6 +131,12 @@ def _tensor(tensor: dict[str, Any], binary: bytes, width: int) -> np.ndarray:
         raise InvalidInput(f"inputs[0] ({name}): no 'data' and no binary_data_size parameter")
     try:
         flat = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+    except OverflowError:
+        # Only integer datatypes overflow; NumPy names the value but not the allowed range.
+        info = np.iinfo(dtype)
+        raise InvalidInput(
+            f"inputs[0] ({name}): data holds a value outside the range of {datatype} ({info.min} to {info.max})"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"inputs[0] ({name}): data is not a tensor of {datatype}: {exc}") from None
     if flat.size != count:
@@ -128,8 +147,7 @@ def _tensor(tensor: dict[str, Any], binary: bytes, width: int) -> np.ndarray:
 def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers: JSON, or a JSON header plus raw tensors."""
     available = {name: (dtype, value) for (name, dtype, _), value in zip(_output_specs(model), _values(prediction))}
-    parameters = header.get("parameters") or {}
-    all_binary = bool(parameters.get("binary_data_output", False))
+    all_binary = bool(_parameters(header, "request").get("binary_data_output", False))
     requested = header.get("outputs")
     if requested is None:
         selection = [(name, all_binary) for name in available]
@@ -139,9 +157,11 @@ def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[by
         selection = []
         for i, wanted in enumerate(requested):
             name = wanted.get("name")
-            if name not in available:
-                raise InvalidInput(f"outputs[{i}]: unknown output {name!r}; this model outputs {', '.join(available)}")
-            selection.append((name, bool((wanted.get("parameters") or {}).get("binary_data", all_binary))))
+            if not isinstance(name, str) or name not in available:
+                raise InvalidInput(
+                    f"outputs[{i}]: unknown output {codecs.short(name)}; this model outputs {', '.join(available)}"
+                )
+            selection.append((name, bool(_parameters(wanted, f"outputs[{i}] ({name})").get("binary_data", all_binary))))
 
     outputs, blobs = [], []
     for name, binary in selection:
@@ -165,6 +185,16 @@ def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[by
         HEADER_LENGTH: str(len(json_part)),
         "Content-Type": "application/octet-stream",
     }
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `parameters` object of a request, an input or an output ({} when absent)."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidInput(f"{where}: parameters must be an object, got {codecs.short(parameters)}")
+    return parameters
 
 
 def _values(prediction: Prediction) -> list[np.ndarray]:

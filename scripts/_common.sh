@@ -15,6 +15,21 @@ run() {
   fi
 }
 
+# run_in DIR CMD ARGS...: like run, in DIR; printed as `(cd DIR && CMD ...)`, so a printed
+# command pastes from anywhere.
+run_in() {
+  local dir=$1 shown quoted
+  shift
+  printf -v shown '(cd %q && ' "$dir"
+  printf -v quoted '%q ' "$@"
+  if [[ $DRY_RUN -eq 1 ]]; then
+    printf '%s%s)\n' "$shown" "${quoted% }"
+  else
+    printf '+ %s%s)\n' "$shown" "${quoted% }" >&2
+    (cd "$dir" && "$@")
+  fi
+}
+
 die() {
   printf 'error: %s\n' "$*" >&2
   exit 2

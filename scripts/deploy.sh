@@ -53,7 +53,14 @@ case $overlay in
   *) die "--overlay must be base, prewarm or canary, not '$overlay'" ;;
 esac
 if [[ -n $image ]]; then
-  (cd "$ROOT/knative/base" && run kustomize edit set image "warmstart=$image")
+  # kustomize edit rewrites the kustomization it runs in: set the image in a copy of the
+  # manifests (.deploy/, ignored by git), never in the repository's own files.
+  work="$ROOT/.deploy"
+  run rm -rf "$work"
+  run mkdir -p "$work"
+  run cp -R "$ROOT/knative" "$work/knative"
+  run_in "$work/knative/base" kustomize edit set image "warmstart=$image"
+  tree="$work/knative/${tree#"$ROOT/knative/"}"
 fi
 run kubectl apply -k "$tree" "${ns[@]}"
 if [[ $eventing -eq 1 ]]; then

@@ -7,15 +7,18 @@
 The CSV is a sample of the training data: its header gives the feature names, in the
 order the model was trained on (a --target column is dropped). The ONNX model must agree
 with the original on that sample: the largest probability difference (for a regressor,
-the largest difference relative to the targets' scale) is printed, and the exit status
-is 1 when it exceeds 1e-4. The sample's statistics become the card's drift reference.
+the largest difference relative to the targets' scale) is printed; when it exceeds 1e-4
+nothing is written and the exit status is 1. The output is replaced in one rename, so it
+may be the model being served. The sample's statistics become the card's drift reference.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -110,14 +113,30 @@ def max_difference(estimator: Any, onnx_bytes: bytes, x: np.ndarray, is_classifi
 
 
 def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> float:
-    """Write the ONNX model to `out`; return its max difference from the original on x."""
+    """Convert, check against the original on x, and write to `out` only if the check
+    passes (the difference is at most MAX_DIFFERENCE); return the difference either way.
+
+    `out` may be the model being served: it is replaced in one rename, by a complete
+    file, or left as it was."""
     data = to_onnx_bytes(estimator, card)
     diff = max_difference(estimator, data, x, card.is_classifier)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(out)
+    if diff <= MAX_DIFFERENCE:
+        write_atomically(out, data)
     return diff
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_sidecar_card(card: ModelCard, model_path: Path) -> Path:
@@ -168,13 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.sample}: {len(names)} feature columns, but the model takes {n_in}")
     card = build_card(estimator, x, names, args.name or args.out.stem, args.version)
     diff = write_model(estimator, card, x, args.out)
+    if diff > MAX_DIFFERENCE:
+        print(
+            f"error: the ONNX model disagrees with the original by {diff:.3g} > {MAX_DIFFERENCE} "
+            f"on {len(x)} rows; {args.out} was not written",
+            file=sys.stderr,
+        )
+        return 1
     print(
         f"wrote {args.out} ({card.task}, {card.n_features} features); "
         f"max difference from the original on {len(x)} rows: {diff:.3g}"
     )
-    if diff > MAX_DIFFERENCE:
-        print(f"error: the ONNX model disagrees with the original by {diff:.3g} > {MAX_DIFFERENCE}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -2,13 +2,14 @@
 """Plan Knative autoscaling for warmstart from what one pod was measured to do.
 
     .venv/bin/python scripts/plan_capacity.py [--bench loadtests/results/bench.json] \
-        [--pattern diurnal | --csv traffic.csv] [--peak-rps 2000] [--p99-ms 50]
+        [--pattern diurnal | --csv traffic.csv] [--peak-rps 2000] [--p99-ms 50] [--out DIR]
 
 Simulates Knative's autoscaler (scripts/autoscaler_sim.py) over the traffic for each
 min-scale and per-pod target, and reports the p99 latency users would see, the requests
 that waited on a cold start, and pod-hours; then recommends the cheapest setting that
 meets the latency goal. A CSV has one requests/s value per second (a `rps` column, or
-the last column). Writes loadtests/results/capacity.json and capacity.png.
+the last column). With --out DIR, also writes DIR/capacity.json and DIR/capacity.png
+(the README's plot is `--out loadtests/results`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", type=float, nargs="+", default=[2, 4, 6, 8])
     parser.add_argument("--container-concurrency", type=int, default=8)
     parser.add_argument("--scale-down-delay", type=int, default=0, help="seconds")
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results")
+    parser.add_argument(
+        "--out", type=Path, help="a folder to write capacity.json and capacity.png into (default: print only)"
+    )
     args = parser.parse_args(argv)
 
     pod = pod_from_bench(args.bench, args.system, args.pod_start_s)
@@ -151,11 +154,19 @@ def main(argv: list[str] | None = None) -> int:
             f"(p99 {best.p99_s * 1000:.1f} ms, {best.pod_hours:.2f} pod-hours)"
         )
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        write_report(args.out, name, pod, args.p99_ms, outcomes, best)
+    return 0 if best else 1
+
+
+def write_report(
+    out: Path, name: str, pod: PodProfile, p99_ms: float, outcomes: list[Outcome], best: Outcome | None
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     report = {
         "traffic": name,
         "pod": {"capacity_rps": pod.capacity_rps, "cold_start_s": pod.cold_start_s},
-        "p99_goal_ms": args.p99_ms,
+        "p99_goal_ms": p99_ms,
         "outcomes": [
             {
                 "min_scale": o.setting.min_scale,
@@ -169,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "recommended": None if best is None else {"min_scale": best.setting.min_scale, "target": best.setting.target},
     }
-    (args.out / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(outcomes, best, goal, args.out / "capacity.png", f"Knative autoscaling for warmstart: {name}")
-    print(f"wrote {args.out / 'capacity.json'} and {args.out / 'capacity.png'}")
-    return 0 if best else 1
+    (out / "capacity.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(outcomes, best, p99_ms / 1000, out / "capacity.png", f"Knative autoscaling for warmstart: {name}")
+    print(f"wrote {out / 'capacity.json'} and {out / 'capacity.png'}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@
         [--parallel 4] [--format parquet]
 
 INPUT is a glob or a folder of part files; each part `name.ext` gets the output
-`OUTPUT/name.ext` (or with --output-format's extension). Event ids are derived from the
-input and output URIs, so running the command again re-delivers the same events, and
-warmstart's atomic writes leave one complete output per part. Sent to a Broker, the
+`OUTPUT/name.ext` (or with --output-format's extension); a local OUTPUT folder is
+created if missing. Event ids are derived from the input and output URIs, so running
+the command again re-delivers the same events, and warmstart's atomic writes leave one
+complete output per part. Sent to a Broker, the
 events spread across as many pods as Knative scales to; sent straight to the service,
 the replies are summarised (rows, failures).
 """
@@ -23,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from cloudevents.conversion import to_binary
@@ -122,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     if not parts:
         print(f"error: no part files match {args.input!r}", file=sys.stderr)
         return 2
+    output = urlsplit(args.output)
+    if output.scheme in ("", "file"):
+        # The parts were listed on this filesystem, so the outputs go to it too; a job
+        # refuses an output folder that does not exist.
+        Path(output.path if output.scheme else args.output).mkdir(parents=True, exist_ok=True)
     extension = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet"}
     events = []
     for part in parts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -210,7 +211,7 @@ def test_symlink_out_of_the_allowed_folder_is_403(batch_server, jobs, tmp_path, 
     [
         ("in.csv", "expected an object"),
         ({"input": "x.csv"}, "'output' must be a non-empty URI string"),
-        ({"input": "x.csv", "output": "y.csv", "format": "xlsx"}, "format 'xlsx' is not one of csv, jsonl, parquet"),
+        ({"input": "x.csv", "output": "y.csv", "format": "xlsx"}, 'format "xlsx" is not one of csv, jsonl, parquet'),
     ],
 )
 def test_invalid_job_data_is_422(batch_server, data, message):
@@ -226,7 +227,11 @@ def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server
     out = jobs / "holes-out.parquet"
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
     assert resp.status_code == 422
-    assert "row[37][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
+    # Positions count the file's columns: patient_id is column 0.
+    assert (
+        error_of(resp)["message"]
+        == f"input {str(src)!r} row[37][2] (mean texture): the cell is empty; expected a number"
+    )
     assert not out.exists()
     assert not [p for p in jobs.iterdir() if p.name.startswith(".holes-out")]
 
@@ -237,7 +242,7 @@ def test_bad_rows_are_422_naming_row_and_column_and_leave_no_output(batch_server
     src = write(jobs / "words.csv", words)
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "w.csv")}))
     assert resp.status_code == 422
-    assert 'row[3][3] (mean area): expected a number, got string "lots"' in error_of(resp)["message"]
+    assert 'row[3][4] (mean area): expected a number, got string "lots"' in error_of(resp)["message"]
 
 
 def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
@@ -245,7 +250,7 @@ def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
     src = write(jobs / "narrow.csv", table(x, names, 5).drop_columns(["worst area"]))
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "n.csv")}))
     assert resp.status_code == 422
-    assert "missing feature column(s) 'worst area'" in error_of(resp)["message"]
+    assert error_of(resp)["message"] == f"input {str(src)!r}: missing feature column(s) 'worst area'"
 
 
 def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_server, tmp_path, dataset):
@@ -376,4 +381,98 @@ def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, d
     src.write_text(text[:cut] + '"p-extra",1,2\n' + text[cut:])  # a line of too few columns
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "two-out.csv")}, "two"))
     assert resp.status_code == 422
-    assert "row[5][1] (mean texture): nan is not a finite number" in error_of(resp)["message"]
+    assert "row[5][2] (mean texture): the cell is empty; expected a number" in error_of(resp)["message"]
+
+
+def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
+    for data in ({"input": f"{jobs}/in\x00.csv", "output": f"{jobs}/o.csv"}, {"input": "a.csv", "output": "o\x00.csv"}):
+        resp = send(batch_server.url, batch_event(data))
+        assert resp.status_code == 422, resp.text
+        assert "holds a NUL character" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("output", ["{jobs}", "{jobs}/", "{jobs}/sub", "{jobs}/in-place.csv"])
+def test_an_output_that_is_a_folder_or_the_input_is_422_and_nothing_is_written(batch_server, jobs, dataset, output):
+    x, names = dataset
+    (jobs / "sub").mkdir(exist_ok=True)
+    src = write(jobs / "in-place.csv", table(x, names, 5))
+    before = src.read_bytes()
+    around = sorted(jobs.parent.iterdir())
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": output.format(jobs=jobs)}))
+    assert resp.status_code == 422, resp.text
+    assert "is a folder" in resp.text or "is the input" in resp.text
+    assert src.read_bytes() == before
+    assert sorted(jobs.parent.iterdir()) == around
+    assert not list(jobs.glob(".*.partial"))
+
+
+def test_refusals_name_the_input_but_not_the_server_paths(batch_server, jobs):
+    from tests.server import ROOT
+
+    resp = send(batch_server.url, batch_event({"input": "/etc/passwd", "output": f"{jobs}/o.csv"}))
+    assert resp.status_code == 403
+    assert error_of(resp)["message"].startswith("input '/etc/passwd' is outside BATCH_ALLOW")
+    assert str(jobs) not in resp.text
+    relative = os.path.relpath(jobs / "missing" / "o.csv", ROOT)  # the server runs in ROOT
+    write(jobs / "in.csv", pa.table({"a": [1]}))
+    resp = send(batch_server.url, batch_event({"input": str(jobs / "in.csv"), "output": relative}))
+    assert resp.status_code == 422
+    assert error_of(resp)["message"] == f"output {relative!r}: its folder does not exist"
+    assert str(ROOT) not in resp.text
+    assert "outside BATCH_ALLOW" in batch_server.log()  # the operator still finds the details
+
+
+def test_one_event_delivered_twice_at_once_leaves_one_complete_output(start_server, tmp_path, dataset):
+    """Knative redelivers while the first attempt runs, maybe to another pod: neither
+    attempt may remove the other's temporary file."""
+    x, names = dataset
+    env = {"BATCH_ALLOW": f"{tmp_path}/"}
+    pods = [start_server(env), start_server(env)]
+    src = write(tmp_path / "twice.csv", table(x, names, 200_000, shuffle_columns=False))
+    out = tmp_path / "twice-out.parquet"
+    event = batch_event({"input": str(src), "output": str(out)}, "twice-1")
+    replies: list[requests.Response] = []
+    first = threading.Thread(target=lambda: replies.append(send(pods[0].url, event)))
+    first.start()
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".twice-out.parquet.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    replies.append(send(pods[1].url, event))
+    first.join(120)
+    assert [r.status_code for r in replies] == [200, 200], [r.text for r in replies]
+    assert pq.read_table(out).num_rows == 200_000
+    assert not list(tmp_path.glob(".twice-out.parquet.*"))
+
+
+def test_any_job_removes_partial_files_of_dead_attempts_but_not_of_running_ones(batch_server, jobs, dataset):
+    import fcntl
+
+    x, names = dataset
+    dead = jobs / ".other-out.csv.0123456789abcdef.01234567.partial"
+    dead.write_text("half a file")
+    running = jobs / ".other-out.csv.0123456789abcdef.89abcdef.partial"
+    with running.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running attempt holds its own
+        src = write(jobs / "cleaner.csv", table(x, names, 5))
+        resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "cleaner-out.csv")}))
+        assert resp.status_code == 200, resp.text
+        assert not dead.exists()
+        assert running.exists()
+    running.unlink()
+
+
+def test_an_empty_csv_cell_is_reported_as_empty_and_a_nan_as_not_finite(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "blank.csv", table(x, names, 3, shuffle_columns=False))
+    lines = src.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[3] = ""  # mean perimeter, column 3 of the file, in row 1
+    src.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
+    assert resp.status_code == 422
+    assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): the cell is empty; expected a number")
+    cells[3] = "nan"
+    src.write_text("\n".join([*lines[:2], ",".join(cells), *lines[3:]]) + "\n")
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
+    assert resp.status_code == 422
+    assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): nan is not a finite number")

@@ -99,3 +99,21 @@ def test_plan_capacity_recommends_the_cheapest_setting_meeting_the_goal(tmp_path
     by_min = {o["min_scale"]: o for o in report["outcomes"]}
     assert by_min[0]["p99_ms"] > 50 and by_min[0]["cold_start_waits"] > 0
     assert (tmp_path / "capacity.png").stat().st_size > 0
+
+
+def test_plan_capacity_writes_nothing_unless_told_where(tmp_path):
+    """The repository's own results are tracked files: a user's plan must not rewrite them."""
+    results = ROOT / "loadtests" / "results"
+    before = {p.name: p.read_bytes() for p in results.glob("capacity.*")}
+    (tmp_path / "traffic.csv").write_text("rps\n" + "100\n" * 120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/plan_capacity.py"), "--csv", "traffic.csv", "--targets", "6"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "recommended: min-scale" in result.stdout
+    assert {p.name: p.read_bytes() for p in results.glob("capacity.*")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["traffic.csv"]

@@ -38,11 +38,42 @@ def test_deploy_with_kubectl_applies_the_overlay_and_eventing():
     ]
 
 
-def test_deploy_with_kubectl_sets_the_image_first():
-    assert (
-        dry("deploy.sh", "--image", "reg.example/warmstart:2")[0]
-        == "kustomize edit set image warmstart=reg.example/warmstart:2"
-    )
+def test_deploy_with_kubectl_sets_the_image_in_a_copy_and_prints_pasteable_commands():
+    work = ROOT / ".deploy"
+    assert dry("deploy.sh", "--image", "reg.example/warmstart:2", "--overlay", "prewarm") == [
+        f"rm -rf {work}",
+        f"mkdir -p {work}",
+        f"cp -R {ROOT}/knative {work}/knative",
+        f"(cd {work}/knative/base && kustomize edit set image warmstart=reg.example/warmstart:2)",
+        f"kubectl apply -k {work}/knative/overlays/prewarm",
+        "kubectl wait ksvc/warmstart --for=condition=Ready --timeout=300s",
+    ]
+
+
+def test_deploy_with_an_image_leaves_the_repository_manifests_alone(tmp_path):
+    """kustomize and kubectl stand-ins record where they ran; the tracked kustomization
+    must not be the one edited."""
+    calls = tmp_path / "calls"
+    for tool in ("kustomize", "kubectl"):
+        stub = tmp_path / tool
+        stub.write_text(f'#!/bin/sh\necho "{tool} $(pwd) $*" >> {calls}\n')
+        stub.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    try:
+        result = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "deploy.sh"), "--image", "reg.example/warmstart:2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        kustomize, apply, _ = calls.read_text().splitlines()
+        assert kustomize == f"kustomize {ROOT}/.deploy/knative/base edit set image warmstart=reg.example/warmstart:2"
+        assert apply.endswith(f"apply -k {ROOT}/.deploy/knative/base")
+        assert (ROOT / ".deploy" / "knative" / "base" / "service.yaml").is_file()
+    finally:
+        shutil.rmtree(ROOT / ".deploy", ignore_errors=True)
 
 
 def test_deploy_with_func():

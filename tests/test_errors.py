@@ -176,3 +176,50 @@ def test_server_keeps_serving_after_bad_requests(server, row):
     for body in ("{", '{"instances": [[null]]}', "[]"):
         post(server, body)
     assert requests.post(server.url + "/predict", json={"features": row}).status_code == 200
+
+
+DEEP = "[" * 1100 + "]" * 1100  # past orjson's 1,024 levels: the fallback parser would recurse
+NESTED = "[" * 900 + "]" * 900  # parses, but too deep for Python to repr in a message
+ONE_NESTED = ",".join(["1"] * 29 + [NESTED])  # a row whose last value is NESTED
+CE = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/t", "ce-type": "warmstart.predict.v1", **JSON}
+STRUCTURED = {"Content-Type": "application/cloudevents+json"}
+ENVELOPE = '{"specversion": "1.0", "id": "1", "source": "/t", "type": "warmstart.predict.v1", "data": @}'
+
+
+@pytest.mark.parametrize(
+    "path, headers, template",
+    [
+        ("/predict", JSON, "@"),
+        ("/", JSON, "@"),
+        ("/v1/models/breast-cancer-rf:predict", JSON, "@"),
+        ("/v2/models/breast-cancer-rf/infer", JSON, "@"),
+        ("/", CE, "@"),
+        ("/", STRUCTURED, "@"),
+        ("/", STRUCTURED, ENVELOPE),
+    ],
+    ids=["predict", "root", "v1", "v2", "ce-binary", "ce-structured", "ce-structured-data"],
+)
+def test_json_nested_past_the_parser_limit_is_400(server, path, headers, template):
+    resp = post(server, template.replace("@", DEEP), path, headers)
+    assert resp.status_code == 400, resp.text
+    assert "not valid JSON" in resp.text
+
+
+@pytest.mark.parametrize(
+    "path, body",
+    [
+        ("/predict", '{"features": [' + ONE_NESTED + "]}"),
+        ("/v1/models/breast-cancer-rf:predict", '{"instances": [[' + ONE_NESTED + "]]}"),
+        ("/v2/models/breast-cancer-rf/infer", '{"inputs": [{"name": @}]}'.replace("@", NESTED)),
+        ("/v2/models/breast-cancer-rf/infer", '{"inputs": [{"name": "input", "datatype": @}]}'.replace("@", NESTED)),
+        (
+            "/v2/models/breast-cancer-rf/infer",
+            '{"inputs": [{"name": "input", "datatype": "FP32", "shape": @}]}'.replace("@", NESTED),
+        ),
+    ],
+    ids=["features-value", "instances-value", "v2-name", "v2-datatype", "v2-shape"],
+)
+def test_deeply_nested_values_are_quoted_in_a_4xx(server, path, body):
+    resp = post(server, body, path)
+    assert resp.status_code in (400, 422), resp.text
+    assert "nested too deeply to show" in resp.text

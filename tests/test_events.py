@@ -9,6 +9,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
+STRUCTURED_TYPE = "application/cloudevents+json"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -151,3 +152,66 @@ def test_structured_event_with_nan_data_is_422(server):
     )
     assert resp.status_code == 422
     assert "features[0] (mean radius): nan is not a finite number" in error_of(resp)["message"]
+
+
+BINARY = {"ce-specversion": "1.0", "ce-id": "b-1", "ce-source": "/t", "ce-type": "warmstart.predict.v1"}
+ENVELOPE = {"specversion": "1.0", "id": "s-1", "source": "/t", "type": "warmstart.predict.v1"}
+
+
+@pytest.mark.parametrize(
+    "attribute, value",
+    [
+        ("id", None),
+        ("source", None),
+        ("type", None),
+        ("specversion", ["1.0"]),
+        ("specversion", {"v": "1.0"}),
+        ("id", {"a": 1}),
+        ("id", ["a"]),
+        ("id", True),
+        ("id", ""),
+        ("subject", {"a": 1}),
+        ("time", 1.5),
+    ],
+)
+def test_structured_event_with_a_wrong_attribute_is_400_naming_it(server, attribute, value):
+    envelope = {**ENVELOPE, attribute: value, "data": {"features": [1.0] * 30}}
+    resp = requests.post(server.url + "/", data=json.dumps(envelope), headers={"Content-Type": STRUCTURED_TYPE})
+    assert resp.status_code == 400, resp.text
+    assert f"attribute {attribute!r}" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        ({"ce-id": ""}, "header 'ce-id' must be a non-empty string"),
+        ({"ce-source": ""}, "header 'ce-source' must be a non-empty string"),
+        ({"ce-id": None}, "header 'ce-id' is missing"),
+        ({"ce-subject": b"\xff\xfe"}, "header 'ce-subject' is not UTF-8 text"),
+    ],
+    ids=["empty-id", "empty-source", "no-id", "latin-1-subject"],
+)
+def test_binary_event_with_a_wrong_header_is_400_naming_it(server, headers, message):
+    resp = requests.post(server.url + "/", data=json.dumps({"features": [1.0] * 30}), headers={**BINARY, **headers})
+    assert resp.status_code == 400, resp.text
+    assert message in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/octet-stream", "text/csv"])
+def test_binary_event_whose_data_is_not_json_is_415(server, content_type):
+    headers = {**BINARY, "Content-Type": content_type}
+    resp = requests.post(server.url + "/", data=json.dumps({"features": [1.0] * 30}), headers=headers)
+    assert resp.status_code == 415, resp.text
+    assert content_type in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("sent", ["café 日本".encode(), "caf%C3%A9%20%E6%97%A5%E6%9C%AC"], ids=["utf-8", "percent"])
+def test_non_ascii_subject_is_read_as_utf8_and_echoed_percent_encoded(server, sent):
+    headers = {**BINARY, "ce-subject": sent}
+    resp = requests.post(server.url + "/", data=json.dumps({"features": [1.0] * 30}), headers=headers)
+    assert resp.status_code == 200, resp.text
+    # The HTTP binding percent-encodes what is not printable ASCII; the SDK reads it back.
+    assert resp.headers["ce-subject"] == "caf%C3%A9%20%E6%97%A5%E6%9C%AC"
+    envelope = {**ENVELOPE, "subject": "café 日本", "data": {"features": [1.0] * 30}}
+    resp = requests.post(server.url + "/", data=json.dumps(envelope), headers={"Content-Type": STRUCTURED_TYPE})
+    assert from_http(resp.headers, resp.content)["subject"] == "café 日本"

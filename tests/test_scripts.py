@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import requests
 
-from tests.server import ROOT
+from tests.server import ROOT, ServerProcess
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:
@@ -107,11 +107,15 @@ def test_export_fails_when_onnx_disagrees_with_the_original(tmp_path):
     joblib.dump(model, tmp_path / "fragile.joblib")
     write_csv(tmp_path / "sample.csv", ["a", "b"], x)
     out = tmp_path / "fragile.onnx"
+    out.write_bytes(b"the model being served")
     result = run_script(
         "scripts/export_onnx.py", str(tmp_path / "fragile.joblib"), str(tmp_path / "sample.csv"), str(out)
     )
     assert result.returncode == 1
     assert "disagrees with the original" in result.stderr
+    assert f"{out} was not written" in result.stderr
+    assert out.read_bytes() == b"the model being served"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fragile.joblib", "fragile.onnx", "sample.csv"]
 
 
 def test_export_rejects_a_sample_with_the_wrong_columns(tmp_path, dataset):
@@ -125,3 +129,60 @@ def test_export_rejects_a_sample_with_the_wrong_columns(tmp_path, dataset):
     )
     assert result.returncode != 0
     assert "10 feature columns, but the model takes 30" in result.stderr
+
+
+def test_write_card_gives_a_joblib_model_its_card(tmp_path, start_server, dataset):
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, names = dataset
+    y = np.where(x[:, 0] > 14, "large", "small")
+    joblib.dump(DecisionTreeClassifier(max_depth=3, random_state=0).fit(x, y), tmp_path / "tree.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:100], {"label": y[:100]})
+    result = run_script(
+        "scripts/write_card.py", str(tmp_path / "tree.joblib"), str(tmp_path / "sample.csv"),
+        "--target", "label", "--name", "tree", "--version", "7",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"wrote {tmp_path / 'tree.card.json'} (classification, 30 features)"
+
+    srv = start_server({"MODEL_PATH": str(tmp_path / "tree.joblib"), "ALLOW_PICKLE": "1"})
+    card = requests.get(srv.url + "/model").json()
+    assert (card["name"], card["version"], card["feature_names"]) == ("tree", "7", names)
+    assert card["class_labels"] == ["large", "small"] and card["reference"]
+    body = requests.post(srv.url + "/predict", json={"instances": [dict(zip(names, x[0].tolist()))]}).json()
+    assert body["predictions"] == ["large"]
+
+
+def readme_commands(prefix: str) -> list[str]:
+    """The README's `$ <command>` lines that start with `prefix`, continuation lines joined."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [line[2:] for line in text.splitlines() if line.startswith("$ " + prefix)]
+
+
+def test_readme_batch_examples_work_as_written_on_a_fresh_clone(tmp_path, start_server):
+    """From a checkout with an empty data/ folder and the default BATCH_ALLOW (./data/)."""
+    (tmp_path / "data").mkdir()
+    server = ServerProcess({"PYTHONPATH": str(ROOT)}, log_dir=tmp_path)
+    server.cwd = tmp_path
+    server.start()
+    try:
+        server.wait_ready()
+        commands = [
+            *readme_commands(".venv/bin/python scripts/sample_data.py"),
+            *readme_commands("curl -si localhost:8080/ "),
+            *readme_commands(".venv/bin/python scripts/submit_batch.py"),
+        ]
+        outputs = []
+        for command in commands:
+            command = command.replace(".venv/bin/python scripts/", f"{sys.executable} {ROOT}/scripts/")
+            command = command.replace("localhost:8080", f"127.0.0.1:{server.port}")
+            result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, (command, result.stdout, result.stderr)
+            outputs.append(result.stdout)
+    finally:
+        server.kill()
+    assert "wrote data/patients.csv (1000 rows)" in outputs[0]
+    batch_reply = next(out for out in outputs if "warmstart.batch.completed.v1" in out)
+    assert '"rows":1000' in batch_reply
+    assert "4 parts: 4 completed (1000 rows), 0 accepted for async delivery, 0 failed" in outputs[-1]
+    assert sorted(p.name for p in (tmp_path / "data" / "scored").iterdir()) == [f"part-00{i}.parquet" for i in range(4)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 MODEL = "breast-cancer-rf"
+DEEP = functools.reduce(lambda inner, _: [inner], range(300), [])  # past orjson's 254 levels of output
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +117,34 @@ def tensor(shape, data, datatype="FP32", name="input"):
         (tensor([1, 29], [1.0] * 29), 400, "shape must be [N, 30], got [1, 29]"),
         (tensor([30], [1.0] * 30), 400, "shape must be [N, 30], got [30]"),
         (tensor([1, 30], ["a"] * 30), 400, "data is not a tensor of FP32"),
-        (tensor([1, 30], [1.0] * 30, "BYTES"), 400, "datatype 'BYTES' is not supported"),
-        (tensor([1, 30], [1.0] * 30, "FP99"), 400, "datatype 'FP99' is not supported"),
-        (tensor([1, 30], [1.0] * 30, name="x"), 400, "unknown input 'x'"),
+        (tensor([1, 30], [1.0] * 30, "BYTES"), 400, 'datatype "BYTES" is not supported'),
+        (tensor([1, 30], [1.0] * 30, "FP99"), 400, 'datatype "FP99" is not supported'),
+        (tensor([1, 30], [1.0] * 30, name="x"), 400, 'unknown input "x"'),
         (tensor([1, 30], [None] * 30), 400, "not a finite number"),
         (tensor([1, -30], [1.0] * 30), 400, "shape must be a list of non-negative integers"),
         ({"inputs": []}, 400, "this model takes one tensor"),
         ({"input": 1}, 400, "expected a JSON object with an 'inputs' list"),
-        ({**tensor([1, 30], [1.0] * 30), "outputs": [{"name": "nope"}]}, 400, "unknown output 'nope'"),
+        ({**tensor([1, 30], [1.0] * 30), "outputs": [{"name": "nope"}]}, 400, 'unknown output "nope"'),
+        ({**tensor([1, 30], [1.0] * 30), "outputs": [{"name": ["label"]}]}, 400, 'unknown output ["label"]'),
+        ({**tensor([1, 30], [1.0] * 30, ["FP32"])}, 400, 'datatype ["FP32"] is not supported'),
+        ({**tensor([1, 30], [1.0] * 30), "parameters": []}, 400, "request: parameters must be an object, got []"),
+        ({**tensor([1, 30], [1.0] * 30), "parameters": "x"}, 400, 'request: parameters must be an object, got "x"'),
+        (
+            {"inputs": [{**tensor([1, 30], [1.0] * 30)["inputs"][0], "parameters": [1]}]},
+            400,
+            "inputs[0] (input): parameters must be an object, got [1]",
+        ),
+        (
+            {**tensor([1, 30], [1.0] * 30), "outputs": [{"name": "label", "parameters": 5}]},
+            400,
+            "outputs[0] (label): parameters must be an object, got 5",
+        ),
+        (tensor([1, 30], [1001] * 30, "UINT8"), 400, "data holds a value outside the range of UINT8 (0 to 255)"),
+        (tensor([1, 30], [-200] * 30, "INT8"), 400, "data holds a value outside the range of INT8 (-128 to 127)"),
+        (tensor([1, 30], [-1] * 30, "UINT64"), 400, "data holds a value outside the range of UINT64"),
+        (tensor([1, 30], [2**70] * 30, "INT64"), 400, "data holds a value outside the range of INT64"),
+        ({**tensor([1, 30], [1.0] * 30), "id": {"a": 1}}, 400, 'id: expected a string, got {"a":1}'),
+        ({**tensor([1, 30], [1.0] * 30), "id": DEEP}, 400, "id: expected a string, got array nested too deeply"),
     ],
 )
 def test_bad_tensors_are_400_in_the_protocol_shape(server, body, status, message):
