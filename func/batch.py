@@ -15,7 +15,7 @@ import logging
 import os
 import posixpath
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,9 @@ import orjson
 
 from . import codecs, partials
 from .errors import Forbidden, InvalidInput
-from .model import Model
+from .model import Model, Prediction
+
+Observe = Callable[[np.ndarray, Prediction], None]
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {
@@ -112,8 +114,11 @@ def _resolve(uri: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path)}"
 
 
-def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) -> dict[str, Any]:
-    """Run a batch job and return the completion event's data."""
+def run_job(
+    job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str, observe: Observe | None = None
+) -> dict[str, Any]:
+    """Run a batch job and return the completion event's data; `observe` sees each
+    chunk's rows and predictions (drift takes a sample of them)."""
     started = time.perf_counter()
     source = resolve_allowed(job.input, allow, "input")
     target = resolve_allowed(job.output, allow, "output")
@@ -137,7 +142,7 @@ def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) ->
                 chunks = _read_chunks(reader, input_format, job.input, model.card.feature_names)
                 # Parsing text costs about what inference does, so it keeps a core and
                 # inference takes the other; Parquet decodes cheaply, so inference takes both.
-                rows = _predict_all(chunks, model, job.input, writer, one_thread=input_format != "parquet")
+                rows = _predict_all(chunks, model, job.input, writer, input_format != "parquet", observe)
             finally:
                 writer.close()
         out_fs.mv(partial, out_path)
@@ -150,7 +155,9 @@ def run_job(job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str) ->
     }
 
 
-def _predict_all(chunks: Iterator[Any], model: Model, uri: str, writer: Any, one_thread: bool) -> int:
+def _predict_all(
+    chunks: Iterator[Any], model: Model, uri: str, writer: Any, one_thread: bool, observe: Observe | None
+) -> int:
     """Predict and write every chunk; returns the row count.
 
     Chunk k is predicted on a second thread while this one reads and decodes chunk k+1
@@ -165,7 +172,7 @@ def _predict_all(chunks: Iterator[Any], model: Model, uri: str, writer: Any, one
         pending: Future[Any] | None = None
         try:
             for chunk in chunks:
-                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread)
+                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe)
                 rows += chunk.num_rows
                 if pending is not None:
                     writer.write(pending.result())
@@ -257,7 +264,9 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
     return itertools.chain([first], reader), reader.schema
 
 
-def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_thread: bool) -> Any:
+def _predict_chunk(
+    chunk: Any, model: Model, uri: str, first_row: int, one_thread: bool, observe: Observe | None
+) -> Any:
     """Predict a record batch; the output keeps every non-feature column (ids, keys)
     and adds `prediction` and, for classifiers, one `probability_<class>` per class."""
     import pyarrow as pa
@@ -267,6 +276,8 @@ def _predict_chunk(chunk: Any, model: Model, uri: str, first_row: int, one_threa
     columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
     rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
     prediction = model.predict(rows, one_thread=one_thread)
+    if observe is not None:
+        observe(rows, prediction)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
     out["prediction"] = pa.array(prediction.labels)

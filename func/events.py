@@ -124,7 +124,7 @@ class EventHandler:
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
         try:
-            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id)
+            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id, self.serving.observe_batch)
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
             raise
