@@ -53,6 +53,8 @@ class Model:
         self._run = run
         # The served file's digest: metrics, drift events and lineage name the exact model.
         self.sha256 = ""
+        # The file it was loaded from: explanations read an ONNX model's trees from it.
+        self.path: Path | None = None
 
     def predict(self, rows: np.ndarray, one_thread: bool = False) -> Prediction:
         """`one_thread` keeps a large input on one thread, for a caller that keeps the
@@ -110,6 +112,7 @@ def load_model(settings: Settings) -> Model:
     if overrides:
         model.card = dataclasses.replace(model.card, **overrides)
     model.sha256 = digest
+    model.path = path
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot predict one row is not servable

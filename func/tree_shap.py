@@ -47,6 +47,8 @@ _BRANCH_MODES = {
 }
 # A node's count equals its children's up to float32 rounding of large weighted counts.
 _COVER_RTOL = 1e-4
+# The space each post_transform leaves additive: the scores before it.
+_OUTPUT_SPACES = {"NONE": "probability", "LOGISTIC": "log_odds", "SOFTMAX": "margin"}
 # Rows explained per vectorised step: the unwinding arrays hold rows x leaves x depth
 # floats (the default forest: 16 rows ~ 2 MB), big enough to amortise NumPy's per-call cost.
 _CHUNK_ROWS = 16
@@ -72,6 +74,9 @@ class TreeShap:
         attrs = node.attributes
         self.is_classifier = node.op_type == "TreeEnsembleClassifier"
         self.post_transform = _text(attrs.get("post_transform", b"NONE"))
+        supported = _OUTPUT_SPACES if self.is_classifier else ("NONE",)
+        if self.post_transform not in supported:
+            raise Unsupported(f"post_transform {self.post_transform} is not supported")
         tree_ids = _ints(attrs, "nodes_treeids")
         node_ids = _ints(attrs, "nodes_nodeids")
         features = _ints(attrs, "nodes_featureids")
@@ -158,7 +163,45 @@ class TreeShap:
         self.slot_index = slot_sorted[self.slot_starts]
         self.leaf_values = leaf_values[leaves]
         self.expected = self.base + self.zero.prod(axis=1) @ self.leaf_values
+        # onnxruntime's binary case: one score column s for two labels; the first label
+        # scores 1 - s (non-negative weights, no transform) or -s (before the logistic).
+        self.single_binary = self.is_classifier and self.n_columns == 1 and self.n_labels == 2
+        if self.is_classifier and not self.single_binary and self.n_labels != self.n_columns:
+            raise Unsupported(f"{self.n_columns} score columns for {self.n_labels} class labels")
+        self._complement = 1.0 if self.post_transform == "NONE" and (self.leaf_values >= 0).all() else 0.0
         self.weights = np.array([factorial(k) * factorial(depth - k - 1) / factorial(depth) for k in range(depth)])
+
+    @property
+    def output_space(self) -> str:
+        """What the explained scores are: class probabilities (a forest), log-odds (binary
+        gradient boosting), softmax margins (multi-class boosting) or regression values."""
+        return _OUTPUT_SPACES[self.post_transform] if self.is_classifier else "value"
+
+    def class_scores(self, label_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(score column, sign, offset) per row: label k's explained score is
+        sign * raw[column] + offset. A regressor has one column, label_index is ignored."""
+        if not self.is_classifier:
+            zeros = np.zeros(len(label_index), dtype=np.int64)
+            return zeros, np.ones(len(label_index)), np.zeros(len(label_index))
+        if self.single_binary:
+            first = label_index == 0
+            return np.zeros(len(label_index), dtype=np.int64), np.where(first, -1.0, 1.0), first * self._complement
+        return label_index.astype(np.int64), np.ones(len(label_index)), np.zeros(len(label_index))
+
+    def outputs(self, rows: np.ndarray) -> np.ndarray:
+        """What onnxruntime outputs for these rows (class probabilities, or values with
+        one column), recomputed from the trees: how the explainer checks its reading."""
+        raw = self.raw_scores(rows)
+        if not self.is_classifier:
+            return raw
+        columns, sign, offset = self.class_scores(np.arange(self.n_labels))
+        scores = raw[:, columns] * sign + offset
+        if self.post_transform == "LOGISTIC":
+            return 1.0 / (1.0 + np.exp(-scores))
+        if self.post_transform == "SOFTMAX":
+            exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+            return exp / exp.sum(axis=1, keepdims=True)
+        return scores
 
     def raw_scores(self, rows: np.ndarray) -> np.ndarray:
         """The ensemble's scores before post_transform, (rows, columns)."""
