@@ -201,7 +201,10 @@ def explanation_body(explanation: Explanation, prediction: Prediction, card: Mod
     """The `/explain` answer: per row the attributions by feature name, the base value and
     the output they add up to, the prediction and (for a classifier) the class explained."""
     names = card.feature_names
-    labels = np.asarray(prediction.labels).tolist()
+    labels = np.asarray(prediction.labels)
+    # float32 scalars stay NumPy's, so they are written as /predict writes them (189.31235,
+    # not 189.31234741210938); orjson takes no NumPy integer scalars.
+    labels = labels.tolist() if labels.dtype.kind in "iub" else labels
     rows = []
     for r, attributions in enumerate(explanation.attributions.tolist()):
         row: dict[str, Any] = {"prediction": labels[r]}
