@@ -112,6 +112,17 @@ class ShapleyExplainer:
         return np.asarray(prediction.labels, dtype=np.float64)[:, None]
 
 
+class Unexplainable:
+    """A model that cannot be explained: every request gets the same 501 without
+    reading the model again."""
+
+    def __init__(self, error: ExplanationUnavailable) -> None:
+        self.error = error
+
+    def explain(self, rows: np.ndarray, label_index: np.ndarray | None) -> Explanation:
+        raise self.error
+
+
 class Explainers:
     """The served model's explainer, built on its first explanation."""
 
@@ -135,7 +146,10 @@ class Explainers:
     def _for(self, model: Model) -> Explainer:
         with self._lock:
             if self._model is not model:
-                self._explainer = build_explainer(model)
+                try:
+                    self._explainer = build_explainer(model)
+                except ExplanationUnavailable as exc:
+                    self._explainer = Unexplainable(exc)
                 self._model = model
             assert self._explainer is not None
             return self._explainer

@@ -288,3 +288,19 @@ def test_predictions_never_load_the_explainers(default_model):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:2] == ["[]", "['func.onnx_reader', 'func.tree_shap']"]
+
+
+def test_model_without_training_means_gets_501_and_still_predicts(start_server, tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LinearRegression
+
+    x = np.random.default_rng(0).normal(size=(50, 3))
+    linear = LinearRegression().fit(x, x @ [1.0, 2.0, 3.0])
+    path = tmp_path / "no_card.onnx"
+    path.write_bytes(to_onnx(linear, x[:1].astype(np.float32)).SerializeToString())  # no warmstart card
+    srv = start_server({"MODEL_PATH": str(path)})
+    for _ in range(2):
+        resp = requests.post(srv.url + "/explain", json={"instances": x[:1].tolist()})
+        assert resp.status_code == 501
+        assert "no training mean for 'f0'" in resp.json()["error"]["message"]
+    assert requests.post(srv.url + "/predict", json={"instances": x[:1].tolist()}).status_code == 200
