@@ -25,13 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from .card import ModelCard
 from .errors import PayloadTooLarge, WarmstartError
 from .model import Model, Prediction
+
+if TYPE_CHECKING:
+    from .tree_shap import TreeShap
 
 log = logging.getLogger("warmstart.explain")
 
@@ -68,7 +71,7 @@ class Explainer(Protocol):
 
 
 class TreeExplainer:
-    def __init__(self, tree: Any) -> None:
+    def __init__(self, tree: TreeShap) -> None:
         self.tree = tree
 
     def explain(self, rows: np.ndarray, label_index: np.ndarray | None) -> Explanation:
@@ -131,11 +134,11 @@ class Explainers:
         self._model: Model | None = None
         self._explainer: Explainer | None = None
 
-    def explain(self, model: Model, rows: np.ndarray, prediction: Prediction, where: str = "instances") -> Explanation:
+    def explain(self, model: Model, rows: np.ndarray, prediction: Prediction) -> Explanation:
         """Explain `rows`, whose `prediction` the model already made."""
         if len(rows) > MAX_EXPLAIN_ROWS:
             raise PayloadTooLarge(
-                f"{where}: {len(rows)} rows is more than one explanation request takes ({MAX_EXPLAIN_ROWS}); "
+                f"instances: {len(rows)} rows is more than one explanation request takes ({MAX_EXPLAIN_ROWS}); "
                 "send them in several requests"
             )
         label_index = None
@@ -173,7 +176,7 @@ def build_explainer(model: Model) -> Explainer:
     return ShapleyExplainer(model, baseline)
 
 
-def _check_tree_reading(tree: Any, model: Model) -> None:
+def _check_tree_reading(tree: TreeShap, model: Model) -> None:
     from .tree_shap import Unsupported
 
     rows = _check_rows(model.card)

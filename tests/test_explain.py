@@ -14,6 +14,9 @@ import requests
 
 from tests.server import ROOT
 
+# shap's plotting colours use matplotlib calls matplotlib has marked for removal.
+pytestmark = pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+
 TREE = "tree_shap_path_dependent"
 EXACT = "shapley_exact"
 SAMPLED = "shapley_permutation"
