@@ -50,11 +50,11 @@ class Model:
     def __init__(self, card: ModelCard, run: Callable[[np.ndarray, bool], Prediction], fmt: str) -> None:
         self.card = card
         self.format = fmt
+        # The file it was loaded from: explanations read an ONNX model's trees from it.
+        self.path: Path | None = None
         self._run = run
         # The served file's digest: metrics, drift events and lineage name the exact model.
         self.sha256 = ""
-        # The file it was loaded from: explanations read an ONNX model's trees from it.
-        self.path: Path | None = None
 
     def predict(self, rows: np.ndarray, one_thread: bool = False) -> Prediction:
         """`one_thread` keeps a large input on one thread, for a caller that keeps the

@@ -1,6 +1,7 @@
 """Exact SHAP values of an ONNX tree ensemble, read from the TreeEnsemble node's attributes.
 
-The method is path-dependent TreeSHAP (Lundberg et al. 2020, Algorithm 2): a feature
+The method is path-dependent TreeSHAP (Lundberg, Erion, Lee 2018, "Consistent individualized
+feature attribution for tree ensembles"; what shap.TreeExplainer does without data): a feature
 missing from a coalition is integrated out by following both branches of a split on it,
 weighted by the share of the training samples that went each way. Those shares need
 each node's training sample count (its "cover"), which ONNX has a place for, the
