@@ -21,7 +21,8 @@ lint: $(INSTALLED)
 model: $(INSTALLED)
 	$(PY) scripts/train.py --out $(MODEL)
 
-$(MODEL): | $(INSTALLED)
+# Retrained when the scripts change (the export stores what explanations need).
+$(MODEL): scripts/train.py scripts/export_onnx.py | $(INSTALLED)
 	$(PY) scripts/train.py --out $(MODEL)
 
 $(INSTALLED): requirements.txt requirements-sklearn.txt requirements-dev.txt

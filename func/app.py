@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, events, openapi, v2
+from . import codecs, events, explain, openapi, v2
 from .config import Settings
 from .drift import DRIFT_EVENT, Drift
 from .emit import Emitter
@@ -115,6 +115,27 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         model = serving.model_named(name)
         rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
         return respond({"predictions": serving.predict(model, rows).labels})
+
+    explainers = explain.Explainers()
+
+    @app.post("/explain")
+    def explain_rows() -> Response:
+        body = serving.json_bytes()
+        model = state.model
+        rows, _ = codecs.decode_predict_body(body, model.card, settings.max_rows)
+        prediction = serving.predict(model, rows)
+        explanation = explainers.explain(model, rows, prediction)
+        return respond(explain.explanation_body(explanation, prediction, model.card))
+
+    @app.post("/v1/models/<name>:explain")
+    def v1_explain(name: str) -> Response:
+        body = serving.json_bytes()
+        model = serving.model_named(name)
+        rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
+        prediction = serving.predict(model, rows)
+        explanation = explainers.explain(model, rows, prediction)
+        answer = explain.explanation_body(explanation, prediction, model.card)
+        return respond({"predictions": prediction.labels, **answer})
 
     @app.get("/v1/models")
     def v1_models() -> Response:

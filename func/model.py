@@ -50,6 +50,8 @@ class Model:
     def __init__(self, card: ModelCard, run: Callable[[np.ndarray, bool], Prediction], fmt: str) -> None:
         self.card = card
         self.format = fmt
+        # The file it was loaded from: explanations read an ONNX model's trees from it.
+        self.path: Path | None = None
         self._run = run
         # The served file's digest: metrics, drift events and lineage name the exact model.
         self.sha256 = ""
@@ -112,6 +114,7 @@ def load_model(settings: Settings) -> Model:
     if overrides:
         model.card = dataclasses.replace(model.card, **overrides)
     model.sha256 = digest
+    model.path = path
     try:
         model.warm_up()
     except Exception as exc:  # a model that cannot predict one row is not servable

@@ -96,6 +96,60 @@ def _predict_op(
     return op
 
 
+def _explain_op(summary: str, request_ref: str, response_ref: str, extra: dict[str, Any]) -> dict[str, Any]:
+    too_many = _error("Body larger than MAX_REQUEST_BYTES, more rows than MAX_ROWS, or more than 100 rows to explain")
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, **_json({"$ref": f"#/components/schemas/{request_ref}"})},
+            "responses": {
+                "200": {"description": "Explanations", **_json({"$ref": f"#/components/schemas/{response_ref}"})},
+                **_ERRORS,
+                "413": too_many,
+                "501": _error("The served model cannot be explained (a card without training means)"),
+                **extra,
+            },
+        }
+    }
+
+
+_EXPLANATION = {
+    "type": "object",
+    "required": ["prediction", "output", "base_value", "attributions"],
+    "properties": {
+        "prediction": {"description": "the model's prediction for the row"},
+        "class": {"description": "classifiers: the class explained, the predicted one"},
+        "output": {"type": "number", "description": "the explained output: base_value + sum of attributions"},
+        "base_value": {"type": "number", "description": "the output with no feature known"},
+        "attributions": {
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "one attribution per feature, by feature name",
+        },
+    },
+}
+_EXPLAIN_RESPONSE = {
+    "type": "object",
+    "required": ["explanations", "method", "output_space"],
+    "properties": {
+        "explanations": {"type": "array", "items": {"$ref": "#/components/schemas/Explanation"}},
+        "method": {
+            "type": "string",
+            "enum": ["tree_shap_path_dependent", "shapley_exact", "shapley_permutation"],
+            "description": "exact TreeSHAP for ONNX tree ensembles; otherwise Shapley values against the "
+            "training means, over every coalition (up to 10 features) or 64 seeded feature orders",
+        },
+        "output_space": {
+            "type": "string",
+            "enum": ["probability", "log_odds", "margin", "value"],
+            "description": "what output and base_value measure: the explained class's probability, "
+            "log-odds (binary gradient boosting), softmax margin (multi-class boosting), or the regression value",
+        },
+        "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+    },
+}
+
+
 def _get_op(summary: str, schema: dict[str, Any], extra_responses: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "get": {
@@ -187,6 +241,14 @@ def document(card: ModelCard | None) -> dict[str, Any]:
             "/v1/models/{name}:predict": {
                 "post": _predict_op("KServe V1 predict", "V1Request", "V1Response", [name_param], not_found)
             },
+            "/explain": _explain_op(
+                "Explain rows (the bodies of /predict): per row, one attribution per feature",
+                "PredictRequest",
+                "ExplainResponse",
+                {},
+            ),
+            "/v1/models/{name}:explain": _explain_op("KServe V1 explain", "V1Request", "V1ExplainResponse", not_found)
+            | {"parameters": [name_param]},
             "/v1/models/{name}": _get_op(
                 "KServe V1 model status", {"$ref": "#/components/schemas/V1ModelStatus"}, not_found
             )
@@ -257,6 +319,13 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     "type": "object",
                     "required": ["predictions"],
                     "properties": {"predictions": {"type": "array", "items": {}}},
+                },
+                "Explanation": _EXPLANATION,
+                "ExplainResponse": _EXPLAIN_RESPONSE,
+                "V1ExplainResponse": {
+                    **_EXPLAIN_RESPONSE,
+                    "required": ["predictions", *_EXPLAIN_RESPONSE["required"]],
+                    "properties": {"predictions": {"type": "array", "items": {}}, **_EXPLAIN_RESPONSE["properties"]},
                 },
                 "V1ModelStatus": {
                     "type": "object",

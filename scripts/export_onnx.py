@@ -87,9 +87,58 @@ def to_onnx_bytes(estimator: Any, card: ModelCard) -> bytes:
         options=options,
         target_opset=None,
     )
+    store_node_counts(onx, estimator)
     onnx.helper.set_model_props(onx, {CARD_METADATA_KEY: card.to_json()})
     onx.doc_string = f"{card.name} {card.version}: {card.description}"
     return onx.SerializeToString()
+
+
+def store_node_counts(onx: Any, estimator: Any) -> bool:
+    """Write each tree node's training sample count into the TreeEnsemble node's
+    `nodes_hitrates` (ONNX: "popularity of each node", which skl2onnx leaves at 1.0).
+
+    func/tree_shap.py needs these counts for exact path-dependent TreeSHAP; onnxruntime
+    ignores them when predicting. Returns False, leaving the model as it was, when the
+    estimator is not a scikit-learn tree model whose trees match the ONNX nodes one for
+    one (explanations then use the model-agnostic estimate).
+    """
+    trees = _fitted_trees(estimator)
+    nodes = [n for n in onx.graph.node if n.op_type in ("TreeEnsembleClassifier", "TreeEnsembleRegressor")]
+    if trees is None or len(nodes) != 1:
+        return False
+    attributes = {a.name: a for a in nodes[0].attribute}
+    counts = []
+    for t, n, feature, mode in zip(
+        attributes["nodes_treeids"].ints,
+        attributes["nodes_nodeids"].ints,
+        attributes["nodes_featureids"].ints,
+        attributes["nodes_modes"].strings,
+    ):
+        tree = trees[t].tree_ if t < len(trees) else None
+        if tree is None or n >= tree.node_count or (mode != b"LEAF" and tree.feature[n] != feature):
+            return False
+        counts.append(float(tree.weighted_n_node_samples[n]))
+    hitrates = attributes.get("nodes_hitrates")
+    if hitrates is None:
+        import onnx
+
+        hitrates = onnx.helper.make_attribute("nodes_hitrates", [1.0])
+        nodes[0].attribute.append(hitrates)
+    del hitrates.floats[:]
+    hitrates.floats.extend(counts)
+    return True
+
+
+def _fitted_trees(estimator: Any) -> list[Any] | None:
+    """The fitted scikit-learn trees in the order skl2onnx numbers them (a forest's
+    estimators_, gradient boosting's stages by class), or None for other models."""
+    if hasattr(estimator, "tree_"):
+        return [estimator]
+    found = getattr(estimator, "estimators_", None)
+    if found is None:
+        return None
+    trees = list(np.ravel(np.asarray(found, dtype=object)))
+    return trees if trees and all(hasattr(t, "tree_") for t in trees) else None
 
 
 def max_difference(estimator: Any, onnx_bytes: bytes, x: np.ndarray, is_classifier: bool) -> float:
