@@ -33,7 +33,7 @@ PROTOCOLS = {
     "root": "json",
     "v1_predict": "v1",
     "v2.infer": "v2",
-    "explain": "explain",
+    "explain_rows": "explain",
     "v1_explain": "explain",
 }
 # Probes and scrapes come every few seconds: not traffic, so neither counted nor logged
