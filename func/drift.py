@@ -57,7 +57,7 @@ class Layout:
     """Where each feature's and the prediction's bins sit in the tally vector."""
 
     features: tuple[str, ...]
-    edges: np.ndarray  # (features, widest edges), padded with +inf
+    edge_lists: tuple[np.ndarray, ...]  # each feature's inner bin edges
     starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
     widths: tuple[int, ...]  # reference bins per feature
     reference: tuple[np.ndarray, ...]  # each feature's reference shares over all its slots
@@ -74,12 +74,9 @@ class Layout:
         if not card.reference or any("bin_edges" not in card.reference.get(n, {}) for n in card.feature_names):
             return None
         refs = [card.reference[n] for n in card.feature_names]
-        widest = max(len(r["bin_edges"]) for r in refs)
-        edges = np.full((len(refs), widest), np.inf)
         starts, widths, shares = [], [], []
         slot = 1  # slot 0 counts rows
-        for f, r in enumerate(refs):
-            edges[f, : len(r["bin_edges"])] = r["bin_edges"]
+        for r in refs:
             width = len(r["bin_edges"]) + 1
             starts.append(slot)
             widths.append(width)
@@ -96,7 +93,7 @@ class Layout:
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
         return cls(
             features=card.feature_names,
-            edges=edges,
+            edge_lists=tuple(np.array(r["bin_edges"], dtype=np.float64) for r in refs),
             starts=np.array(starts),
             widths=tuple(widths),
             reference=tuple(shares),
@@ -109,13 +106,18 @@ class Layout:
         )
 
     def bin_slots(self, rows: np.ndarray) -> np.ndarray:
-        """The slot each value of `rows` counts in: (rows, features)."""
-        # reference bin k holds edges[k-1] <= x < edges[k], as np.searchsorted(side="right")
-        bins = (rows[:, :, None] >= self.edges[None, :, :]).sum(axis=2)
-        slots = self.starts + 2 + bins
-        slots = np.where(rows < self.mins, self.starts + 1, slots)
-        slots = np.where(rows > self.maxs, self.starts + 2 + np.array(self.widths), slots)
-        return np.where(np.isnan(rows), self.starts, slots)
+        """The slot each value of `rows` counts in: (features, rows)."""
+        columns = np.ascontiguousarray(rows.T)
+        slots = np.empty(columns.shape, dtype=np.int64)
+        for f, edges in enumerate(self.edge_lists):
+            # one search per feature; reference bin k holds edges[k-1] <= x < edges[k]
+            column, out = columns[f], slots[f]
+            out[:] = np.searchsorted(edges, column, side="right")
+            out += self.starts[f] + 2
+            out[column < self.mins[f]] = self.starts[f] + 1
+            out[column > self.maxs[f]] = self.starts[f] + 2 + self.widths[f]
+            out[np.isnan(column)] = self.starts[f]
+        return slots
 
     def prediction_slots(self, labels: np.ndarray, class_index: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         if self.prediction_edges is None:
@@ -123,6 +125,21 @@ class Layout:
         values = np.asarray(labels, dtype=np.float64)
         # side="left": bin k holds edges[k-1] < v <= edges[k], as Prometheus' `le` buckets do
         return self.prediction_start + np.searchsorted(self.prediction_edges, values, side="left")
+
+
+def _class_indexer(class_labels: tuple[Any, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    """Labels -> their index in the card's class_labels (an unknown label counts as the first)."""
+    if class_labels and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in class_labels):
+        order = np.argsort(class_labels)
+        ordered = np.asarray(class_labels, dtype=np.float64)[order]
+
+        def numeric(labels: np.ndarray) -> np.ndarray:
+            found = np.searchsorted(ordered, np.asarray(labels, dtype=np.float64)).clip(0, len(ordered) - 1)
+            return order[found]
+
+        return numeric
+    classes = {label: i for i, label in enumerate(class_labels)}
+    return lambda labels: np.array([classes.get(x, 0) for x in labels.tolist()], dtype=np.int64)
 
 
 def psi(live: np.ndarray, reference: np.ndarray) -> float:
@@ -155,8 +172,7 @@ class Drift:
     ) -> None:
         self.card, self.window, self.threshold = card, window, threshold
         self.layout = Layout.of(card)
-        classes = {label: i for i, label in enumerate(card.class_labels)}
-        self._class_index = lambda labels: np.array([classes.get(x, 0) for x in labels.tolist()], dtype=np.int64)
+        self._class_index = _class_indexer(card.class_labels)
         self._revision = revision
         size = self.layout.size if self.layout else (len(card.class_labels) + 2)
         self.tallies = Tallies(shared_dir, "drift", size)
