@@ -117,6 +117,8 @@ def test_services_follow_the_serving_webhook_rules():
         assert spec["timeoutSeconds"] <= 600
         assert len(spec["containers"]) == 1 and len(spec["containers"][0]["ports"]) == 1
         for key, value in template["metadata"]["annotations"].items():
+            if not key.startswith("autoscaling.knative.dev/"):
+                continue  # prometheus.io/* and other tools' annotations
             assert key in rules, f"{tree}: unknown annotation {key}"
             rule, kind = rules[key], rules[key]["type"]
             assert isinstance(value, str), f"{tree}: {key} must be a string"

@@ -63,9 +63,12 @@ def test_two_revisions_compare_by_traffic_errors_latency_prediction_mix_and_drif
         assert 0.2 < mix[("warmstart-v1", "0")] < 0.8
         assert mix[("warmstart-v1", "0")] + mix[("warmstart-v1", "1")] == pytest.approx(1.0)
 
-        psi = by_revision(
-            prometheus.wait_for("revision_feature:warmstart_drift_psi:1h", lambda r: len(r) == 60), "feature"
-        )
+        def settled(result: list[dict]) -> bool:
+            # rules evaluate every second; early on a bin's increase can still be 0/0
+            values = by_revision(result, "feature")
+            return len(values) == 60 and all(v == v for v in values.values())
+
+        psi = by_revision(prometheus.wait_for("revision_feature:warmstart_drift_psi:1h", settled), "feature")
         worst_stable = max(v for (rev, _), v in psi.items() if rev == "warmstart-v1")
         worst_canary = max(v for (rev, _), v in psi.items() if rev == "warmstart-v2")
         assert worst_canary > 0.2 > worst_stable / 2, (worst_stable, worst_canary)
