@@ -33,14 +33,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if minimum is not None and not value >= minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum:g}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -82,6 +85,15 @@ class Settings:
     # onnxruntime threads for one large input: by default the CPUs this process may use
     inference_threads: int = field(default_factory=available_cpus)
     graceful_timeout: int = 25
+    # Seconds a worker keeps accepting new connections after SIGTERM (readiness already
+    # 503), for clients that have not yet learned the instance is going away.
+    drain_s: float = 1.0
+    # Seconds a client has to send one whole request, header and body, from its first
+    # byte; a slower one gets 408 and its connection closes.
+    read_timeout: float = 30.0
+    # Seconds a kept-alive connection is reused before a response closes it, so clients
+    # spread again over workers that started after them.
+    connection_max_age: float = 10.0
     # Where the server makes the folder its workers share (a writable emptyDir on a pod
     # with a read-only root filesystem); the system's temporary folder by default.
     shared_dir_base: str | None = None
@@ -123,5 +135,8 @@ class Settings:
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
+            drain_s=_float(env, "DRAIN_S", 1.0, minimum=0),
+            read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),
+            connection_max_age=_float(env, "CONNECTION_MAX_AGE", 10.0, minimum=0),
             shared_dir_base=env.get("SHARED_DIR") or None,
         )

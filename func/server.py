@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -19,10 +18,11 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from . import logs, shared_dir
+from . import logs, readiness, shared_dir
 from .app import create_app
 from .config import Settings
 from .model import BULK_ROWS
+from .worker import Worker
 
 log = logging.getLogger("warmstart.server")
 
@@ -40,19 +40,6 @@ class _JsonGunicornLogger(GunicornLogger):
         self.error_log.propagate = False
 
 
-def _post_worker_init(worker: Any) -> None:
-    """On SIGTERM, turn readiness to 503 before gunicorn starts draining."""
-    state = worker.wsgi.extensions["warmstart"]
-    drain = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        state.begin_shutdown()
-        if callable(drain):
-            drain(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
 class Server(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -63,13 +50,14 @@ class Server(BaseApplication):
         options = {
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
-            "worker_class": "gthread",
+            "worker_class": Worker,
             "threads": s.threads,
             "keepalive": KEEPALIVE_S,
             "graceful_timeout": s.graceful_timeout,
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
-            "post_worker_init": _post_worker_init,
+            "pre_fork": self._pre_fork,
+            "child_exit": self._child_exit,
             "proc_name": f"warmstart-{s.k_service or 'local'}",
             # gunicorn's runtime control socket is a second way in; nothing here uses it.
             "control_socket_disable": True,
@@ -83,6 +71,16 @@ class Server(BaseApplication):
 
     def load(self) -> Any:
         return create_app(self.settings)
+
+    def _pre_fork(self, arbiter: Any, worker: Any) -> None:
+        # In the master, before the fork: the pod is not ready until this worker is.
+        if self.settings.shared_dir and worker.age <= self.settings.workers:
+            readiness.expect(self.settings.shared_dir, worker.age)
+
+    def _child_exit(self, arbiter: Any, worker: Any) -> None:
+        # In the master: a dead worker no longer holds readiness back.
+        if self.settings.shared_dir:
+            readiness.loaded(self.settings.shared_dir, worker.age)
 
 
 def port_problem(host: str, port: int) -> str | None:
