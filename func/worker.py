@@ -25,6 +25,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from functools import partial
 from http import HTTPStatus
 from typing import Any, NoReturn
@@ -154,16 +155,22 @@ class Worker(ThreadWorker):
         if self.state.loaded is not None:
             readiness.loaded(self.settings.shared_dir or "", self.age)
 
+    def init_process(self) -> None:
+        if self.replacement:
+            # gunicorn bound this worker's socket before the fork; until the model has
+            # loaded the kernel must send new connections to the other workers. The
+            # few it queued meanwhile wait for the model rather than being reset.
+            self._held = list(self._accept_queued())
+        super().init_process()
+
     def run(self) -> None:
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         if self.replacement:
-            # gunicorn bound this worker's socket before the fork; until the model has
-            # loaded the kernel must send new connections to the other workers.
-            self._close_listeners()
             while self.alive and not self.state.wait_loaded(0):
                 self._tick(0.05)
-            if self.alive:
-                self.sockets = gunicorn_sock.create_sockets(self.cfg, self.log)
+            self.sockets = gunicorn_sock.create_sockets(self.cfg, self.log) if self.alive else []
+            for held in self._held:
+                self._track(*held)
         self.set_accept_enabled(True)
         while self.alive and self.is_parent_alive():
             self._tick(1.0, accepting=True)
@@ -182,17 +189,33 @@ class Worker(ThreadWorker):
             self._swept = now
             self._sweep(now)
 
-    def accept(self, listener: socket.socket) -> bool:
-        """Accept one queued connection; False when none is waiting."""
+    def accept(self, listener: socket.socket) -> None:
         try:
             client, addr = listener.accept()
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                return False
+                return
             raise
+        self._track(client, addr, listener.getsockname())
+
+    def _accept_queued(self) -> Iterator[tuple[socket.socket, Any, Any]]:
+        """Close the listening sockets without resetting the connections queued on them
+        (closing a listening socket resets what it has not accepted): accept those first."""
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.setblocking(False)
+            while True:
+                try:
+                    client, addr = listener.accept()
+                except (BlockingIOError, ConnectionAbortedError):
+                    break
+                yield client, addr, listener.getsockname()
+            listener.close()
+        self.sockets = []
+
+    def _track(self, client: socket.socket, addr: Any, server: Any) -> None:
         self.nr_conns += 1
-        self._await_request(_Conn(self.cfg, client, addr, listener.getsockname()))
-        return True
+        self._await_request(_Conn(self.cfg, client, addr, server))
 
     def on_client_socket_readable(self, conn: _Conn, client: socket.socket) -> None:
         """A kept-alive connection has a new request coming: read it in the event loop."""
@@ -355,7 +378,8 @@ class Worker(ThreadWorker):
             self._shutdown_deadline = time.monotonic() + self.cfg.graceful_timeout
         while time.monotonic() < self._stop_accepting_at and self.is_parent_alive():
             self._tick(min(1.0, max(self._stop_accepting_at - time.monotonic(), 0.0)), accepting=True)
-        self._close_listeners()
+        for queued in list(self._accept_queued()):
+            self._track(*queued)
         linger = time.monotonic() + STOP_KEEPALIVE_LINGER
         self._cap_keepalive(linger)
         for conn in self.reading:
@@ -368,14 +392,3 @@ class Worker(ThreadWorker):
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()
-
-    def _close_listeners(self) -> None:
-        """Stop listening without resetting the connections already queued: closing a
-        listening socket resets what it has not accepted, so accept those first."""
-        self.set_accept_enabled(False)
-        for listener in self.sockets:
-            listener.setblocking(False)
-            while self.accept(listener):
-                pass
-            listener.close()
-        self.sockets = []
