@@ -93,7 +93,7 @@ class Settings:
     read_timeout: float = 30.0
     # Seconds a kept-alive connection is reused before a response closes it, so clients
     # spread again over workers that started after them.
-    connection_max_age: float = 10.0
+    connection_max_age: float = 5.0
     # Where the server makes the folder its workers share (a writable emptyDir on a pod
     # with a read-only root filesystem); the system's temporary folder by default.
     shared_dir_base: str | None = None
@@ -137,6 +137,6 @@ class Settings:
             graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
             drain_s=_float(env, "DRAIN_S", 1.0, minimum=0),
             read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),
-            connection_max_age=_float(env, "CONNECTION_MAX_AGE", 10.0, minimum=0),
+            connection_max_age=_float(env, "CONNECTION_MAX_AGE", 5.0, minimum=0),
             shared_dir_base=env.get("SHARED_DIR") or None,
         )
