@@ -109,6 +109,11 @@ class Settings:
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ConfigError(f"MODEL_SHA256={sha!r}: expected 64 hexadecimal digits")
         allow = tuple(p.strip() for p in env.get("BATCH_ALLOW", "./data/").split(",") if p.strip())
+        graceful_timeout = _int(env, "GRACEFUL_TIMEOUT", 25, minimum=1)
+        drain_s = _float(env, "DRAIN_S", 1.0, minimum=0)
+        if drain_s >= graceful_timeout:
+            # accepting until the end would leave the last requests no time to finish
+            raise ConfigError(f"DRAIN_S={drain_s:g}: must be less than GRACEFUL_TIMEOUT={graceful_timeout}")
         return cls(
             host=env.get("HOST") or "0.0.0.0",
             port=_int(env, "PORT", 8080, minimum=1),
@@ -134,8 +139,8 @@ class Settings:
             workers=_int(env, "WORKERS", DEFAULT_WORKERS, minimum=1),
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
-            graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
-            drain_s=_float(env, "DRAIN_S", 1.0, minimum=0),
+            graceful_timeout=graceful_timeout,
+            drain_s=drain_s,
             read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),
             connection_max_age=_float(env, "CONNECTION_MAX_AGE", 5.0, minimum=0),
             shared_dir_base=env.get("SHARED_DIR") or None,
