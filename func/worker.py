@@ -109,6 +109,7 @@ class _Conn(TConn):
         self.buf = bytearray()
         self.wanted: int | None = None  # bytes to buffer once the head is complete
         self.deadline = 0.0  # when the request being read must be complete
+        self.polled = False  # registered with the event loop's poller
 
 
 class Worker(ThreadWorker):
@@ -118,6 +119,7 @@ class Worker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading: dict[_Conn, None] = {}  # connections whose request the event loop reads
         self._thread = threading.local()  # .req: the request this thread is answering
+        self._held: list[tuple[socket.socket, Any, Any]] = []  # a replacement's early connections
         self._swept = 0.0
         self._stop_accepting_at = 0.0
         self._shutdown_deadline = 0.0
@@ -221,16 +223,24 @@ class Worker(ThreadWorker):
         """A kept-alive connection has a new request coming: read it in the event loop."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        self._await_request(conn, readable=True)
+        self._await_request(conn)
 
-    def _await_request(self, conn: _Conn, readable: bool = False) -> None:
+    def _await_request(self, conn: _Conn) -> None:
         idle = self.cfg.keepalive if self.alive else STOP_KEEPALIVE_LINGER
         conn.timeout = time.monotonic() + idle
         conn.wanted = None
         self.reading[conn] = None
-        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
-        if readable:
-            self._on_readable(conn)
+        # Most requests are there already: read at once, and poll only for the rest.
+        self._on_readable(conn)
+        if conn in self.reading and not conn.polled:
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_readable, conn))
+            conn.polled = True
+
+    def _stop_reading(self, conn: _Conn) -> None:
+        del self.reading[conn]
+        if conn.polled:
+            self.poller.unregister(conn.sock)
+            conn.polled = False
 
     def _on_readable(self, conn: _Conn, _fileobj: Any = None) -> None:
         try:
@@ -258,8 +268,7 @@ class Worker(ThreadWorker):
 
     def _dispatch(self, conn: _Conn) -> None:
         """Hand a connection whose request has arrived to a thread."""
-        self.poller.unregister(conn.sock)
-        del self.reading[conn]
+        self._stop_reading(conn)
         if conn.parser is None:
             conn.init()
             conn.parser.unreader.chunk = partial(self._read_body, conn)
@@ -280,16 +289,18 @@ class Worker(ThreadWorker):
         remaining = conn.deadline - time.monotonic()
         if remaining <= 0:
             self._time_out()
-        current = conn.sock.gettimeout()
-        # gunicorn may have set a shorter bound itself (draining an unread body)
-        conn.sock.settimeout(remaining if current is None else min(current, remaining))
         size = conn.parser.unreader.mxchunk
         if size_hint and size_hint > size:
             size = min(size_hint, conn.parser.unreader.max_body_chunk)
+        current = conn.sock.gettimeout()
+        # gunicorn may have set a shorter bound itself (draining an unread body)
+        conn.sock.settimeout(remaining if current is None else min(current, remaining))
         try:
             return conn.sock.recv(size)
         except TimeoutError:
             self._time_out()
+        finally:
+            conn.sock.settimeout(current)  # the response is written without this bound
 
     def _time_out(self) -> NoReturn:
         self._close_after_response()  # the rest of the body may still come
@@ -307,8 +318,7 @@ class Worker(ThreadWorker):
                 self._drop(conn)
 
     def _drop(self, conn: _Conn) -> None:
-        self.poller.unregister(conn.sock)
-        del self.reading[conn]
+        self._stop_reading(conn)
         self.nr_conns -= 1
         conn.close()
 
