@@ -1,8 +1,8 @@
 """gunicorn's threaded worker, made to hold up against slow clients, shutdown and restarts.
 
 - A request is read by the event loop, not by a thread: a thread takes it once its
-  header is complete and its body has arrived (bodies up to BODY_BUFFER; a larger one
-  after its first BODY_BUFFER bytes). Idle, silent or trickling clients then hold a
+  header is complete and its body has arrived (bodies up to BODY_BUFFER, chunked ones
+  too; a larger one after its first BODY_BUFFER bytes). Idle, silent or trickling clients then hold a
   socket, not one of the few threads. A client gets READ_TIMEOUT seconds from the first
   byte of a request to its last, then 408.
 - gunicorn's own errors (a malformed header, headers too large) are JSON with the model
@@ -81,9 +81,12 @@ def describe_error(exc: BaseException) -> tuple[int, str, str]:
     return 500, "internal", "internal error; see the server log"
 
 
+CHUNKED = -1  # the body length of a chunked request
+
+
 def _body_length(head: bytes) -> int | None:
-    """Body bytes a complete request head announces (0 for none), or None when only the
-    parser can tell where the body ends (chunked, `Expect: 100-continue`, a bad length)."""
+    """Body bytes a complete request head announces (0 for none, CHUNKED), or None when
+    only gunicorn's parser can say (`Expect: 100-continue`, a malformed length)."""
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
@@ -95,9 +98,31 @@ def _body_length(head: bytes) -> int | None:
                 return None
             if length < 0:
                 return None
+        elif name == b"transfer-encoding" and value.strip().lower().endswith(b"chunked"):
+            return CHUNKED
         elif name in (b"transfer-encoding", b"expect"):
             return None
     return length
+
+
+def _chunked_body_complete(buf: bytearray, pos: int) -> bool:
+    """Whether the chunked body starting at `buf[pos]` has arrived, trailers included.
+    Framing that does not parse counts as complete: gunicorn's parser refuses it."""
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return False
+        try:
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+        except ValueError:
+            return True
+        if size < 0:
+            return True
+        if size == 0:  # the last chunk: then trailer lines, if any, and an empty line
+            return buf.startswith(b"\r\n", eol + 2) or buf.find(b"\r\n\r\n", eol + 2) >= 0
+        pos = eol + 2 + size + 2
+        if pos > len(buf):
+            return False
 
 
 class _Conn(TConn):
@@ -107,7 +132,8 @@ class _Conn(TConn):
         super().__init__(cfg, client, addr, server)
         self.opened = time.monotonic()
         self.buf = bytearray()
-        self.wanted: int | None = None  # bytes to buffer once the head is complete
+        self.body_start: int | None = None  # where the body starts in buf, once the head is in
+        self.body_length: int | None = None
         self.deadline = 0.0  # when the request being read must be complete
         self.polled = False  # registered with the event loop's poller
 
@@ -228,7 +254,7 @@ class Worker(ThreadWorker):
     def _await_request(self, conn: _Conn) -> None:
         idle = self.cfg.keepalive if self.alive else STOP_KEEPALIVE_LINGER
         conn.timeout = time.monotonic() + idle
-        conn.wanted = None
+        conn.body_start = None
         self.reading[conn] = None
         # Most requests are there already: read at once, and poll only for the rest.
         self._on_readable(conn)
@@ -255,16 +281,25 @@ class Worker(ThreadWorker):
         if not conn.buf:
             conn.deadline = time.monotonic() + self.settings.read_timeout
         conn.buf += data
-        if conn.wanted is None:
-            end = conn.buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(conn.buf) >= HEAD_LIMIT:
-                    self._dispatch(conn)
-                return
-            length = _body_length(bytes(conn.buf[:end]))
-            conn.wanted = end + 4 + min(length if length is not None else 0, BODY_BUFFER)
-        if len(conn.buf) >= conn.wanted:
+        if self._request_arrived(conn):
             self._dispatch(conn)
+
+    @staticmethod
+    def _request_arrived(conn: _Conn) -> bool:
+        """Whether the event loop has read enough of the request to give it to a thread."""
+        buf = conn.buf
+        if conn.body_start is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return len(buf) >= HEAD_LIMIT
+            conn.body_start = end + 4
+            conn.body_length = _body_length(bytes(buf[:end]))
+        body = len(buf) - conn.body_start
+        if conn.body_length is None or body >= BODY_BUFFER:
+            return True
+        if conn.body_length == CHUNKED:
+            return _chunked_body_complete(buf, conn.body_start)
+        return body >= conn.body_length
 
     def _dispatch(self, conn: _Conn) -> None:
         """Hand a connection whose request has arrived to a thread."""

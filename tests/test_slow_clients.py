@@ -86,6 +86,36 @@ def test_slow_uploads_stall_nobody(srv, sockets, card):
         sender.join()
 
 
+def test_endless_chunked_bodies_stall_nobody(srv, sockets, card):
+    head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for _ in range(8):
+        connect(srv, sockets, head + b"1\r\n[\r\n")
+    time.sleep(0.3)
+    predict_quickly(srv, card)
+
+
+def test_a_chunked_body_sent_in_pieces_with_trailers_is_answered(srv, sockets, card):
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    body = json.dumps({"features": row}).encode()
+    s = connect(
+        srv,
+        sockets,
+        b"POST /predict HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+    )
+    for piece in (
+        b"a\r\n" + body[:10] + b"\r\n",
+        b"%x\r\n" % len(body[10:]) + body[10:] + b"\r\n",
+        b"0\r\nX-Checksum: 1\r\n",
+        b"\r\n",
+    ):
+        time.sleep(0.1)
+        s.sendall(piece)
+    head, answer = response_of(s)
+    assert head.startswith("HTTP/1.1 200"), head
+    assert "predictions" in json.loads(answer)
+
+
 def response_of(s: socket.socket) -> tuple[str, bytes]:
     data = b""
     while chunk := s.recv(65536):
