@@ -2,9 +2,9 @@
 
 - A request is read by the event loop, not by a thread: a thread takes it once its
   header is complete and its body has arrived (bodies up to BODY_BUFFER, chunked ones
-  too; a larger one after its first BODY_BUFFER bytes). Idle, silent or trickling clients then hold a
-  socket, not one of the few threads. A client gets READ_TIMEOUT seconds from the first
-  byte of a request to its last, then 408.
+  too; a larger one after its first BODY_BUFFER bytes). Idle, silent or trickling
+  clients then hold a socket, not one of the few threads. A client gets READ_TIMEOUT
+  seconds from the first byte of a request to its last, then 408.
 - gunicorn's own errors (a malformed header, headers too large) are JSON with the model
   headers, like every other error.
 - SIGTERM turns readiness to 503, keeps accepting for DRAIN_S (a client may not know
