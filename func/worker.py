@@ -161,12 +161,12 @@ class Worker(ThreadWorker):
         super().load_wsgi()
         self.serving: Serving = self.wsgi.extensions["warmstart.serving"]
         self.state: ServingState = self.serving.state
-        settings: Settings = self.serving.settings
-        self.settings = settings
+        self.settings: Settings = self.serving.settings
         # A malformed chunked body is found while the application reads it
         self.wsgi.register_error_handler(http_errors.ParseException, self._body_error)
-        if settings.shared_dir:
-            threading.Thread(target=self._report_loaded, name="ready-mark", daemon=True).start()
+        if self.settings.shared_dir:
+            args = (self.settings.shared_dir,)
+            threading.Thread(target=self._report_loaded, args=args, name="ready-mark", daemon=True).start()
 
     def _body_error(self, exc: Exception) -> Any:
         status, code, message = describe_error(exc)
@@ -178,10 +178,10 @@ class Worker(ThreadWorker):
         if req is not None:
             req.must_close = True
 
-    def _report_loaded(self) -> None:
+    def _report_loaded(self, shared_dir: str) -> None:
         self.state.wait_loaded()
         if self.state.loaded is not None:
-            readiness.loaded(self.settings.shared_dir or "", self.age)
+            readiness.loaded(shared_dir, self.age)
 
     def init_process(self) -> None:
         if self.replacement:
