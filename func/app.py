@@ -6,7 +6,7 @@ import logging
 import time
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from . import codecs, events, explain, openapi, v2
 from .config import Settings
@@ -64,6 +64,8 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     app = Flask("warmstart")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["warmstart"] = state
+    # The server's own error responses (func/worker.py) carry the same model headers.
+    app.extensions["warmstart.serving"] = serving
 
     @app.errorhandler(WarmstartError)
     def warmstart_error(exc: WarmstartError) -> Response:
@@ -73,13 +75,17 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = exc.description or exc.name
+        headers = None
         if status == 413:
             message = f"request body is larger than MAX_REQUEST_BYTES={settings.max_request_bytes} bytes"
         elif status == 404:
             message = f"no route {request.method} {request.path}; see /openapi.json"
         elif status == 405:
             message = f"{request.method} is not allowed on {request.path}; see /openapi.json"
-        return respond({"error": {"code": _WERKZEUG_CODES.get(status, "http_error"), "message": message}}, status)
+            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+                headers = {"Allow": ", ".join(exc.valid_methods)}
+        body = {"error": {"code": _WERKZEUG_CODES.get(status, "http_error"), "message": message}}
+        return respond(body, status, headers)
 
     @app.errorhandler(Exception)
     def unexpected_error(exc: Exception) -> Response:

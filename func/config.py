@@ -33,14 +33,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float | None = None) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if minimum is not None and not value >= minimum:
+        raise ConfigError(f"{name}={raw!r}: must be at least {minimum:g}")
+    return value
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
@@ -102,6 +105,15 @@ class Settings:
     metrics: bool = True
     # "on": a JSON line per request; "all": probes and scrapes too; "off": none
     access_log: str = "on"
+    # Seconds a worker keeps accepting new connections after SIGTERM (readiness already
+    # 503), for clients that have not yet learned the instance is going away.
+    drain_s: float = 1.0
+    # Seconds a client has to send one whole request, header and body, from its first
+    # byte; a slower one gets 408 and its connection closes.
+    read_timeout: float = 30.0
+    # Seconds a kept-alive connection is reused before a response closes it, so clients
+    # spread again over workers that started after them.
+    connection_max_age: float = 5.0
     # Where the server makes the folder its workers share (a writable emptyDir on a pod
     # with a read-only root filesystem); the system's temporary folder by default.
     shared_dir_base: str | None = None
@@ -117,6 +129,11 @@ class Settings:
         if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
             raise ConfigError(f"MODEL_SHA256={sha!r}: expected 64 hexadecimal digits")
         allow = tuple(p.strip() for p in env.get("BATCH_ALLOW", "./data/").split(",") if p.strip())
+        graceful_timeout = _int(env, "GRACEFUL_TIMEOUT", 25, minimum=1)
+        drain_s = _float(env, "DRAIN_S", 1.0, minimum=0)
+        if drain_s >= graceful_timeout:
+            # accepting until the end would leave the last requests no time to finish
+            raise ConfigError(f"DRAIN_S={drain_s:g}: must be less than GRACEFUL_TIMEOUT={graceful_timeout}")
         return cls(
             host=env.get("HOST") or "0.0.0.0",
             port=_int(env, "PORT", 8080, minimum=1),
@@ -143,7 +160,10 @@ class Settings:
             workers=_int(env, "WORKERS", DEFAULT_WORKERS, minimum=1),
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
-            graceful_timeout=_int(env, "GRACEFUL_TIMEOUT", 25, minimum=1),
+            graceful_timeout=graceful_timeout,
+            drain_s=drain_s,
+            read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),
+            connection_max_age=_float(env, "CONNECTION_MAX_AGE", 5.0, minimum=0),
             shared_dir_base=env.get("SHARED_DIR") or None,
             metrics=_flag(env, "METRICS", default=True),
             log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),

@@ -49,6 +49,13 @@ class MethodNotAllowed(WarmstartError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(WarmstartError):
+    """The client did not send the whole request within READ_TIMEOUT seconds."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(WarmstartError):
     status = 413
     code = "payload_too_large"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from . import logs, shared_dir
+from . import logs, readiness, shared_dir
 from .config import Settings
 from .model import BULK_ROWS
 from .process import process_started
@@ -40,19 +39,6 @@ class _JsonGunicornLogger(GunicornLogger):
         self.error_log.propagate = False
 
 
-def _post_worker_init(worker: Any) -> None:
-    """On SIGTERM, turn readiness to 503 before gunicorn starts draining."""
-    state = worker.wsgi.extensions["warmstart"]
-    drain = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        state.begin_shutdown()
-        if callable(drain):
-            drain(signum, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-
-
 def _post_fork(arbiter: Any, worker: Any) -> None:
     """In the new worker: which worker it is (gunicorn counts them from 1; a number past
     WORKERS means it replaced one that died)."""
@@ -67,18 +53,23 @@ class Server(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
+        # Imported here, after run() made the shared folder: the worker imports the app's
+        # modules, and prometheus-client picks its multiprocess mode when first imported.
+        from .worker import Worker
+
         s = self.settings
         options = {
             "bind": f"{s.host}:{s.port}",
             "workers": s.workers,
-            "worker_class": "gthread",
+            "worker_class": Worker,
             "threads": s.threads,
             "keepalive": KEEPALIVE_S,
             "graceful_timeout": s.graceful_timeout,
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
-            "post_worker_init": _post_worker_init,
             "post_fork": _post_fork,
+            "pre_fork": self._pre_fork,
+            "child_exit": self._child_exit,
             "proc_name": f"warmstart-{s.k_service or 'local'}",
             # gunicorn's runtime control socket is a second way in; nothing here uses it.
             "control_socket_disable": True,
@@ -97,6 +88,16 @@ class Server(BaseApplication):
 
         first_generation = self.worker_age <= self.settings.workers
         return create_app(self.settings, started=self.started if first_generation else None)
+
+    def _pre_fork(self, arbiter: Any, worker: Any) -> None:
+        # In the master, before the fork: the pod is not ready until this worker is.
+        if self.settings.shared_dir and worker.age <= self.settings.workers:
+            readiness.expect(self.settings.shared_dir, worker.age)
+
+    def _child_exit(self, arbiter: Any, worker: Any) -> None:
+        # In the master: a dead worker no longer holds readiness back.
+        if self.settings.shared_dir:
+            readiness.loaded(self.settings.shared_dir, worker.age)
 
 
 def port_problem(host: str, port: int) -> str | None:

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import readiness
 from .config import Settings
 from .errors import NotReady
 from .model import Model, ModelLoadError, load_model
@@ -47,7 +48,12 @@ class ServingState:
 
     @property
     def ready(self) -> bool:
-        return self._model is not None and not self.shutting_down
+        """This process can predict and so can every other worker of the server."""
+        return self._model is not None and not self.shutting_down and self._siblings_loaded()
+
+    def _siblings_loaded(self) -> bool:
+        shared = self.settings.shared_dir
+        return shared is None or readiness.all_loaded(shared)
 
     def not_ready_reason(self) -> str:
         if self.shutting_down:
@@ -55,6 +61,8 @@ class ServingState:
         if self.load_error:
             # The reason names server paths and digests: it goes to the log, not to callers.
             return "the model failed to load; the server log says why"
+        if self._model is not None:
+            return "another worker of this server is still loading the model"
         return "the model is still loading"
 
     def start_loading(self) -> threading.Thread:

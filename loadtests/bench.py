@@ -83,8 +83,8 @@ class System:
                 resp = requests.post(self.url, data=self.body, headers={"Content-Type": "application/json"}, timeout=2)
                 if resp.status_code == 200:
                     return time.perf_counter() - started
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or (gunicorn's master) listening before its workers are up
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}")
             time.sleep(0.002)

@@ -37,6 +37,9 @@ def test_lists_and_flags_are_parsed():
         ({"ALLOW_PICKLE": "maybe"}, "ALLOW_PICKLE='maybe': expected 0 or 1"),
         ({"DRIFT_THRESHOLD": "high"}, "DRIFT_THRESHOLD='high': expected a number"),
         ({"MODEL_SHA256": "abc"}, "MODEL_SHA256='abc': expected 64 hexadecimal digits"),
+        ({"READ_TIMEOUT": "0"}, "READ_TIMEOUT='0': must be at least 0.1"),
+        ({"CONNECTION_MAX_AGE": "-1"}, "CONNECTION_MAX_AGE='-1': must be at least 0"),
+        ({"DRAIN_S": "5", "GRACEFUL_TIMEOUT": "5"}, "DRAIN_S=5: must be less than GRACEFUL_TIMEOUT=5"),
     ],
 )
 def test_bad_values_name_the_variable(env, message):
