@@ -188,6 +188,12 @@ class Traffic:
         with self.tallies.lock:
             self._slots[self._in_flight] -= 1
 
+    def refused(self, status: int) -> None:
+        """A request the server answered before the app saw it (malformed HTTP, 408):
+        counted, not timed."""
+        with self.tallies.lock:
+            self._slots[PROTOCOL_INDEX["other"] * 5 + min(max(status // 100, 1), 5) - 1] += 1
+
     def observe(self, protocol: str, status: int, seconds: float, rows: int, stages: tuple[float, ...]) -> None:
         """One answered request; `stages` (decode, infer, encode seconds) when it predicted.
         Written out slot by slot: a call per histogram doubled the cost."""

@@ -395,6 +395,7 @@ class Worker(ThreadWorker):
     def error_response(self, exc: BaseException) -> bytes:
         """A complete HTTP/1.1 error response that closes the connection."""
         status, code, message = describe_error(exc)
+        self.serving.metrics.traffic.refused(status)
         body = codecs.dump_json({"error": {"code": code, "message": message}})
         headers = {
             "Content-Type": "application/json",

@@ -67,3 +67,14 @@ def test_405_on_a_v2_route_names_the_allowed_methods(server, card):
     resp = requests.delete(f"{server.url}/v2/models/{card['name']}/infer")
     assert resp.status_code == 405
     assert "POST" in resp.headers["Allow"]
+
+
+def test_protocol_errors_are_counted_in_the_metrics(start_server):
+    srv = start_server({"K_REVISION": "cancer-00007"})
+    for _ in range(3):
+        exchange(srv, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header: x\r\n\r\n")
+    text = requests.get(srv.url + "/metrics").text
+    line = next(
+        line for line in text.splitlines() if line.startswith("warmstart_requests_total{") and 'status="4xx"' in line
+    )
+    assert 'protocol="other"' in line and line.endswith(" 3.0"), line
