@@ -66,6 +66,12 @@ def test_get_explain_tells_an_api_client_how_to_ask_with_a_row_that_works(live, 
     assert requests.post(live.url + "/explain", json=example).status_code == 200
 
 
+def test_openapi_says_which_gets_answer_a_page(live):
+    paths = requests.get(live.url + "/openapi.json").json()["paths"]
+    for path in ("/explain", "/drift"):
+        assert set(paths[path]["get"]["responses"]["200"]["content"]) == {"application/json", "text/html"}
+
+
 def bars(browser: Browser, selector: str) -> list[dict]:
     """Each bar the page drew: its data attributes, its box and its track's box, in pixels."""
     return browser.evaluate(
