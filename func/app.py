@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from . import codecs, events, explain, openapi, v2
+from . import codecs, events, explain, openapi, pages, v2
 from .config import Settings
 from .drift import DRIFT_EVENT, Drift
 from .emit import Emitter
@@ -133,6 +133,12 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         explanation = explainers.explain(model, rows, prediction)
         return respond(explain.explanation_body(explanation, prediction, model.card))
 
+    @app.get("/explain")
+    def explain_page() -> Response:
+        if pages.wants_html(request.accept_mimetypes):
+            return serving.respond_bytes(pages.page("explain"), pages.HTML_HEADERS)
+        return respond(explain.usage(state.model.card), headers=pages.VARY)
+
     @app.post("/v1/models/<name>:explain")
     def v1_explain(name: str) -> Response:
         body = serving.json_bytes()
@@ -168,11 +174,13 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
 
     @app.get("/drift")
     def drift() -> Response:
+        if pages.wants_html(request.accept_mimetypes):
+            return serving.respond_bytes(pages.page("drift"), pages.HTML_HEADERS)
         if state.loaded is None:
             raise NotReady(state.not_ready_reason())
         if serving.drift is None:
-            return respond({"enabled": False, "reason": "drift detection is off (DRIFT=0)"})
-        return respond(serving.drift.report())
+            return respond({"enabled": False, "reason": "drift detection is off (DRIFT=0)"}, headers=pages.VARY)
+        return respond(serving.drift.report(), headers=pages.VARY)
 
     @app.get("/openapi.json")
     def openapi_json() -> Response:

@@ -238,3 +238,17 @@ def explanation_body(explanation: Explanation, prediction: Prediction, card: Mod
         "output_space": explanation.output_space,
         "model": {"name": card.name, "version": card.version},
     }
+
+
+def usage(card: ModelCard) -> dict[str, Any]:
+    """GET /explain for API clients: how to ask, with a row of the training means to try
+    (a browser gets the page that does this instead)."""
+    stats = card.reference
+    means = {name: stats[name]["mean"] for name in card.feature_names if "mean" in stats.get(name, {})}
+    return {
+        "explain": "POST /explain with a body of POST /predict; POST /v1/models/{name}:explain for KServe V1",
+        "page": "GET /explain with Accept: text/html, in a browser",
+        "openapi": "/openapi.json",
+        "feature_names": list(card.feature_names),
+        "example": {"features": means} if len(means) == card.n_features else None,
+    }

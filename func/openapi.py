@@ -159,6 +159,13 @@ def _get_op(summary: str, schema: dict[str, Any], extra_responses: dict[str, Any
     }
 
 
+def _page_or_json(summary: str, schema: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A GET that answers an HTML page when Accept prefers text/html (a browser), JSON otherwise."""
+    op = _get_op(summary, schema, extra)
+    op["get"]["responses"]["200"]["content"]["text/html"] = {"schema": {"type": "string"}}
+    return op
+
+
 def _v2_paths(name_param: dict[str, Any]) -> dict[str, Any]:
     """Open Inference Protocol V2 routes; errors are {"error": "..."} as the protocol has them."""
     version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -246,6 +253,11 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                 "PredictRequest",
                 "ExplainResponse",
                 {},
+            )
+            | _page_or_json(
+                "How to ask for an explanation, with a row of training means; a browser gets the explanation page",
+                {"type": "object"},
+                {"503": _ERRORS["503"]},
             ),
             "/v1/models/{name}:explain": _explain_op("KServe V1 explain", "V1Request", "V1ExplainResponse", not_found)
             | {"parameters": [name_param]},
@@ -278,8 +290,9 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     },
                 }
             },
-            "/drift": _get_op(
-                "Feature and prediction drift: the window filling now and the last complete one",
+            "/drift": _page_or_json(
+                "Feature and prediction drift: the window filling now and the last complete one; a browser gets "
+                "a page drawing it",
                 {"$ref": "#/components/schemas/Drift"},
                 {"503": _ERRORS["503"]},
             ),

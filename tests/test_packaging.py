@@ -124,6 +124,8 @@ def test_knative_functions_host_build_serves_the_function(tmp_path, dataset):
             time.sleep(0.05)
         predict_and_event(server.url, x)
         assert requests.post(server.url + "/predict", json={"features": [1]}).status_code == 422
+        # the pages are package data: the wheel must carry them
+        assert "<html" in requests.get(server.url + "/explain", headers={"Accept": "text/html"}).text
     finally:
         server.kill()
     assert os.path.isdir(build / "lib" / "func_python")
