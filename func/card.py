@@ -37,6 +37,8 @@ class ModelCard:
     created: str = ""
     description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    # where a retrained model came from: parent version and digest, triggering event, data
+    lineage: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -82,6 +84,7 @@ class ModelCard:
             created=str(data.get("created") or ""),
             description=str(data.get("description") or ""),
             metrics=dict(data.get("metrics") or {}),
+            lineage=dict(data.get("lineage") or {}),
         )
 
     @classmethod
