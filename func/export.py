@@ -86,3 +86,14 @@ def max_difference(estimator: Any, onnx_bytes: bytes, x: np.ndarray, is_classifi
         actual = outputs[0].reshape(expected.shape)
         return float(np.max(np.abs(expected - actual)) / max(1.0, float(np.max(np.abs(expected)))))
     return float(np.max(np.abs(expected - actual)))
+
+
+def with_card(onnx_bytes: bytes, card: ModelCard) -> bytes:
+    """The same ONNX model with `card` in its metadata in place of the one it has."""
+    import onnx
+
+    model = onnx.load_model_from_string(onnx_bytes)
+    props = {p.key: p.value for p in model.metadata_props}
+    props[CARD_METADATA_KEY] = card.to_json()
+    onnx.helper.set_model_props(model, props)
+    return model.SerializeToString()

@@ -130,10 +130,10 @@ def _fetch(
             except ImportError as exc:
                 raise FetchError(
                     f"MODEL_PATH={where}: no fsspec backend for this scheme is installed "
-                    f"(pip install -r requirements-stores.txt): {_first_line(exc)}"
+                    f"(pip install -r requirements-stores.txt): {first_line(exc)}"
                 ) from None
             except Exception as exc:  # network, permission, protocol: the store's own words
-                raise FetchError(f"MODEL_PATH={where}: cannot fetch ({_first_line(exc)})", retryable=True) from None
+                raise FetchError(f"MODEL_PATH={where}: cannot fetch ({first_line(exc)})", retryable=True) from None
         if sha256 and digest.hexdigest() != sha256:
             raise FetchError(
                 f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but MODEL_SHA256 requires {sha256}; "
@@ -168,7 +168,7 @@ def _open_url(url: str, timeout: float) -> AbstractContextManager[IO[bytes]]:
         raise
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line, for a one-line log or error message."""
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:300]
-
