@@ -125,7 +125,13 @@ def _fetch(
                         out.write(block)
             except FetchError:
                 raise
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                cause = exc.__cause__
+                # fsspec's http backend reports a refused connection as not found, too
+                if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                    raise FetchError(
+                        f"MODEL_PATH={where}: cannot fetch ({first_line(cause)})", retryable=True
+                    ) from None
                 raise FetchError(f"MODEL_PATH={where}: not found") from None
             except ImportError as exc:
                 raise FetchError(
