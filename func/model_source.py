@@ -97,7 +97,7 @@ def _cached(
 ) -> Path:
     """The cached copy of `source`, fetched first if this pod has none."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
-    name = urllib.parse.unquote(urllib.parse.urlsplit(source).path.rstrip("/").rsplit("/", 1)[-1]) or "model"
+    name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rstrip("/").rsplit("/", 1)[-1] or "model"
     folder = Path(cache_dir)
     target = folder / f"{key}-{name}"
     try:

@@ -80,7 +80,7 @@ class Options:
     settings: Settings
 
 
-def parse_options(argv: list[str] | None, env: dict[str, str]) -> Options:
+def parse_options(argv: list[str] | None, env: dict[str, str], settings: Settings) -> Options:
     parser = argparse.ArgumentParser(
         prog="python -m func.retrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -107,7 +107,8 @@ def parse_options(argv: list[str] | None, env: dict[str, str]) -> Options:
         parser.error("where to publish is required: --store or MODEL_STORE")
     if not 0 < float(args.holdout) < 1:
         parser.error(f"--holdout/HOLDOUT_FRACTION={args.holdout}: expected a fraction between 0 and 1")
-    settings = dataclasses.replace(Settings.from_env(env), model_path=args.model, model_name=None, model_version=None)
+    # the parent is what its card says: MODEL_NAME/MODEL_VERSION relabel a served model, not its lineage
+    settings = dataclasses.replace(settings, model_path=args.model, model_name=None, model_version=None)
     return Options(
         event=args.event,
         event_id=args.event_id,
@@ -164,6 +165,15 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
         raise BadInput(
             f"the event is about model {drifting!r} but MODEL_PATH={options.model} holds {card.name!r}; "
             "point MODEL_PATH at the model that drifted"
+        )
+    drifted_sha = trigger.data.get("model", {}).get("sha256")
+    if drifted_sha and drifted_sha != current.sha256:
+        log.warning(
+            "the event names %s sha256 %s, MODEL_PATH=%s holds %s: retraining from the latter",
+            card.name,
+            drifted_sha,
+            options.model,
+            current.sha256,
         )
     store = open_store(options.store, card.name, options.settings.mlflow_tracking_uri)
     done = store.find(trigger.id)
@@ -314,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retrain: {exc}", file=sys.stderr)
         return EXIT_PERMANENT
     logs.configure(settings)
-    options = parse_options(argv, env)
+    options = parse_options(argv, env, settings)
     trigger: Trigger | None = None
     try:
         trigger = read_trigger(options)
