@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,31 @@ def test_the_job_registers_a_version_in_mlflow_that_a_server_serves(job, receive
     )
     resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
     assert resp.status_code == 200 and resp.headers["X-Model-Version"] == model["version"]
+
+
+def test_a_server_fed_shifted_rows_starts_the_job_that_retrains_it(start_server, receiver, job, tmp_path, dataset):
+    """The loop from its first station: drift detected by a real server, sent to a real
+    receiver, written to a file as the JobSink writes it, then the job."""
+    pytest.importorskip("func.drift", reason="drift events come with func/drift.py (#13)")
+    from cloudevents.conversion import to_structured
+
+    x, _ = dataset
+    srv = start_server({"K_SINK": receiver.url, "DRIFT_WINDOW": "200"})
+    for start in range(0, 400, 50):
+        rows = (x[start : start + 50] * SHIFT).tolist()
+        assert requests.post(srv.url + "/predict", json={"instances": rows}, timeout=10).status_code == 200
+    deadline = time.monotonic() + 30
+    while not receiver.of_type("warmstart.drift.detected.v1"):
+        assert time.monotonic() < deadline, srv.log()
+        time.sleep(0.1)
+    drift = receiver.of_type("warmstart.drift.detected.v1")[0]
+    _, body = to_structured(drift)
+    event_file = tmp_path / "jobsink-event"
+    event_file.write_bytes(body)
+
+    result = job(K_EVENT_PATH=str(event_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (trained,) = receiver.of_type("warmstart.model.trained.v1")
+    assert trained.data["trigger"] == drift["id"]
+    assert trained.data["parent"]["sha256"] == drift.data["model"]["sha256"]
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
