@@ -35,10 +35,10 @@ class ModelCard:
     reference: dict[str, dict[str, Any]] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     created: str = ""
-    description: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
     # where a retrained model came from: parent version and digest, triggering event, data
     lineage: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_features(self) -> int:
@@ -82,9 +82,9 @@ class ModelCard:
             reference=dict(data.get("reference") or {}),
             libraries=dict(data.get("libraries") or {}),
             created=str(data.get("created") or ""),
+            lineage=dict(data.get("lineage") or {}),
             description=str(data.get("description") or ""),
             metrics=dict(data.get("metrics") or {}),
-            lineage=dict(data.get("lineage") or {}),
         )
 
     @classmethod
