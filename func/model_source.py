@@ -62,6 +62,8 @@ def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha2
         source = folder if folder.lower().endswith(MODEL_SUFFIXES) else f"{folder}/{_model_file_in(registry, folder)}"
     except (RegistryError, ValueError) as exc:
         raise FetchError(f"MODEL_PATH={location}: {exc}", getattr(exc, "retryable", False)) from None
+    except Exception as exc:  # listing a version's folder in its own store (s3://, gs://...)
+        raise FetchError(f"MODEL_PATH={location}: cannot list its files ({first_line(exc)})", True) from None
 
     def open_source() -> AbstractContextManager[IO[bytes]]:
         if source.startswith(ARTIFACTS_SCHEME):
