@@ -78,7 +78,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
         try:
             requests.get(url, timeout=2)
             return
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused, or accepted but not answering yet
             time.sleep(0.2)
     raise TimeoutError(f"{url}: no answer after {timeout}s:\n{log.read_text()[-3000:]}")
 
