@@ -59,7 +59,6 @@ class Trigger:
     """The event that started this run: its id keys idempotency and lineage."""
 
     id: str
-    type: str
     data: dict[str, Any]
 
 
@@ -129,7 +128,7 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
 def read_trigger(options: Options) -> Trigger:
     """The drift event from its file, or a stand-in for a run by hand."""
     if not options.event:
-        return Trigger(options.event_id or f"manual-{uuid.uuid4()}", "manual", {})
+        return Trigger(options.event_id or f"manual-{uuid.uuid4()}", {})
     where = f"K_EVENT_PATH={options.event}"
     try:
         event = json.loads(Path(options.event).read_text())
@@ -153,28 +152,14 @@ def read_trigger(options: Options) -> Trigger:
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("name", "version")):
         raise BadInput(f"{where}: data.model must name the drifting model: {{'name': ..., 'version': ...}}")
-    return Trigger(event["id"], event["type"], data)
+    return Trigger(event["id"], data)
 
 
 def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
     """Train, compare, publish: the type and data of the event to send."""
     current = _load_current(options)
     card = current.card
-    drifting = trigger.data.get("model", {}).get("name")
-    if drifting is not None and drifting != card.name:
-        raise BadInput(
-            f"the event is about model {drifting!r} but MODEL_PATH={options.model} holds {card.name!r}; "
-            "point MODEL_PATH at the model that drifted"
-        )
-    drifted_sha = trigger.data.get("model", {}).get("sha256")
-    if drifted_sha and drifted_sha != current.sha256:
-        log.warning(
-            "the event names %s sha256 %s, MODEL_PATH=%s holds %s: retraining from the latter",
-            card.name,
-            drifted_sha,
-            options.model,
-            current.sha256,
-        )
+    _check_drifted_model(trigger, current, options.model)
     store = open_store(options.store, card.name, options.settings.mlflow_tracking_uri)
     done = store.find(trigger.id)
     if done is not None:
@@ -235,6 +220,25 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
         _num(now),
     )
     return TRAINED, record
+
+
+def _check_drifted_model(trigger: Trigger, current: Model, model_path: str) -> None:
+    """The event must be about the model MODEL_PATH holds: the job retrains that one."""
+    drifted = trigger.data.get("model", {})
+    if drifted.get("name") is not None and drifted["name"] != current.card.name:
+        raise BadInput(
+            f"the event is about model {drifted['name']!r} but MODEL_PATH={model_path} holds "
+            f"{current.card.name!r}; point MODEL_PATH at the model that drifted"
+        )
+    if drifted.get("sha256") and drifted["sha256"] != current.sha256:
+        # e.g. a newer version was rolled out since the event: retraining from it is right
+        log.warning(
+            "the event names %s sha256 %s, MODEL_PATH=%s holds %s: retraining from the latter",
+            current.card.name,
+            drifted["sha256"],
+            model_path,
+            current.sha256,
+        )
 
 
 def rejection(

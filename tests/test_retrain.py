@@ -73,7 +73,7 @@ def job(tmp_path, shifted, receiver):
     """Run `python -m func.retrain` with the environment a JobSink Job would have."""
     store = tmp_path / "store"
 
-    def run(**env: str) -> subprocess.CompletedProcess:
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
         base = {
             "K_EVENT_PATH": str(drift_event(tmp_path / "event")),
             "TRAIN_DATA_URI": str(shifted),
@@ -85,7 +85,12 @@ def job(tmp_path, shifted, receiver):
         full = {**os.environ, **base, **env}
         full = {k: v for k, v in full.items() if v != ""}
         return subprocess.run(
-            [sys.executable, "-m", "func.retrain"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=300
+            [sys.executable, "-m", "func.retrain", *args],
+            cwd=ROOT,
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     run.store = store
@@ -145,6 +150,26 @@ def test_the_same_event_twice_publishes_one_version(job, receiver):
     assert [e["type"] for e in receiver.events] == ["warmstart.model.trained.v1"] * 2
     assert receiver.events[0]["id"] == receiver.events[1]["id"], "a consumer can drop the repeat"
     assert receiver.events[0].data == receiver.events[1].data
+
+
+def test_a_run_by_hand_takes_options_instead_of_an_event(job, receiver, shifted, tmp_path):
+    store = tmp_path / "by-hand"
+    options = [
+        "--data",
+        str(shifted),
+        "--store",
+        str(store),
+        "--event-id",
+        "nightly-2026-11-25",
+        "--sink",
+        receiver.url,
+    ]
+    result = job(*options, K_EVENT_PATH="", TRAIN_DATA_URI="", MODEL_STORE="", K_SINK="")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event.data["trigger"] == "nightly-2026-11-25"
+    assert event.data["model"]["uri"] == f"{store}/breast-cancer-rf/2/model.onnx"
+    assert published(store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
 
 
 def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
