@@ -23,12 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import sys
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +34,8 @@ from typing import Any
 from . import logs, training
 from .card import ModelCard
 from .config import ConfigError, Settings
-from .events import CloudEvent, to_binary, to_structured
 from .export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes, with_card
+from .job_events import REJECTED, TRAINED, Trigger, emit, read_trigger, rejection
 from .model import Model, ModelLoadError, load_model
 from .model_source import FetchError, first_line
 from .publish import open_store
@@ -45,21 +43,9 @@ from .training import BadInput, Unreachable
 
 log = logging.getLogger("warmstart.retrain")
 
-DRIFT = "warmstart.drift.detected.v1"
-TRAINED = "warmstart.model.trained.v1"
-REJECTED = "warmstart.model.rejected.v1"
 EXIT_OK, EXIT_BUG, EXIT_PERMANENT, EXIT_RETRYABLE = 0, 1, 2, 3
-SINK_TIMEOUT_S = 30
 DEFAULT_TOLERANCE = 0.01
 DEFAULT_HOLDOUT = 0.2
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """The event that started this run: its id keys idempotency and lineage."""
-
-    id: str
-    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -123,36 +109,6 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         source=args.source,
         settings=settings,
     )
-
-
-def read_trigger(options: Options) -> Trigger:
-    """The drift event from its file, or a stand-in for a run by hand."""
-    if not options.event:
-        return Trigger(options.event_id or f"manual-{uuid.uuid4()}", {})
-    where = f"K_EVENT_PATH={options.event}"
-    try:
-        event = json.loads(Path(options.event).read_text())
-    except OSError as exc:
-        raise BadInput(f"{where}: cannot read the event file ({exc.strerror})") from None
-    except ValueError as exc:
-        raise BadInput(f"{where}: not JSON ({exc})") from None
-    if not isinstance(event, dict):
-        raise BadInput(f"{where}: expected a CloudEvent in structured mode (a JSON object)")
-    for key in ("id", "type", "source", "specversion"):
-        if not isinstance(event.get(key), str) or not event[key]:
-            raise BadInput(f"{where}: not a CloudEvent: attribute {key!r} is missing")
-    if event["type"] != DRIFT:
-        raise BadInput(f"{where}: event type {event['type']!r}; this job handles {DRIFT!r}")
-    data = event.get("data")
-    if isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            raise BadInput(f"{where}: data is not JSON") from None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("name", "version")):
-        raise BadInput(f"{where}: data.model must name the drifting model: {{'name': ..., 'version': ...}}")
-    return Trigger(event["id"], data)
 
 
 def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
@@ -241,27 +197,6 @@ def _check_drifted_model(trigger: Trigger, current: Model, model_path: str) -> N
         )
 
 
-def rejection(
-    trigger: str | None,
-    reason: str,
-    retryable: bool,
-    model: dict[str, Any] | None = None,
-    parent: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-    data: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The data of warmstart.model.rejected.v1: what was (not) made, and why."""
-    return {
-        "model": model,
-        "parent": parent,
-        "trigger": trigger,
-        "reason": reason,
-        "retryable": retryable,
-        "metrics": metrics,
-        "data": data,
-    }
-
-
 def _load_current(options: Options) -> Model:
     try:
         return load_model(options.settings)
@@ -291,35 +226,6 @@ def _as_served(onnx_bytes: bytes) -> Model:
         return load_model(Settings(model_path=str(path), inference_threads=1))
 
 
-def emit(options: Options, kind: str, data: dict[str, Any], trigger: str | None) -> None:
-    """Send the outcome to K_SINK; the id is derived from the trigger, so a re-run sends
-    the same event and a consumer can drop the duplicate."""
-    import urllib.error
-    import urllib.request
-
-    if not options.sink:
-        return
-    version = (data.get("model") or {}).get("version")
-    attributes = {
-        "type": kind,
-        "source": options.source,
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{trigger}/{kind}/{version}")) if trigger else str(uuid.uuid4()),
-        "datacontenttype": "application/json",
-    }
-    if data.get("model"):
-        attributes["subject"] = data["model"]["name"]
-    if trigger:
-        attributes["causationid"] = trigger
-    event = CloudEvent(attributes, data)
-    headers, body = to_structured(event) if options.mode == "structured" else to_binary(event)
-    request = urllib.request.Request(options.sink, data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=SINK_TIMEOUT_S) as resp:
-            resp.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise Unreachable(f"K_SINK={options.sink}: the {kind} event was not accepted ({first_line(exc)})") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     try:
@@ -331,14 +237,16 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_options(argv, env, settings)
     trigger: Trigger | None = None
     try:
-        trigger = read_trigger(options)
+        trigger = read_trigger(options.event, options.event_id)
         kind, data = run(options, trigger)
     except (BadInput, Unreachable) as exc:
         retryable = isinstance(exc, Unreachable)
         log.error("retraining failed, nothing published: %s", exc)
         try:
             emit(
-                options,
+                options.sink,
+                options.mode,
+                options.source,
                 REJECTED,
                 rejection(trigger.id if trigger else None, str(exc), retryable),
                 trigger.id if trigger else None,
@@ -347,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", sink_error)
         return EXIT_RETRYABLE if retryable else EXIT_PERMANENT
     try:
-        emit(options, kind, data, trigger.id)
+        emit(options.sink, options.mode, options.source, kind, data, trigger.id)
     except Unreachable as exc:
         # Published but not announced: the retry finds the version and announces it.
         log.error("%s", exc)
