@@ -282,3 +282,38 @@ def test_a_server_fed_shifted_rows_starts_the_job_that_retrains_it(start_server,
     assert trained.data["trigger"] == drift["id"]
     assert trained.data["parent"]["sha256"] == drift.data["model"]["sha256"]
     assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+
+
+def test_a_regressor_is_compared_on_rmse(job, receiver, tmp_path):
+    from sklearn.datasets import load_diabetes
+
+    from func.export import build_card, to_onnx_bytes
+    from tests.trainers import forest_regressor
+
+    data = load_diabetes()
+    names = [str(n) for n in data.feature_names]
+    served = forest_regressor(data.data, data.target)
+    model = tmp_path / "diabetes.onnx"
+    model.write_bytes(to_onnx_bytes(served, build_card(served, data.data, names, "diabetes", "4")))
+    # every feature moved by two of its standard deviations: the served trees split in the wrong places
+    fresh = tmp_path / "fresh.csv"
+    lines = [",".join([*names, "progression"])]
+    lines += [
+        ",".join([*(repr(float(v) + 0.1) for v in row), repr(float(t))]) for row, t in zip(data.data, data.target)
+    ]
+    fresh.write_text("\n".join(lines) + "\n")
+
+    result = job(
+        K_EVENT_PATH="",
+        MODEL_PATH=str(model),
+        TRAIN_DATA_URI=str(fresh),
+        TARGET_COLUMN="progression",
+        TRAINER="tests.trainers:forest_regressor",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1"
+    assert event.data["model"]["version"] == "5"
+    metrics = event.data["metrics"]
+    assert metrics["metric"] == "rmse"
+    assert metrics["candidate"]["rmse"] < 0.7 * metrics["current"]["rmse"]
