@@ -1,14 +1,26 @@
 # syntax=docker/dockerfile:1
 # warmstart: the function image. Build: docker build -t REGISTRY/warmstart:1 .
+# The retraining job's image: docker build --target trainer -t REGISTRY/warmstart-trainer:1 .
 
 # --- train: the default model, made with the training libraries that never reach the image
 FROM python:3.11-slim AS train
 WORKDIR /src
-COPY requirements.txt requirements-sklearn.txt requirements-dev.txt ./
-RUN pip install --no-cache-dir -r requirements-dev.txt
+COPY requirements.txt requirements-sklearn.txt requirements-stores.txt requirements-train.txt ./
+RUN pip install --no-cache-dir -r requirements-train.txt
 COPY func/ func/
 COPY scripts/ scripts/
 RUN python scripts/train.py --out models/model.onnx
+
+# --- trainer: the retraining job a JobSink runs (knative/retrain); its parent model by
+# default is the one made above. Bring your own trainer by building FROM this image,
+# copying your module in and setting TRAINER=module:function.
+FROM train AS trainer
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_PATH=/src/models/model.onnx
+USER 10001
+ENTRYPOINT ["python", "-m", "func.retrain"]
 
 # --- runtime deps in a venv, so the final stage copies one folder and no build tools
 FROM python:3.11-slim AS deps

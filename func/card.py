@@ -35,6 +35,8 @@ class ModelCard:
     reference: dict[str, dict[str, Any]] = field(default_factory=dict)
     libraries: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # where a retrained model came from: parent version and digest, triggering event, data
+    lineage: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     # What the model answered on its training data, for prediction drift: the share of
@@ -83,6 +85,7 @@ class ModelCard:
             reference=dict(data.get("reference") or {}),
             libraries=dict(data.get("libraries") or {}),
             created=str(data.get("created") or ""),
+            lineage=dict(data.get("lineage") or {}),
             description=str(data.get("description") or ""),
             metrics=dict(data.get("metrics") or {}),
             prediction_reference=dict(data.get("prediction_reference") or {}),

@@ -78,6 +78,9 @@ class Settings:
     model_name: str | None = None
     model_version: str | None = None
     model_sha256: str | None = None
+    # where models fetched from a URI are kept: one fetch per pod
+    model_cache_dir: str = "/tmp/warmstart-models"
+    mlflow_tracking_uri: str | None = None
     allow_pickle: bool = False
     skops_trusted: tuple[str, ...] = ()
     max_request_bytes: int = 10 * 1024 * 1024
@@ -141,6 +144,8 @@ class Settings:
             model_name=env.get("MODEL_NAME") or None,
             model_version=env.get("MODEL_VERSION") or None,
             model_sha256=sha,
+            model_cache_dir=env.get("MODEL_CACHE_DIR") or "/tmp/warmstart-models",
+            mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             allow_pickle=_flag(env, "ALLOW_PICKLE"),
             skops_trusted=tuple(t.strip() for t in env.get("SKOPS_TRUSTED", "").split(",") if t.strip()),
             max_request_bytes=_int(env, "MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1),

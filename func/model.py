@@ -19,6 +19,7 @@ import numpy as np
 
 from .card import CARD_METADATA_KEY, CardError, ModelCard, sidecar_path
 from .config import Settings
+from .model_source import FetchError, local_model_file
 
 log = logging.getLogger("warmstart.model")
 
@@ -79,8 +80,14 @@ def file_sha256(path: Path) -> str:
 
 
 def load_model(settings: Settings) -> Model:
-    """Load and warm up the model named by settings; raise ModelLoadError with the reason."""
-    path = Path(settings.model_path)
+    """Fetch (if MODEL_PATH is a URI), load and warm up the model named by settings;
+    raise ModelLoadError with the reason."""
+    try:
+        path = local_model_file(
+            settings.model_path, settings.model_cache_dir, settings.mlflow_tracking_uri, settings.model_sha256
+        )
+    except FetchError as exc:
+        raise ModelLoadError(str(exc)) from None
     if not path.is_file():
         raise ModelLoadError(f"MODEL_PATH={settings.model_path}: no such file")
     digest = file_sha256(path)

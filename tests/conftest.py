@@ -11,6 +11,9 @@ import pytest
 
 from tests.server import DEFAULT_MODEL, ROOT, ServerProcess
 
+# fixtures of real outside services, here so session-scoped ones start once per session
+from tests.services import file_server, mlflow_url, receiver, s3_endpoint  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def default_model() -> Path:

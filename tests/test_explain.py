@@ -38,17 +38,20 @@ def column(body: dict, key: str) -> np.ndarray:
 
 def export(out: Path, estimator: Any, x: np.ndarray, names: list[str], with_counts: bool = True) -> Path:
     """Export a fitted estimator the way users do (scripts/export_onnx.py); without counts,
-    the tree nodes keep skl2onnx's placeholder hit rates, as a plain skl2onnx export has."""
+    the tree nodes get back skl2onnx's placeholder hit rates, as a plain skl2onnx export has."""
+    import onnx
+
     from scripts import export_onnx
 
     card = export_onnx.build_card(estimator, x, names, out.stem, "1")
+    assert export_onnx.write_model(estimator, card, x, out) < export_onnx.MAX_DIFFERENCE
     if not with_counts:
-        original, export_onnx.store_node_counts = export_onnx.store_node_counts, lambda onx, est: False
-    try:
-        assert export_onnx.write_model(estimator, card, x, out) < export_onnx.MAX_DIFFERENCE
-    finally:
-        if not with_counts:
-            export_onnx.store_node_counts = original
+        model = onnx.load(out)
+        for node in model.graph.node:
+            for attribute in node.attribute:
+                if attribute.name == "nodes_hitrates":
+                    attribute.floats[:] = [1.0] * len(attribute.floats)
+        onnx.save(model, out)
     return out
 
 

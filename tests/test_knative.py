@@ -18,9 +18,9 @@ import yaml
 from tests.server import ROOT
 
 SCHEMA_DIR = Path(os.environ.get("KNATIVE_SCHEMA_DIR", ROOT.parent / "shared" / "schemas"))
-KNATIVE_GROUPS = ("serving.knative.dev", "eventing.knative.dev", "sources.knative.dev")
+KNATIVE_GROUPS = ("serving.knative.dev", "eventing.knative.dev", "sources.knative.dev", "sinks.knative.dev")
 KUBERNETES_VERSION = "1.33"
-TREES = ["base", "overlays/prewarm", "overlays/canary", "eventing"]
+TREES = ["base", "overlays/prewarm", "overlays/canary", "eventing", "retrain"]
 GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 
@@ -194,6 +194,53 @@ def test_triggers_follow_the_eventing_webhook_rules():
         assert (dead["kind"], dead["name"]) in kinds, "the dead-letter sink must be deployed with the broker"
     (binding,) = [d for d in docs if d["kind"] == "SinkBinding"]
     assert binding["spec"]["subject"]["name"] == "warmstart"
+
+
+@needs_kubectl
+@needs_schemas
+def test_the_jobsink_runs_the_retraining_job_as_a_valid_kubernetes_job():
+    import kubernetes_validate
+
+    from func.retrain import EXIT_PERMANENT
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in render("retrain")}
+    job = docs["JobSink", "warmstart-retrain"]["spec"]["job"]
+    # the JobSink schema keeps the Job as it is: check it as the Job the sink creates
+    kubernetes_validate.validate(
+        {"apiVersion": "batch/v1", "kind": "Job", **job, "metadata": {"name": "retrain", **job["metadata"]}},
+        KUBERNETES_VERSION,
+        strict=True,
+    )
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["K_EVENT_PATH"] == "/etc/jobsink-event/event"
+    assert {"TRAIN_DATA_URI", "MODEL_PATH", "MODEL_STORE"} <= env.keys()
+    assert pod["restartPolicy"] == "Never", "podFailurePolicy needs it"
+    (fail,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert fail["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [EXIT_PERMANENT]}
+    # least privilege: no API access at all
+    account = docs["ServiceAccount", pod["serviceAccountName"]]
+    assert account["automountServiceAccountToken"] is False and pod["automountServiceAccountToken"] is False
+    assert not any(kind in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding") for kind, _ in docs)
+    binding = docs["SinkBinding", "warmstart-retrain"]["spec"]["subject"]
+    assert binding["kind"] == "Job"
+    assert binding["selector"]["matchLabels"].items() <= job["metadata"]["labels"].items()
+
+
+@needs_kubectl
+def test_drift_feeds_the_jobsink_and_trained_models_feed_the_rollout():
+    triggers = {t["spec"]["filter"]["attributes"]["type"]: t for t in render("retrain") if t["kind"] == "Trigger"}
+    assert triggers["warmstart.drift.detected.v1"]["spec"]["subscriber"]["ref"] == {
+        "apiVersion": "sinks.knative.dev/v1alpha1",
+        "kind": "JobSink",
+        "name": "warmstart-retrain",
+    }
+    assert triggers["warmstart.model.trained.v1"]["spec"]["subscriber"]["ref"]["name"] == "warmstart-rollout"
+    dead_letters = {(d["kind"], d["metadata"]["name"]) for d in render("eventing")}
+    for trigger in triggers.values():
+        dead = trigger["spec"]["delivery"]["deadLetterSink"]["ref"]
+        assert (dead["kind"], dead["name"]) in dead_letters, "knative/eventing deploys the dead-letter sink"
 
 
 @needs_schemas

@@ -129,3 +129,36 @@ def test_knative_functions_host_build_serves_the_function(tmp_path, dataset):
     finally:
         server.kill()
     assert os.path.isdir(build / "lib" / "func_python")
+
+
+def requirement_names(name: str) -> set[str]:
+    """Package names a requirements file installs, following its -r includes."""
+    names: set[str] = set()
+    for line in (ROOT / name).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r "):
+            names |= requirement_names(line[3:].strip())
+        elif line:
+            names.add(re.split(r"[\[=<>~ ]", line)[0].lower())
+    return names
+
+
+def test_trainer_target_runs_the_retraining_job_and_the_default_image_stays_without_scikit_learn():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = dict(re.findall(r"^FROM (\S+ AS \w+|\S+)\n(.*?)(?=^FROM |\Z)", text, flags=re.M | re.S))
+    named = {
+        header.split(" AS ")[1]: (header.split(" AS ")[0], body) for header, body in stages.items() if " AS " in header
+    }
+    base, trainer = named["trainer"]
+    assert json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", trainer, flags=re.M).group(1)) == [
+        "python",
+        "-m",
+        "func.retrain",
+    ]
+    assert "USER 10001" in trainer
+    installed = re.search(r"pip install .*-r (requirements[\w.-]*\.txt)", named[base][1]).group(1)
+    assert {"scikit-learn", "skl2onnx", "onnx", "s3fs"} <= requirement_names(installed)
+    # `docker build .` builds the last stage: the serving image, not the trainer
+    requirements, _, entrypoint = dockerfile_runtime()
+    assert entrypoint == ["python", "-m", "func"]
+    assert not {"scikit-learn", "skl2onnx", "skops", "joblib"} & requirement_names(requirements)
