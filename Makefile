@@ -24,7 +24,7 @@ model: $(INSTALLED)
 $(MODEL): | $(INSTALLED)
 	$(PY) scripts/train.py --out $(MODEL)
 
-$(INSTALLED): requirements.txt requirements-sklearn.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-sklearn.txt requirements-rollout.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
