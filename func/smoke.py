@@ -33,6 +33,10 @@ class SmokeFailure(Exception):
     pass
 
 
+class WrongVersion(SmokeFailure):
+    """The URL answers, with another model version: waiting will not change that."""
+
+
 @dataclass
 class Answer:
     status: int
@@ -74,7 +78,7 @@ class Smoke:
             )
         version = answer.headers.get("x-model-version")
         if self.expect_version is not None and version != self.expect_version:
-            raise SmokeFailure(f"{method} {path}: X-Model-Version is {version!r}, expected {self.expect_version!r}")
+            raise WrongVersion(f"{method} {path}: X-Model-Version is {version!r}, expected {self.expect_version!r}")
         return answer
 
     def readiness(self) -> None:
@@ -83,7 +87,9 @@ class Smoke:
             try:
                 answer = self.call("GET", "/health/readiness")
                 break
-            except SmokeFailure as exc:
+            except WrongVersion:
+                raise
+            except SmokeFailure as exc:  # not ready yet: a new revision takes its time
                 if time.monotonic() > deadline:
                     raise SmokeFailure(f"not ready after {self.ready_timeout_s:g}s: {exc}") from exc
                 time.sleep(1.0)

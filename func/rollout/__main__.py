@@ -222,7 +222,9 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--smoke-timeout", type=float, default=300.0, help="seconds for the canary to become ready (default 300)"
     )
-    group.add_argument("--steps", type=_steps, default=[10, 25, 50, 100], help="canary shares (default 10,25,50,100)")
+
+    steps = argparse.ArgumentParser(add_help=False)
+    steps.add_argument("--steps", type=_steps, default=[10, 25, 50, 100], help="canary shares (default 10,25,50,100)")
 
     analyse = argparse.ArgumentParser(add_help=False)
     group = analyse.add_argument_group("analyse: when and what to compare")
@@ -263,9 +265,9 @@ def parser() -> argparse.ArgumentParser:
     )
 
     commands = top.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", parents=[common, start, analyse], help="start, then analyse")
-    commands.add_parser("start", parents=[common, start], help="canary at 0 %%, smoke test, first step")
-    commands.add_parser("analyse", parents=[common, analyse], help="the analysis loop on the current canary")
+    commands.add_parser("run", parents=[common, steps, start, analyse], help="start, then analyse")
+    commands.add_parser("start", parents=[common, steps, start], help="canary at 0 %%, smoke test, first step")
+    commands.add_parser("analyse", parents=[common, steps, analyse], help="the analysis loop on the current canary")
     commands.add_parser("promote", parents=[common], help="100 %% to the canary")
     commands.add_parser("rollback", parents=[common], help="100 %% back to stable")
     return top

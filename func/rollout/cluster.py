@@ -71,7 +71,10 @@ class FileService:
         return services[0]
 
     def patch(self, patch: dict[str, Any]) -> None:
-        self.path.write_text(json.dumps(merge(self.get(), patch), indent=2) + "\n")
+        # whole or not at all: a reader (a person, a test's traffic) never sees half a file
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text(json.dumps(merge(self.get(), patch), indent=2) + "\n")
+        partial.replace(self.path)
 
 
 class Recorded:
