@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -230,6 +231,7 @@ def test_a_good_canary_steps_up_to_promotion(start_server, tmp_path, base_servic
     try:
         with Traffic(service_file, {"stable": stable.url, "canary": canary.url}, benign_rows) as traffic:
             done = run_rollout(tmp_path, service_file, trained_event(tmp_path, model, "2"), canary, prometheus, sink)
+        flagger = flagger_values(prometheus)
     finally:
         prometheus.stop()
     assert done.returncode == 0, done.stderr
@@ -250,6 +252,8 @@ def test_a_good_canary_steps_up_to_promotion(start_server, tmp_path, base_servic
     assert final["spec"]["template"]["metadata"]["name"] == revision
     assert json.loads(service_file.read_text()) == final
     assert traffic.sent["canary"] > 0
+    limits = flagger_limits()
+    assert all(flagger[name] <= limits[name] for name in limits), (flagger, limits)
 
     kinds = [e["type"] for e in Receiver.events]
     assert kinds[:2] == ["warmstart.rollout.started.v1", "warmstart.rollout.stepped.v1"]
@@ -293,6 +297,7 @@ def test_a_worse_canary_is_rolled_back_with_the_check_and_numbers(
                 tmp_path, service_file, trained_event(tmp_path, model, "2"), canary, prometheus, sink,
                 "--max-failures", "2",
             )  # fmt: skip
+        flagger = flagger_values(prometheus)
     finally:
         prometheus.stop()
     assert done.returncode == 3, done.stderr
@@ -311,6 +316,10 @@ def test_a_worse_canary_is_rolled_back_with_the_check_and_numbers(
     assert check["passed"] is False and check["canary"] > check["limit"]
     held = [e for e in Receiver.events if e["type"] == "warmstart.rollout.held.v1"]
     assert any(failing in e.data["reason"] for e in held), "one failure holds before the rollback"
+    # Flagger's MetricTemplates see the same canary fail the same check, and only that one
+    limits = flagger_limits()
+    flagger_failing = {"p99_latency_s": "p99-latency", "prediction_psi": "prediction-psi"}[failing]
+    assert {name for name in limits if flagger[name] > limits[name]} == {flagger_failing}, (flagger, limits)
 
 
 @needs_prometheus
@@ -474,3 +483,103 @@ def test_the_rollout_job_imports_no_serving_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+FLAGGER_VARIABLES = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+def flagger_docs() -> dict[str, dict]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in render("rollout/flagger")}
+
+
+def flagger_values(prometheus: Prometheus) -> dict[str, float]:
+    """Each Flagger metric of the Canary, its MetricTemplate's query filled in as Flagger
+    would for the Service `warmstart` (the test's Prometheus has no namespace label, and
+    `namespace=""` matches series without one), run on the real Prometheus."""
+    docs = flagger_docs()
+    values = {}
+    for metric in docs["Canary/warmstart"]["spec"]["analysis"]["metrics"]:
+        query = docs[f"MetricTemplate/{metric['templateRef']['name']}"]["spec"]["query"]
+        filled = FLAGGER_VARIABLES.sub(
+            lambda m: {"namespace": "", "target": "warmstart", "interval": "1m"}[m[1]], query
+        )
+        (sample,) = prometheus.query(filled)
+        values[metric["name"]] = float(sample["value"][1])
+    return values
+
+
+def flagger_limits() -> dict[str, float]:
+    metrics = flagger_docs()["Canary/warmstart"]["spec"]["analysis"]["metrics"]
+    return {m["name"]: m["thresholdRange"]["max"] for m in metrics}
+
+
+@needs_kubectl
+@needs_schemas
+def test_the_rollout_job_is_a_jobsink_allowed_only_to_get_and_patch_the_service():
+    import kubernetes_validate
+
+    from func.rollout.__main__ import REFUSED, ROLLED_BACK, parser
+
+    docs = {f"{d['kind']}/{d['metadata']['name']}": d for d in render("rollout")}
+    assert set(docs) == {
+        "ServiceAccount/warmstart-rollout",
+        "Role/warmstart-rollout",
+        "RoleBinding/warmstart-rollout",
+        "JobSink/warmstart-rollout",
+        "SinkBinding/warmstart-rollout",
+    }
+    for name in ("JobSink/warmstart-rollout", "SinkBinding/warmstart-rollout"):
+        assert schema_errors(docs[name]) == [], name
+    for name in ("ServiceAccount/warmstart-rollout", "Role/warmstart-rollout", "RoleBinding/warmstart-rollout"):
+        kubernetes_validate.validate(docs[name], "1.33", strict=True)
+    job = {"apiVersion": "batch/v1", "kind": "Job", **docs["JobSink/warmstart-rollout"]["spec"]["job"]}
+    job["metadata"] = {"name": "warmstart-rollout-1", **job["metadata"]}
+    kubernetes_validate.validate(job, "1.33", strict=True)
+
+    (service,) = [d for d in render("base") if d["kind"] == "Service"]
+    assert docs["Role/warmstart-rollout"]["rules"] == [
+        {
+            "apiGroups": ["serving.knative.dev"],
+            "resources": ["services"],
+            "resourceNames": [service["metadata"]["name"]],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    pod = job["spec"]["template"]["spec"]
+    binding = docs["RoleBinding/warmstart-rollout"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": pod["serviceAccountName"]}]
+    assert binding["roleRef"]["name"] == "warmstart-rollout"
+    (container,) = pod["containers"]
+    args = parser().parse_args(container["args"])
+    assert args.command == "run" and args.service == service["metadata"]["name"]
+    # a refused request and a rollback are answers: the Job must not run them again
+    (rule,) = job["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and sorted(rule["onExitCodes"]["values"]) == [REFUSED, ROLLED_BACK]
+    selector = docs["SinkBinding/warmstart-rollout"]["spec"]["subject"]["selector"]["matchLabels"]
+    assert selector.items() <= job["metadata"]["labels"].items()
+
+
+@needs_kubectl
+def test_the_flagger_canary_drives_the_service_with_warmstarts_metric_templates():
+    docs = flagger_docs()
+    canary = docs.pop("Canary/warmstart")
+    assert canary["apiVersion"] == "flagger.app/v1beta1"
+    (service,) = [d for d in render("base") if d["kind"] == "Service"]
+    spec = canary["spec"]
+    # Flagger accepts a Knative target only with this provider, apiVersion and kind
+    assert spec["provider"] == "knative"
+    assert spec["targetRef"] == {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "warmstart"}
+    assert spec["targetRef"]["name"] == service["metadata"]["name"]
+    analysis = spec["analysis"]
+    assert analysis["threshold"] >= 1 and analysis["stepWeights"] == sorted(analysis["stepWeights"])
+    assert {m["templateRef"]["name"] for m in analysis["metrics"]} == {d["metadata"]["name"] for d in docs.values()}, (
+        "every metric has its template and every template is used"
+    )
+    for metric in analysis["metrics"]:
+        assert set(metric) == {"name", "templateRef", "thresholdRange", "interval"}, metric
+        assert set(metric["thresholdRange"]) <= {"min", "max"}
+    for template in docs.values():
+        assert template["apiVersion"] == "flagger.app/v1beta1" and template["kind"] == "MetricTemplate"
+        assert set(template["spec"]) == {"provider", "query"}
+        assert template["spec"]["provider"]["type"] == "prometheus" and template["spec"]["provider"]["address"]
+        assert set(FLAGGER_VARIABLES.findall(template["spec"]["query"])) <= {"namespace", "target", "interval"}
