@@ -583,3 +583,18 @@ def test_the_flagger_canary_drives_the_service_with_warmstarts_metric_templates(
         assert set(template["spec"]) == {"provider", "query"}
         assert template["spec"]["provider"]["type"] == "prometheus" and template["spec"]["provider"]["address"]
         assert set(FLAGGER_VARIABLES.findall(template["spec"]["query"])) <= {"namespace", "target", "interval"}
+
+
+def test_a_regressor_canary_is_compared_on_the_stable_revisions_value_buckets():
+    """Each regressor's buckets are its own training deciles: the canary's histogram is
+    read at the stable's bounds before the PSI."""
+    from func.rollout.analysis import Numbers, Thresholds, compare
+
+    inf = float("inf")
+    stable = Numbers(1000, 0, 0.01, cumulative=[(1.0, 250), (2.0, 500), (3.0, 750), (inf, 1000)])
+    alike = Numbers(1000, 0, 0.01, cumulative=[(0.5, 60), (1.0, 125), (1.5, 190), (2.0, 250), (3.0, 375), (inf, 500)])
+    shifted = Numbers(1000, 0, 0.01, cumulative=[(1.0, 20), (2.0, 50), (2.5, 100), (3.0, 200), (inf, 500)])
+    (alike_psi,) = [c for c in compare(alike, stable, Thresholds()) if c.name == "prediction_psi"]
+    (shifted_psi,) = [c for c in compare(shifted, stable, Thresholds()) if c.name == "prediction_psi"]
+    assert alike_psi.passed and alike_psi.canary == pytest.approx(0.0, abs=1e-9)
+    assert not shifted_psi.passed and shifted_psi.canary > 0.9

@@ -29,7 +29,7 @@ from . import analysis, service
 from .analysis import Thresholds
 from .cluster import FileService, KubernetesService, Recorded, ServiceStore
 from .events import RolloutEvents
-from .policy import HOLD, PROMOTE, ROLLBACK, STEP, Policy, Progress, decide
+from .policy import HOLD, PROMOTE, ROLLBACK, STARTED, STEP, Policy, Progress, decide
 from .prometheus import MetricsUnavailable, Prometheus
 from .service import Model, RolloutError, Split
 from .trigger import model_by_hand, model_from_event
@@ -53,8 +53,9 @@ class Rollout:
         if self.model:
             extra["model"] = asdict(self.model)
         source = os.environ.get("CE_SOURCE") or f"/warmstart/rollout/{self.args.service}"
-        sink = None if self.args.dry_run else os.environ.get("K_SINK")
-        return RolloutEvents(sink, source, self.args.service, revision, now.stable, extra)
+        return RolloutEvents(
+            os.environ.get("K_SINK"), source, self.args.service, revision, now.stable, extra, send=not self.args.dry_run
+        )
 
     def start(self) -> int | None:
         """Create the canary and give it its first step; an exit code when the rollout
@@ -75,21 +76,22 @@ class Rollout:
         events = self.events(now, revision)
         if now.canary != revision:
             self.store.patch(service.start_patch(current, revision, self.model))
-            events.emit("started", 0, f"revision {revision} created for model version {self.model.version}")
+            events.emit(STARTED, 0, f"revision {revision} created for model version {self.model.version}")
         if service.split(self.store.get()).percent > 0:
             return None  # a resumed rollout: the smoke test passed before its first step
-        try:
-            if self.args.dry_run:
-                log.info("dry run: the smoke test of the canary (expecting version %s) runs here", self.model.version)
-            else:
+        if self.args.dry_run:
+            passed = f"dry run: the smoke test of the canary (expecting version {self.model.version}) is not run"
+        else:
+            try:
                 Smoke(self.canary_url(), self.model.version, self.args.smoke_timeout, say=log.info).run()
-        except SmokeFailure as exc:
-            self.store.patch(service.rollback_patch(now.stable))
-            events.emit(ROLLBACK, 0, f"smoke test failed before any traffic: {exc}")
-            return ROLLED_BACK
+            except SmokeFailure as exc:
+                self.store.patch(service.rollback_patch(now.stable))
+                events.emit(ROLLBACK, 0, f"smoke test failed before any traffic: {exc}")
+                return ROLLED_BACK
+            passed = "smoke test passed"
         first = self.args.steps[0]
         self.store.patch(service.step_patch(now.stable, revision, first))
-        events.emit(STEP, first, f"smoke test passed; first step {first}%")
+        events.emit(STEP, first, f"{passed}; first step {first}%")
         return None
 
     def canary_url(self) -> str:

@@ -25,8 +25,17 @@ log = logging.getLogger("warmstart.rollout")
 
 class RolloutEvents:
     def __init__(
-        self, sink: str | None, source: str, service: str, revision: str, stable: str, extra: dict[str, Any]
+        self,
+        sink: str | None,
+        source: str,
+        service: str,
+        revision: str,
+        stable: str,
+        extra: dict[str, Any],
+        send: bool = True,
     ) -> None:
+        """`send=False` (a dry run): log lines only, no events."""
+        self.send = send
         self.emitter = Emitter(sink, source, lambda kind, outcome: None)
         self.base = {"service": service, "revision": revision, "stable": stable, **extra}
         self.sent = 0
@@ -46,8 +55,9 @@ class RolloutEvents:
         data = {**self.base, "step": step, "verdict": verdict, "reason": reason, "checks": checks or []}
         data["numbers"] = numbers or {}
         log.info("%s %s at %d%%: %s", kind, self.base["revision"], step, reason)
-        # the same id for the same rollout, step and position: a retried job's events are
-        # duplicates a receiver can drop
+        if not self.send:
+            return data
+        # readable ids: the canary, the verdict, the step and the event's place in this run
         future = self.emitter.send(
             kind, f"{self.base['revision']}-{verdict}-{step}-{self.sent}", data, subject=self.base["revision"]
         )

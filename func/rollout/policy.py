@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 
 from .analysis import Check
 
-HOLD, STEP, PROMOTE, ROLLBACK = "held", "stepped", "promoted", "rolledback"
+# the verdicts, as they appear in event types (warmstart.rollout.<verdict>.v1)
+STARTED, HOLD, STEP, PROMOTE, ROLLBACK = "started", "held", "stepped", "promoted", "rolledback"
 
 
 @dataclass(frozen=True)
