@@ -311,7 +311,7 @@ def test_a_worse_canary_is_rolled_back_with_the_check_and_numbers(
     rolled = Receiver.events[-1]
     assert rolled["type"] == "warmstart.rollout.rolledback.v1"
     assert rolled.data["verdict"] == "rolledback" and rolled.data["step"] == 0
-    assert "failed 2 intervals in a row" in rolled.data["reason"] and failing in rolled.data["reason"]
+    assert "failed 2 checked intervals in a row" in rolled.data["reason"] and failing in rolled.data["reason"]
     (check,) = [c for c in rolled.data["checks"] if c["name"] == failing]
     assert check["passed"] is False and check["canary"] > check["limit"]
     held = [e for e in Receiver.events if e["type"] == "warmstart.rollout.held.v1"]

@@ -150,7 +150,7 @@ def prediction_bins(canary: Numbers, stable: Numbers) -> tuple[list[float], list
 def missing(canary: Numbers, stable: Numbers, thresholds: Thresholds, window: str) -> str | None:
     """Why these numbers cannot give a verdict, or None when they can."""
     if canary.requests < thresholds.min_requests:
-        return f"too few canary requests: {canary.requests:.0f} in the last {window}, need {thresholds.min_requests}"
+        return f"too few canary requests: {canary.requests:.1f} in the last {window}, need {thresholds.min_requests}"
     if stable.requests <= 0:
         return f"no stable requests in the last {window} to compare with"
     if canary.p99_s is None or stable.p99_s is None:

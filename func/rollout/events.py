@@ -16,6 +16,7 @@ stable: {requests, error_ratio, p99_s}}, model, trigger (the trained event's id)
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from ..emit import Emitter
@@ -38,7 +39,6 @@ class RolloutEvents:
         self.send = send
         self.emitter = Emitter(sink, source, lambda kind, outcome: None)
         self.base = {"service": service, "revision": revision, "stable": stable, **extra}
-        self.sent = 0
 
     def emit(
         self,
@@ -51,16 +51,21 @@ class RolloutEvents:
         """Log and send one event; wait for the send (a job's last event must not be lost
         when the process exits). Returns the event's data."""
         kind = f"warmstart.rollout.{verdict}.v1"
-        self.sent += 1
         data = {**self.base, "step": step, "verdict": verdict, "reason": reason, "checks": checks or []}
         data["numbers"] = numbers or {}
-        log.info("%s %s at %d%%: %s", kind, self.base["revision"], step, reason)
+        log.info("%s %s at %d%%: %s%s", kind, self.base["revision"], step, reason, _summary(checks or []))
         if not self.send:
             return data
-        # readable ids: the canary, the verdict, the step and the event's place in this run
-        future = self.emitter.send(
-            kind, f"{self.base['revision']}-{verdict}-{step}-{self.sent}", data, subject=self.base["revision"]
-        )
+        future = self.emitter.send(kind, str(uuid.uuid4()), data, subject=self.base["revision"])
         if future is not None:
             future.result()
         return data
+
+
+def _summary(checks: list[dict[str, Any]]) -> str:
+    """` [name canary <= limit ok, ...]`: a log line's numbers."""
+    parts = []
+    for c in checks:
+        value = "none" if c["canary"] is None else f"{c['canary']:.3g}"
+        parts.append(f"{c['name']} {value} <= {c['limit']:.3g} {'ok' if c['passed'] else 'FAILED'}")
+    return f" [{', '.join(parts)}]" if parts else ""

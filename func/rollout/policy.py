@@ -61,7 +61,8 @@ def decide(
         failures = progress.failures + 1
         reason = "; ".join(c.describe() for c in failed)
         if failures >= policy.max_failures:
-            return Decision(ROLLBACK, 0, f"failed {failures} intervals in a row: {reason}", progress)
+            # intervals without data neither fail nor pass: a gap does not rescue a bad canary
+            return Decision(ROLLBACK, 0, f"failed {failures} checked intervals in a row: {reason}", progress)
         held = replace(progress, passes=0, failures=failures)
         return Decision(HOLD, percent, f"failed ({failures} of {policy.max_failures}): {reason}", held)
     passes = progress.passes + 1
