@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -598,3 +599,22 @@ def test_a_regressor_canary_is_compared_on_the_stable_revisions_value_buckets():
     (shifted_psi,) = [c for c in compare(shifted, stable, Thresholds()) if c.name == "prediction_psi"]
     assert alike_psi.passed and alike_psi.canary == pytest.approx(0.0, abs=1e-9)
     assert not shifted_psi.passed and shifted_psi.canary > 0.9
+
+
+@needs_kubectl
+def test_a_rollback_by_hand_during_the_analysis_wins(tmp_path, canary_service):
+    import os
+
+    _, service_file = canary_service
+    analysing = subprocess.Popen(
+        [sys.executable, "-m", "func.rollout", "analyse", "--service-file", str(service_file),
+         "--prometheus-url", f"http://127.0.0.1:{free_port()}", "--interval", "1", "--no-data-deadline", "60"],
+        cwd=ROOT, env=os.environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.5)
+    by_hand = rollout("rollback", "--service-file", str(service_file), "--reason", "paged")
+    assert by_hand.returncode == 0, by_hand.stderr
+    out, err = analysing.communicate(timeout=30)
+    assert analysing.returncode == 3, err
+    assert "changed outside this rollout (stable warmstart-v1): stopping" in err
+    assert out == "", "the analysis patched nothing"

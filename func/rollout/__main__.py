@@ -29,7 +29,7 @@ from . import analysis, service
 from .analysis import Thresholds
 from .cluster import FileService, KubernetesService, Recorded, ServiceStore
 from .events import RolloutEvents
-from .policy import HOLD, PROMOTE, ROLLBACK, STARTED, STEP, Policy, Progress, decide
+from .policy import PROMOTE, ROLLBACK, STARTED, STEP, Policy, Progress, decide
 from .prometheus import MetricsUnavailable, Prometheus
 from .service import Model, RolloutError, Split
 from .trigger import model_by_hand, model_from_event
@@ -132,6 +132,13 @@ class Rollout:
         progress = Progress(last_data_at=time.monotonic())
         while True:
             time.sleep(self.args.interval)  # numbers of a full interval at this split
+            # a person may have promoted, rolled back or moved the split meanwhile: their
+            # change wins, and the analysis goes on from it or stops
+            found = service.split(self.store.get())
+            if found.canary != now.canary or found.stable != now.stable:
+                log.info("the Service's traffic changed outside this rollout (%s): stopping", _describe(found))
+                return PROMOTED if found.stable == now.canary else ROLLED_BACK
+            now = found
             try:
                 canary = analysis.measure(prometheus, now.canary, window)
                 stable = analysis.measure(prometheus, now.stable, window)
@@ -148,14 +155,12 @@ class Rollout:
                 self.store.patch(service.promote_patch(now.canary))
             elif decision.verdict == ROLLBACK:
                 self.store.patch(service.rollback_patch(now.stable))
-            found = [c.as_dict() for c in checks or []]
-            events.emit(decision.verdict, decision.percent, decision.reason, found, numbers=numbers)
+            results = [c.as_dict() for c in checks or []]
+            events.emit(decision.verdict, decision.percent, decision.reason, results, numbers=numbers)
             if decision.verdict == PROMOTE:
                 return PROMOTED
             if decision.verdict == ROLLBACK:
                 return ROLLED_BACK
-            if decision.verdict != HOLD:
-                now = Split(now.stable, now.canary, decision.percent)
 
     def promote(self) -> int:
         now = service.split(self.store.get())
