@@ -104,7 +104,7 @@ def start_patch(service: dict[str, Any], revision: str, model: Model) -> dict[st
 
 def _with_env(env: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
     """`env` with `values` set: existing entries replaced in place, new ones appended."""
-    out = [e for e in env]
+    out = list(env)
     for name, value in values.items():
         entry = {"name": name, "value": value}
         index = next((i for i, e in enumerate(out) if e["name"] == name), None)
