@@ -28,6 +28,18 @@ RUN python -m venv /venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
 
+# --- the rollout job (knative/rollout/): python -m func.rollout, no model, no onnxruntime.
+# Build: docker build --target rollout -t REGISTRY/warmstart-rollout:1 .
+FROM python:3.11-slim AS rollout
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
+COPY requirements-rollout.txt /tmp/rollout-requirements.txt
+RUN pip install --no-cache-dir -r /tmp/rollout-requirements.txt
+WORKDIR /app
+COPY func/ func/
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER 10001
+ENTRYPOINT ["python", "-m", "func.rollout"]
+
 # --- the image: runtime deps, the function, the model; no compiler, no scikit-learn
 FROM python:3.11-slim
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart

@@ -25,7 +25,7 @@ model: $(INSTALLED)
 $(MODEL): scripts/train.py scripts/export_onnx.py | $(INSTALLED)
 	$(PY) scripts/train.py --out $(MODEL)
 
-$(INSTALLED): requirements.txt requirements-sklearn.txt requirements-stores.txt requirements-train.txt requirements-dev.txt
+$(INSTALLED): requirements.txt requirements-sklearn.txt requirements-stores.txt requirements-train.txt requirements-rollout.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt

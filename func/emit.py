@@ -23,7 +23,7 @@ except ImportError:
     from cloudevents.conversion import to_binary
     from cloudevents.http import CloudEvent
 
-from . import codecs
+import orjson
 
 log = logging.getLogger("warmstart.emit")
 
@@ -31,6 +31,12 @@ TIMEOUT_S = 2.0
 # Three tries over about 1.5 s: a broker restarting is back by then; a sink that is
 # down for longer is the dead-letter of a later window.
 RETRY_DELAYS_S = (0.5, 1.0)
+
+
+def _dump_json(data: Any) -> bytes:
+    """Event data as JSON; NumPy values (drift statistics) serialise as numbers. Not
+    codecs.dump_json: the rollout job sends events too and has no NumPy or onnxruntime."""
+    return orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 class Emitter:
@@ -61,7 +67,7 @@ class Emitter:
         return self._sender.submit(self._deliver, CloudEvent(attributes, data))
 
     def _deliver(self, event: CloudEvent) -> str:
-        headers, body = to_binary(event, data_marshaller=codecs.dump_json)
+        headers, body = to_binary(event, data_marshaller=_dump_json)
         headers["Content-Type"] = "application/json"
         problem, tries = "", 0
         for delay in (0.0, *self._delays):
