@@ -2,8 +2,8 @@
 
 The kubelet's readiness probe reaches one worker; Knative then sends traffic to every
 worker. So a worker answers "ready" only when no first-generation worker is still
-loading its model. The master marks each first-generation worker as loading before it
-forks it (so no worker can look before its siblings exist), the worker removes its mark
+loading its model. The master marks every first-generation worker as loading before the
+first fork (so no worker can look before its siblings exist), each worker removes its mark
 once its model has loaded, and the master removes a dead worker's mark. A worker that
 replaces a dead one gets no mark: it does not listen before its model has loaded
 (func/worker.py), so it never holds the pod back.
@@ -11,6 +11,7 @@ replaces a dead one gets no mark: it does not listen before its model has loaded
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 _LOADING = "loading"
@@ -20,11 +21,11 @@ def _mark(shared_dir: str, age: int) -> Path:
     return Path(shared_dir) / _LOADING / str(age)
 
 
-def expect(shared_dir: str, age: int) -> None:
-    """Mark the worker of this age as loading (the master, before the fork)."""
-    mark = _mark(shared_dir, age)
-    mark.parent.mkdir(exist_ok=True)
-    mark.touch()
+def expect(shared_dir: str, ages: Iterable[int]) -> None:
+    """Mark the workers of these ages as loading (the master, before the first fork)."""
+    (Path(shared_dir) / _LOADING).mkdir(exist_ok=True)
+    for age in ages:
+        _mark(shared_dir, age).touch()
 
 
 def loaded(shared_dir: str, age: int) -> None:

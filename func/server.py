@@ -68,7 +68,6 @@ class Server(BaseApplication):
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
             "post_fork": _post_fork,
-            "pre_fork": self._pre_fork,
             "child_exit": self._child_exit,
             "proc_name": f"warmstart-{s.k_service or 'local'}",
             # gunicorn's runtime control socket is a second way in; nothing here uses it.
@@ -88,11 +87,6 @@ class Server(BaseApplication):
 
         first_generation = self.worker_age <= self.settings.workers
         return create_app(self.settings, started=self.started if first_generation else None)
-
-    def _pre_fork(self, arbiter: Any, worker: Any) -> None:
-        # In the master, before the fork: the pod is not ready until this worker is.
-        if self.settings.shared_dir and worker.age <= self.settings.workers:
-            readiness.expect(self.settings.shared_dir, worker.age)
 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
         # In the master: a dead worker no longer holds readiness back.
@@ -139,6 +133,9 @@ def run(settings: Settings) -> None:
         settings.inference_threads,
     )
     shared = shared_dir.create(settings.shared_dir_base)
+    # Every first-generation worker is expected before the first fork: marked one fork at
+    # a time, the first could report the pod ready before the second existed.
+    readiness.expect(str(shared), range(1, settings.workers + 1))
     master = os.getpid()
     try:
         Server(dataclasses.replace(settings, shared_dir=str(shared))).run()

@@ -57,3 +57,18 @@ def test_a_replacement_worker_takes_no_connection_before_its_model_loads(start_s
     time.sleep(1)
     assert len(_workers(srv)) == 2
     assert requests.get(srv.url + "/health/readiness", timeout=5).status_code == 200
+
+
+def test_ready_means_every_worker_even_those_not_forked_yet(start_server, card):
+    # gunicorn forks workers one after another, a few tens of milliseconds apart: the
+    # first to load its model must not find the pod ready before the last exists.
+    srv = start_server({"WORKERS": "4"}, ready=False)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(srv.url + "/health/readiness", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, srv.log()
+    assert predictions(srv, card, 40) == [200] * 40
