@@ -96,3 +96,14 @@ class ServerProcess:
         self.proc.wait(10)
         if hasattr(self, "_log"):
             self._log.close()
+
+
+def wait_for(check, timeout: float = 10.0):
+    """Call `check` until it returns something true or `timeout` passes; its last result.
+    For what a server does off the request path (batched counts, sends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)

@@ -12,16 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.server import free_port
-
-
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
+from tests.server import free_port, wait_for
 
 
 @pytest.fixture(scope="module")

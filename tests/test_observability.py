@@ -19,7 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server import DEFAULT_MODEL, ROOT, free_port
+from tests.server import DEFAULT_MODEL, ROOT, free_port, wait_for
 
 N = 30
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -56,15 +56,6 @@ def send_each_protocol(srv, row: list[float], n: int) -> None:
         assert requests.post(srv.url + "/v1/models/breast-cancer-rf:predict", json={"instances": [row]}).ok
         assert requests.post(srv.url + "/v2/models/breast-cancer-rf/infer", json=v2).ok
         assert requests.post(srv.url + "/", json={"features": row}, headers=ce).ok
-
-
-def wait_for(check, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
 
 
 def test_counters_add_up_exactly_across_two_workers(start_server, tmp_path, row):
