@@ -53,8 +53,10 @@ class Server(BaseApplication):
         super().__init__()
 
     def load_config(self) -> None:
-        # Imported here, after run() made the shared folder: the worker imports the app's
-        # modules, and prometheus-client picks its multiprocess mode when first imported.
+        # Imported here, after run() made the shared folder (prometheus-client picks its
+        # multiprocess mode when first imported), and in the master, so the forked workers
+        # share these pages and do not import them again.
+        from . import app  # noqa: F401
         from .worker import Worker
 
         s = self.settings
