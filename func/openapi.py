@@ -235,6 +235,7 @@ def _root_op() -> dict[str, Any]:
                     "Prediction data as for /predict; a batch job whose data, input file or output folder is wrong"
                 ),
                 "503": _error("Not ready, shutting down, or another batch job running here (Knative retries)"),
+                "507": _error("A batch job's output location is full; nothing was written (Knative retries)"),
             },
         }
     }

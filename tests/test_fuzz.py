@@ -88,7 +88,7 @@ ROW = [0.0] * 30  # the default model's width; any finite row predicts
 PREDICT, BATCH = "warmstart.predict.v1", "warmstart.batch.v1"
 STRUCTURED = "application/cloudevents+json"
 REPLY_TYPES = {"warmstart.prediction.v1", "warmstart.batch.completed.v1"}
-DOCUMENTED = {200, 400, 403, 413, 415, 422, 503}
+DOCUMENTED = {200, 400, 403, 413, 415, 422, 503, 507}
 CONTENT_TYPES = [
     None,
     "application/json",

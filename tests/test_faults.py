@@ -1,0 +1,125 @@
+"""Faults a pod meets: a worker killed under load, an output folder that is read-only or
+full during a batch job. (A job killed half-way: tests/test_batch.py; SIGTERM: branch
+robust's tests; missing, corrupt or mismatched models: tests/test_model_loading.py.)"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent
+
+from tests.test_observability import children
+
+
+def can_mount() -> bool:
+    """Whether this process may make its own mounts (root, and unshare allowed here)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not can_mount(), reason="needs root and `unshare -m` to mount a folder")
+
+
+def in_mount_namespace(setup: str) -> list[str]:
+    """`python -m func` in a mount namespace of its own, after the shell commands `setup`."""
+    return ["unshare", "-m", "sh", "-c", f"{setup} && exec {shlex.quote(sys.executable)} -m func"]
+
+
+def batch(url: str, src: Path, out: Path, event_id: str) -> requests.Response:
+    event = CloudEvent(
+        {"type": "warmstart.batch.v1", "source": "/tests", "id": event_id}, {"input": str(src), "output": str(out)}
+    )
+    headers, body = to_binary(event)
+    return requests.post(url + "/", data=body, headers=headers, timeout=60)
+
+
+def rows_csv(path: Path, card: dict, n: int) -> Path:
+    names = card["feature_names"]
+    row = ",".join(str(card["reference"][name]["mean"]) for name in names)
+    path.write_text(",".join(f'"{name}"' for name in names) + "\n" + (row + "\n") * n)
+    return path
+
+
+def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced(start_server, card):
+    srv = start_server({"WORKERS": "2", "ACCESS_LOG": "off"})
+    body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
+    outcomes: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    resp = session.post(srv.url + "/predict", json=body, timeout=10)
+                    assert resp.status_code != 503 or resp.headers["Retry-After"], resp.headers
+                    outcomes[str(resp.status_code)] += 1
+                except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                    outcomes["connection error"] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(8)]
+    for thread in clients:
+        thread.start()
+    time.sleep(1)
+    victim = children(srv.proc.pid)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while len(set(children(srv.proc.pid)) - {victim}) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    stop.set()
+    for thread in clients:
+        thread.join(15)
+    replaced = set(children(srv.proc.pid)) - {victim}
+    assert len(replaced) == 2, "gunicorn should replace the killed worker"
+    # What clients get: those of the killed worker their connection reset, at most the
+    # requests it held (THREADS=4 in flight); while the replacement loads the model, the
+    # few requests its socket takes a 503 with Retry-After; everything else is served.
+    assert set(outcomes) <= {"200", "connection error", "503"}, outcomes
+    assert outcomes["connection error"] <= 4, outcomes
+    assert outcomes["200"] > 100, outcomes
+    answers = [requests.post(srv.url + "/predict", json=body, timeout=10).status_code for _ in range(20)]
+    assert answers == [200] * 20
+
+
+@needs_mounts
+def test_a_read_only_output_folder_fails_the_job_with_422_and_writes_nothing(start_server, tmp_path, card):
+    src = rows_csv(tmp_path / "in.csv", card, 1000)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    q = shlex.quote(str(folder))
+    cmd = in_mount_namespace(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1"}, cmd=cmd)
+    resp = batch(srv.url, src, folder / "out.csv", "ro-1")
+    assert resp.status_code == 422, resp.text  # Knative does not retry it; it goes to the dead-letter sink
+    assert "not writable (Read-only file system)" in resp.json()["error"]["message"]
+    assert list(folder.iterdir()) == []
+
+
+@needs_mounts
+def test_a_full_disk_fails_the_job_with_507_and_leaves_nothing_half_written(start_server, tmp_path, card):
+    src = rows_csv(tmp_path / "in.csv", card, 20_000)
+    folder = tmp_path / "small"
+    folder.mkdir()
+    cmd = in_mount_namespace(f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(folder))}")
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1"}, cmd=cmd)
+    resp = batch(srv.url, src, folder / "out.csv", "full-1")
+    # 5xx: Knative retries it (the next pod may have room), then dead-letters it
+    assert resp.status_code == 507, resp.text
+    assert "no space" in resp.json()["error"]["message"]
+    listing = subprocess.run(
+        ["nsenter", "-t", str(srv.proc.pid), "-m", "ls", "-A", str(folder)], capture_output=True, text=True
+    )
+    assert listing.returncode == 0 and listing.stdout == "", listing
