@@ -123,3 +123,16 @@ def test_a_full_disk_fails_the_job_with_507_and_leaves_nothing_half_written(star
         ["nsenter", "-t", str(srv.proc.pid), "-m", "ls", "-A", str(folder)], capture_output=True, text=True
     )
     assert listing.returncode == 0 and listing.stdout == "", listing
+
+
+@needs_mounts
+def test_a_read_only_root_filesystem_with_a_writable_tmp_serves_with_metrics(start_server, card):
+    # As knative/base runs it: readOnlyRootFilesystem and an emptyDir on /tmp.
+    cmd = in_mount_namespace("mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp")
+    srv = start_server({"WORKERS": "2"}, cmd=cmd)
+    body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
+    for _ in range(4):
+        assert requests.post(srv.url + "/predict", json=body, timeout=10).status_code == 200
+    metrics = requests.get(srv.url + "/metrics", timeout=10)
+    assert metrics.status_code == 200 and "warmstart_requests_total" in metrics.text
+    assert requests.get(srv.url + "/drift", timeout=10).json()["rows_seen"] == 4
