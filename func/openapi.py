@@ -176,12 +176,10 @@ def _envelope(data: dict[str, Any], types: list[str]) -> dict[str, Any]:
 
 
 def _root_op() -> dict[str, Any]:
-    """POST /: a prediction like /predict, or a CloudEvent in binary mode (ce-* headers,
-    the data as a JSON body) or structured mode (the whole event as JSON). Binary-mode
-    attributes come all together or not at all, which parameters cannot say: a request
-    with some of them is a 400 naming the missing one."""
-    data = {"oneOf": [{"$ref": "#/components/schemas/PredictRequest"}, _BATCH_JOB]}
-    reply_data = {"oneOf": [{"$ref": "#/components/schemas/PredictResponse"}, _BATCH_COMPLETED]}
+    """POST /: a prediction like /predict, or a CloudEvent in either mode."""
+    # anyOf, not oneOf: an event's type, not its data, says which of the two it is
+    data = {"anyOf": [{"$ref": "#/components/schemas/PredictRequest"}, _BATCH_JOB]}
+    reply_data = {"anyOf": [{"$ref": "#/components/schemas/PredictResponse"}, _BATCH_COMPLETED]}
     reply_headers = {
         name: {"description": f"binary-mode replies: {text}", "schema": {"type": "string"}}
         for name, text in (
@@ -198,7 +196,10 @@ def _root_op() -> dict[str, Any]:
             "summary": "Same as POST /predict; or a CloudEvent: warmstart.predict.v1 (data: the bodies of "
             "/predict) -> warmstart.prediction.v1 (data: the answer of /predict), warmstart.batch.v1 (data: "
             "input and output URIs) -> warmstart.batch.completed.v1. The reply uses the request's mode.",
-            "description": _root_op.__doc__,
+            "description": "A CloudEvent comes in binary mode (ce-* headers, the data as a JSON body) or "
+            "structured mode (application/cloudevents+json, the whole event as JSON). Binary-mode attributes "
+            "come all together or not at all, which header parameters cannot say: a request with some of them "
+            "is a 400 naming the missing one.",
             "parameters": [
                 {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
                 for name, text in _CE_HEADERS.items()
