@@ -31,3 +31,12 @@ def test_json_nested_1024_levels_is_read_and_1025_is_400_naming_the_depth(server
     past = requests.post(server.url + "/predict", data=nested(1025), headers=JSON)
     assert past.status_code == 400
     assert "depth limit exceeded" in past.json()["error"]["message"]
+
+
+def test_a_header_of_8190_bytes_is_read_and_one_byte_more_is_refused(server):
+    # gunicorn's limit_request_field_size counts the whole line, "Name: value\r\n"
+    name = "X-Padding"
+    at_limit = {name: "v" * (8190 - len(name) - len(": \r\n"))}
+    assert requests.get(server.url + "/health/liveness", headers=at_limit).status_code == 200
+    past = requests.get(server.url + "/health/liveness", headers={name: at_limit[name] + "v"})
+    assert past.status_code == 431
