@@ -53,23 +53,37 @@ def rows_csv(path: Path, card: dict, n: int) -> Path:
     return path
 
 
+def serves(url: str, body: dict, times: int = 20, timeout: float = 60) -> bool:
+    """Whether `times` predictions in a row succeed within `timeout` seconds: readiness
+    answers for whichever worker takes the probe, so a worker still loading its model
+    shows only as a 503 to the requests it takes."""
+    deadline = time.monotonic() + timeout
+    in_a_row = 0
+    while in_a_row < times and time.monotonic() < deadline:
+        ok = requests.post(url + "/predict", json=body, timeout=10).status_code == 200
+        in_a_row = in_a_row + 1 if ok else 0
+        if not ok:
+            time.sleep(0.1)
+    return in_a_row == times
+
+
 def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced(start_server, card):
     srv = start_server({"WORKERS": "2", "ACCESS_LOG": "off"})
     body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
-    outcomes: Counter[str] = Counter()
+    outcomes: list[Counter[str]] = [Counter() for _ in range(8)]
     stop = threading.Event()
 
-    def client() -> None:
+    def client(mine: Counter[str]) -> None:
         with requests.Session() as session:
             while not stop.is_set():
                 try:
                     resp = session.post(srv.url + "/predict", json=body, timeout=10)
-                    assert resp.status_code != 503 or resp.headers["Retry-After"], resp.headers
-                    outcomes[str(resp.status_code)] += 1
+                    retry = "" if resp.status_code != 503 or "Retry-After" in resp.headers else " without Retry-After"
+                    mine[f"{resp.status_code}{retry}"] += 1
                 except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
-                    outcomes["connection error"] += 1
+                    mine["connection error"] += 1
 
-    clients = [threading.Thread(target=client) for _ in range(8)]
+    clients = [threading.Thread(target=client, args=(mine,)) for mine in outcomes]
     for thread in clients:
         thread.start()
     time.sleep(1)
@@ -84,14 +98,14 @@ def test_a_killed_worker_costs_only_its_requests_in_flight_and_is_replaced(start
         thread.join(15)
     replaced = set(children(srv.proc.pid)) - {victim}
     assert len(replaced) == 2, "gunicorn should replace the killed worker"
-    # What clients get: those of the killed worker their connection reset, at most the
-    # requests it held (THREADS=4 in flight); while the replacement loads the model, the
-    # few requests its socket takes a 503 with Retry-After; everything else is served.
-    assert set(outcomes) <= {"200", "connection error", "503"}, outcomes
-    assert outcomes["connection error"] <= 4, outcomes
-    assert outcomes["200"] > 100, outcomes
-    answers = [requests.post(srv.url + "/predict", json=body, timeout=10).status_code for _ in range(20)]
-    assert answers == [200] * 20
+    # What clients get: a client whose connection the killed worker held has it reset,
+    # once (its next request connects to a live worker); while the replacement loads the
+    # model, the requests its socket takes get 503 with Retry-After; nothing else fails.
+    total = sum(outcomes, Counter())
+    assert set(total) <= {"200", "connection error", "503"}, outcomes
+    assert all(mine["connection error"] <= 1 for mine in outcomes), outcomes
+    assert total["200"] > 100, outcomes
+    assert serves(srv.url, body), "the replacement worker should serve"
 
 
 @needs_mounts
@@ -131,8 +145,7 @@ def test_a_read_only_root_filesystem_with_a_writable_tmp_serves_with_metrics(sta
     cmd = in_mount_namespace("mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp")
     srv = start_server({"WORKERS": "2"}, cmd=cmd)
     body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
-    for _ in range(4):
-        assert requests.post(srv.url + "/predict", json=body, timeout=10).status_code == 200
+    assert serves(srv.url, body, times=4)
     metrics = requests.get(srv.url + "/metrics", timeout=10)
     assert metrics.status_code == 200 and "warmstart_requests_total" in metrics.text
-    assert requests.get(srv.url + "/drift", timeout=10).json()["rows_seen"] == 4
+    assert requests.get(srv.url + "/drift", timeout=10).json()["rows_seen"] >= 4
