@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tests.server import ROOT, ServerProcess
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 5)
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 20)
 PHASES = os.environ.get("FUZZ_PHASES") or "examples,fuzzing,stateful"
 SEED = int(os.environ.get("FUZZ_SEED") or random.randrange(2**32))
 REPLAY = f"(fuzz seed {SEED}: FUZZ_SEED={SEED} FUZZ_EXAMPLES={EXAMPLES} make fuzz replays it)"
