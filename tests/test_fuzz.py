@@ -1,9 +1,11 @@
-"""Fuzzing a live server: schemathesis over /openapi.json, and CloudEvents of our own.
+"""Fuzzing a live server: schemathesis over /openapi.json, and fuzzers of our own for
+what no schema describes: CloudEvents (binary, structured and batched mode) and V2's
+binary tensor extension.
 
-The budget is FUZZ_EXAMPLES (test cases per operation, and CloudEvents per test) and
+The budget is FUZZ_EXAMPLES (cases per operation, and per fuzz test of our own) and
 FUZZ_PHASES (schemathesis phases): small in `make test`, large in `make fuzz`, which adds
-the coverage phase (some 4,000 deterministic edge cases, ~40 s). Runs are seeded: FUZZ_SEED, or a random seed that
-every failure message names, so `FUZZ_SEED=<seed> make fuzz` replays it.
+the coverage phase (some 4,000 deterministic edge cases). Runs are seeded: FUZZ_SEED, or
+a random seed that every failure message names, so `FUZZ_SEED=<seed> make fuzz` replays it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def test_openapi_fuzz_finds_no_server_error_and_no_undocumented_answer(fuzz_serv
     assert run.returncode == 0, f"schemathesis found failures {REPLAY}:\n{run.stdout[-20000:]}\n{run.stderr[-2000:]}"
 
 
-# --- CloudEvents -----------------------------------------------------------------------
+# --- CloudEvents ------------------------------------------------------------------------
 
 ROW = [0.0] * 30  # the default model's width; any finite row predicts
 PREDICT, BATCH = "warmstart.predict.v1", "warmstart.batch.v1"
