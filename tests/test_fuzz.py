@@ -109,9 +109,13 @@ CONTENT_TYPES = [
 # Header text: printable, no CR/LF (which no client can send); percent signs included.
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FFF, exclude_characters="\x7f"), max_size=40)
 json_leaf = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)
-json_value = st.recursive(
-    json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-)
+
+
+def json_containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+
+
+json_value = st.recursive(json_leaf, json_containers)
 huge_string = st.integers(10_000, 1_000_000).map(lambda n: "x" * n)
 deep = st.integers(1, 5_000).map(lambda n: "[" * n + "]" * n)
 uri = st.sampled_from(
