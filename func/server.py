@@ -137,7 +137,13 @@ def run(settings: Settings) -> None:
         BULK_ROWS,
         settings.inference_threads,
     )
-    shared = shared_dir.create(settings.shared_dir_base)
+    try:
+        shared = shared_dir.create(settings.shared_dir_base)
+    except OSError as exc:
+        # A read-only root filesystem without a writable /tmp (or SHARED_DIR) volume.
+        where = f"SHARED_DIR={settings.shared_dir_base}" if settings.shared_dir_base else "the temporary folder"
+        log.error("cannot make the workers' shared folder in %s: %s (mount a writable volume there)", where, exc)
+        sys.exit(1)
     master = os.getpid()
     try:
         Server(dataclasses.replace(settings, shared_dir=str(shared))).run()

@@ -20,6 +20,7 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from tests.server import ServerProcess
 from tests.test_observability import children
 
 
@@ -152,3 +153,12 @@ def test_a_read_only_root_filesystem_with_a_writable_tmp_serves_with_metrics(sta
     metrics = requests.get(srv.url + "/metrics", timeout=10)
     assert metrics.status_code == 200 and "warmstart_requests_total" in metrics.text
     assert requests.get(srv.url + "/drift", timeout=10).json()["enabled"] is True
+
+
+@needs_mounts
+def test_a_read_only_root_without_a_writable_tmp_exits_with_one_clear_line(tmp_path):
+    server = ServerProcess(cmd=in_mount_namespace("mount -o remount,bind,ro /"), log_dir=tmp_path).start()
+    assert server.proc.wait(30) == 1
+    errors = [line for line in server.log().splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1 and "cannot make the workers' shared folder" in errors[0], server.log()
+    assert "Traceback" not in server.log()
