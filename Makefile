@@ -7,13 +7,18 @@ PY := $(VENV)/bin/python
 MODEL := models/model.onnx
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint model clean
+.PHONY: run test fuzz lint model clean
 
 run: $(INSTALLED) $(MODEL)
 	$(PY) -m func
 
 test: $(INSTALLED) $(MODEL)
 	$(PY) -m pytest -q
+
+# The fuzzers of `make test` with a large budget: FUZZ_SEED=<seed> replays a run.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(INSTALLED) $(MODEL)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_PHASES=examples,coverage,fuzzing,stateful $(PY) -m pytest -q tests/test_fuzz.py
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check func scripts tests loadtests

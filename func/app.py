@@ -7,6 +7,7 @@ import time
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import BaseConverter
 
 from . import codecs, events, explain, openapi, pages, v2
 from .config import Settings
@@ -21,6 +22,14 @@ from .serving import Serving
 from .state import ServingState
 
 log = logging.getLogger("warmstart.app")
+
+
+class ModelNameConverter(BaseConverter):
+    """A model name in a V1 path. A ':' starts the verb (`:predict`, `:explain`), so a
+    name never holds one: GET /v1/models/m:predict is then a 405, not model 'm:predict'."""
+
+    regex = "[^/:]+"
+
 
 _WERKZEUG_CODES = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -62,6 +71,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     serving = Serving(settings, state, metrics)
     respond = serving.respond
     app = Flask("warmstart")
+    app.url_map.converters["model"] = ModelNameConverter
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["warmstart"] = state
     # The server's own error responses (func/worker.py) carry the same model headers.
@@ -115,7 +125,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         rows, single = codecs.decode_predict_body(body, model.card, settings.max_rows)
         return respond(codecs.prediction_body(serving.predict(model, rows), model.card, single))
 
-    @app.post("/v1/models/<name>:predict")
+    @app.post("/v1/models/<model:name>:predict")
     def v1_predict(name: str) -> Response:
         body = serving.json_bytes()
         model = serving.model_named(name)
@@ -139,7 +149,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
             return serving.respond_bytes(pages.page("explain"), pages.HTML_HEADERS)
         return respond(explain.usage(state.model.card), headers=pages.VARY)
 
-    @app.post("/v1/models/<name>:explain")
+    @app.post("/v1/models/<model:name>:explain")
     def v1_explain(name: str) -> Response:
         body = serving.json_bytes()
         model = serving.model_named(name)
@@ -153,7 +163,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def v1_models() -> Response:
         return respond({"models": [state.model.card.name]})
 
-    @app.get("/v1/models/<name>")
+    @app.get("/v1/models/<model:name>")
     def v1_model(name: str) -> Response:
         return respond({"name": serving.model_named(name).card.name, "ready": state.ready})
 

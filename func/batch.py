@@ -10,6 +10,7 @@ delivered twice at once, leaves exactly one complete output.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
@@ -25,7 +26,7 @@ import numpy as np
 import orjson
 
 from . import codecs, partials
-from .errors import Forbidden, InvalidInput
+from .errors import Forbidden, InsufficientStorage, InvalidInput
 from .model import Model, Prediction
 
 Observe = Callable[[np.ndarray, Prediction], None]
@@ -135,17 +136,20 @@ def run_job(
         raise InvalidInput(f"output {job.output!r}: its folder does not exist")
 
     rows = 0
-    with partials.partial_file(out_fs, out_path, job_id) as partial:
-        with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
-            writer = _writer(output_format, sink)
-            try:
-                chunks = _read_chunks(reader, input_format, job.input, model.card.feature_names)
-                # Parsing text costs about what inference does, so it keeps a core and
-                # inference takes the other; Parquet decodes cheaply, so inference takes both.
-                rows = _predict_all(chunks, model, job.input, writer, input_format != "parquet", observe)
-            finally:
-                writer.close()
-        out_fs.mv(partial, out_path)
+    try:
+        with partials.partial_file(out_fs, out_path, job_id) as partial:
+            with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
+                writer = _writer(output_format, sink)
+                try:
+                    chunks = _read_chunks(reader, input_format, job.input, model.card.feature_names)
+                    # Parsing text costs about what inference does, so it keeps a core and
+                    # inference takes the other; Parquet decodes cheaply, so inference takes both.
+                    rows = _predict_all(chunks, model, job.input, writer, input_format != "parquet", observe)
+                finally:
+                    writer.close()
+            out_fs.mv(partial, out_path)
+    except OSError as exc:
+        raise _output_error(exc, job.output, posixpath.dirname(out_path)) from None
     return {
         "input": job.input,
         "output": job.output,
@@ -153,6 +157,18 @@ def run_job(
         "duration_s": round(time.perf_counter() - started, 3),
         "model": {"name": model.card.name, "version": model.card.version},
     }
+
+
+def _output_error(exc: OSError, output: str, folder: str) -> Exception:
+    """What a full or read-only output location means for the job (the partial file is
+    gone by now): 507, which Knative retries (another pod, or later, may have room), or
+    422, which it does not (the job must name another place). Anything else as it was."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"output {output!r}: no space left on its file system; nothing was written")
+    in_output = exc.filename is None or str(exc.filename).startswith(folder)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and in_output:
+        return InvalidInput(f"output {output!r}: its folder is not writable ({exc.strerror}); nothing was written")
+    return exc
 
 
 def _predict_all(

@@ -73,6 +73,13 @@ class InvalidInput(WarmstartError):
     code = "invalid_input"
 
 
+class InsufficientStorage(WarmstartError):
+    """A batch job's output location is full: a 5xx, so Knative delivers the job again."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class NotReady(WarmstartError):
     """The model is not loaded yet, failed to load, or the server is shutting down."""
 

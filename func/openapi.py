@@ -4,7 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import v2
 from .card import ModelCard
+
+# The model reads float32: a JSON number whose float32 rounding is infinite is refused
+# (422). That is any magnitude from the largest float32 plus half its last step (2**103),
+# where rounding to nearest-even goes to infinity.
+FLOAT32_LIMIT = 3.4028234663852886e38 + 2.0**103
+# JSON booleans count as 1 and 0 (codecs._NUMBER_KINDS).
+_VALUE = {
+    "anyOf": [
+        {
+            "type": "number",
+            "minimum": -FLOAT32_LIMIT,
+            "exclusiveMinimum": True,
+            "maximum": FLOAT32_LIMIT,
+            "exclusiveMaximum": True,
+        },
+        {"type": "boolean"},
+    ],
+    "description": "a number within float32 range, or a boolean (1 or 0)",
+}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +116,132 @@ def _predict_op(
     return op
 
 
+# A request is a binary-mode event when ce-specversion is present; the other headers are
+# read only then, so none of them has a schema beyond "a string" (an unknown type or
+# version is a 400 naming it).
+_CE_HEADERS = {
+    "ce-specversion": "CloudEvents version, 1.0; binary mode when present",
+    "ce-id": "event id (required in binary mode); a batch job's output is written once per id",
+    "ce-source": "event source, a URI-reference (required in binary mode)",
+    "ce-type": "warmstart.predict.v1 or warmstart.batch.v1 (required in binary mode)",
+    "ce-subject": "echoed in the reply",
+    "ce-time": "RFC 3339 timestamp",
+    "traceparent": "W3C trace context, passed on to the reply",
+}
+# CloudEvents attribute values are JSON strings, integers or booleans; a null optional
+# attribute reads as absent.
+_ATTRIBUTE = {"anyOf": [{"type": "string"}, {"type": "integer"}, {"type": "boolean"}], "nullable": True}
+_BATCH_JOB = {
+    "type": "object",
+    "required": ["input", "output"],
+    "properties": {
+        "input": {"type": "string", "minLength": 1, "description": "URI under BATCH_ALLOW"},
+        "output": {"type": "string", "minLength": 1, "description": "URI under BATCH_ALLOW, written atomically"},
+        "format": {"type": "string", "enum": ["csv", "jsonl", "parquet"], "description": "else from the extension"},
+    },
+}
+_BATCH_COMPLETED = {
+    "type": "object",
+    "required": ["input", "output", "rows", "duration_s", "model"],
+    "properties": {
+        "input": {"type": "string"},
+        "output": {"type": "string"},
+        "rows": {"type": "integer"},
+        "duration_s": {"type": "number"},
+        "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+    },
+}
+
+
+def _envelope(data: dict[str, Any], types: list[str]) -> dict[str, Any]:
+    """A structured-mode CloudEvent (application/cloudevents+json) carrying `data`."""
+    return {
+        "type": "object",
+        "required": ["specversion", "id", "source", "type"],
+        "properties": {
+            "specversion": {"type": "string", "enum": ["1.0"]},
+            "id": {"type": "string", "minLength": 1},
+            "source": {"type": "string", "minLength": 1},
+            "type": {"type": "string", "enum": types},
+            "subject": _ATTRIBUTE,
+            "time": _ATTRIBUTE,
+            "datacontenttype": _ATTRIBUTE,
+            "causationid": {**_ATTRIBUTE, "description": "replies: the id of the event answered"},
+            "data": data,
+        },
+        "additionalProperties": _ATTRIBUTE,
+        # data_base64 (binary data) is refused with 415: the data here is JSON
+        "not": {"required": ["data_base64"]},
+    }
+
+
+def _root_op() -> dict[str, Any]:
+    """POST /: a prediction like /predict, or a CloudEvent in either mode."""
+    # anyOf, not oneOf: an event's type, not its data, says which of the two it is
+    data = {"anyOf": [{"$ref": "#/components/schemas/PredictRequest"}, _BATCH_JOB]}
+    reply_data = {"anyOf": [{"$ref": "#/components/schemas/PredictResponse"}, _BATCH_COMPLETED]}
+    reply_headers = {
+        name: {"description": f"binary-mode replies: {text}", "schema": {"type": "string"}}
+        for name, text in (
+            ("ce-specversion", "1.0"),
+            ("ce-id", "a new id"),
+            ("ce-source", "CE_SOURCE"),
+            ("ce-type", "warmstart.prediction.v1 or warmstart.batch.completed.v1"),
+            ("ce-causationid", "the request's id"),
+            ("ce-subject", "the request's subject"),
+        )
+    }
+    return {
+        "post": {
+            "summary": "Same as POST /predict; or a CloudEvent: warmstart.predict.v1 (data: the bodies of "
+            "/predict) -> warmstart.prediction.v1 (data: the answer of /predict), warmstart.batch.v1 (data: "
+            "input and output URIs) -> warmstart.batch.completed.v1. The reply uses the request's mode.",
+            "description": "A CloudEvent comes in binary mode (ce-* headers, the data as a JSON body) or "
+            "structured mode (application/cloudevents+json, the whole event as JSON). Binary-mode attributes "
+            "come all together or not at all, which header parameters cannot say: a request with some of them "
+            "is a 400 naming the missing one.",
+            "parameters": [
+                {"name": name, "in": "header", "required": False, "description": text, "schema": {"type": "string"}}
+                for name, text in _CE_HEADERS.items()
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": data},
+                    "application/cloudevents+json": {
+                        "schema": _envelope(data, ["warmstart.predict.v1", "warmstart.batch.v1"])
+                    },
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "Predictions, or the reply event (binary: ce-* headers and the data as "
+                    "the body; structured: the whole event)",
+                    "headers": reply_headers,
+                    "content": {
+                        "application/json": {"schema": reply_data},
+                        "application/cloudevents+json": {
+                            "schema": _envelope(reply_data, ["warmstart.prediction.v1", "warmstart.batch.completed.v1"])
+                        },
+                    },
+                },
+                **_ERRORS,
+                "400": _error("Malformed JSON or CloudEvent, or an unknown event type"),
+                "403": _error("A batch job's input or output outside BATCH_ALLOW"),
+                "415": _error(
+                    "Content type other than JSON, a batched CloudEvent (application/cloudevents-batch+json), "
+                    "or a structured event with data_base64"
+                ),
+                "422": _error(
+                    "Prediction data as for /predict; a batch job whose data, input file or output folder is wrong"
+                ),
+                "503": _error("Not ready, shutting down, or another batch job running here (Knative retries)"),
+                "507": _error("A batch job's output location is full; nothing was written (Knative retries)"),
+            },
+        }
+    }
+
+
 def _explain_op(summary: str, request_ref: str, response_ref: str, extra: dict[str, Any]) -> dict[str, Any]:
     too_many = _error("Body larger than MAX_REQUEST_BYTES, more rows than MAX_ROWS, or more than 100 rows to explain")
     return {
@@ -166,9 +312,17 @@ def _page_or_json(summary: str, schema: dict[str, Any], extra: dict[str, Any] | 
     return op
 
 
-def _v2_paths(name_param: dict[str, Any]) -> dict[str, Any]:
+
+def _path_param(name: str, served: str | None) -> dict[str, Any]:
+    """A path parameter naming the model (or version) served: anything else is a 404."""
+    schema: dict[str, Any] = {"type": "string"}
+    if served is not None:
+        schema["enum"] = [served]
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _v2_paths(name_param: dict[str, Any], version_param: dict[str, Any]) -> dict[str, Any]:
     """Open Inference Protocol V2 routes; errors are {"error": "..."} as the protocol has them."""
-    version_param = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
     v2_error = {"description": "Error", **_json({"$ref": "#/components/schemas/V2Error"})}
     ok = {"200": {"description": "OK", **_json({"type": "object"})}}
     paths: dict[str, Any] = {
@@ -204,19 +358,25 @@ def _v2_paths(name_param: dict[str, Any]) -> dict[str, Any]:
 def document(card: ModelCard | None) -> dict[str, Any]:
     """Build the document; `card`, once loaded, fills in feature names and row width."""
     width = card.n_features if card else None
-    row: dict[str, Any] = {"type": "array", "items": {"type": "number"}}
+    row: dict[str, Any] = {"type": "array", "items": _VALUE}
     if width:
         row.update(minItems=width, maxItems=width)
-    named_row: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "number"}}
+    named_row: dict[str, Any] = {"type": "object", "additionalProperties": _VALUE}
     if card:
         named_row = {
             "type": "object",
-            "properties": {name: {"type": "number"} for name in card.feature_names},
+            "properties": {name: _VALUE for name in card.feature_names},
             "required": list(card.feature_names),
             "additionalProperties": False,
         }
-    instances = {"type": "array", "minItems": 1, "items": {"oneOf": [row, named_row]}}
-    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    # All rows of one request have the same form: all in feature order, or all by name.
+    instances = {
+        "oneOf": [
+            {"type": "array", "minItems": 1, "items": row},
+            {"type": "array", "minItems": 1, "items": named_row},
+        ]
+    }
+    name_param = _path_param("name", card.name if card else None)
     not_found = {"404": _error("Unknown model name")}
     return {
         "openapi": "3.0.3",
@@ -232,19 +392,7 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     "Predict rows in feature order or by feature name", "PredictRequest", "PredictResponse"
                 )
             },
-            "/": {
-                "post": _predict_op(
-                    "Same as POST /predict; or a CloudEvent in binary (ce-* headers) or structured "
-                    "(application/cloudevents+json) mode: warmstart.predict.v1 -> warmstart.prediction.v1, "
-                    "warmstart.batch.v1 -> warmstart.batch.completed.v1",
-                    "PredictRequest",
-                    "PredictResponse",
-                    extra_responses={
-                        "400": _error("Malformed JSON or CloudEvent, or an unknown event type"),
-                        "403": _error("A batch job's input or output outside BATCH_ALLOW"),
-                    },
-                )
-            },
+            "/": _root_op(),
             "/v1/models/{name}:predict": {
                 "post": _predict_op("KServe V1 predict", "V1Request", "V1Response", [name_param], not_found)
             },
@@ -296,7 +444,7 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                 {"$ref": "#/components/schemas/Drift"},
                 {"503": _ERRORS["503"]},
             ),
-            **_v2_paths(name_param),
+            **_v2_paths(name_param, _path_param("version", card.version if card else None)),
         },
         "components": {
             "schemas": {
@@ -307,6 +455,8 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                         {
                             "type": "object",
                             "required": ["features"],
+                            # with both fields, `instances` is what is read
+                            "not": {"required": ["instances"]},
                             "properties": {"features": {"oneOf": [row, named_row]}},
                         },
                     ]
@@ -352,13 +502,22 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                         "parameters": {"type": "object"},
                         "inputs": {
                             "type": "array",
+                            "description": "one tensor, `input`, of shape [N, number of features]; `data` holds "
+                            "its N × features values (or binary_data_size bytes follow the JSON header)",
+                            "minItems": 1,
+                            "maxItems": 1,
                             "items": {
                                 "type": "object",
                                 "required": ["name", "shape", "datatype"],
                                 "properties": {
-                                    "name": {"type": "string"},
-                                    "shape": {"type": "array", "items": {"type": "integer"}},
-                                    "datatype": {"type": "string"},
+                                    "name": {"type": "string", "enum": [v2.INPUT_NAME]},
+                                    "shape": {
+                                        "type": "array",
+                                        "minItems": 2,
+                                        "maxItems": 2,
+                                        "items": {"type": "integer", "minimum": 0},
+                                    },
+                                    "datatype": {"type": "string", "enum": list(v2.DATATYPES)},
                                     "parameters": {"type": "object"},
                                     "data": {"type": "array", "items": {}},
                                 },

@@ -134,7 +134,13 @@ def run(settings: Settings) -> None:
         BULK_ROWS,
         settings.inference_threads,
     )
-    shared = shared_dir.create(settings.shared_dir_base)
+    try:
+        shared = shared_dir.create(settings.shared_dir_base)
+    except OSError as exc:
+        # A read-only root filesystem without a writable /tmp (or SHARED_DIR) volume.
+        where = f"SHARED_DIR={settings.shared_dir_base}" if settings.shared_dir_base else "the temporary folder"
+        log.error("cannot make the workers' shared folder in %s: %s (mount a writable volume there)", where, exc)
+        sys.exit(1)
     # Every first-generation worker is expected before the first fork: marked one fork at
     # a time, the first could report the pod ready before the second existed.
     readiness.expect(str(shared), range(1, settings.workers + 1))

@@ -141,6 +141,11 @@ def test_base_scales_to_zero_with_probes_on_the_health_endpoints():
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
     assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
     assert container["securityContext"]["runAsNonRoot"] is True
+    # a read-only root, and /tmp (the shared folder, gunicorn's heartbeats) an emptyDir
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    (mount,) = container["volumeMounts"]
+    (volume,) = svc["spec"]["template"]["spec"]["volumes"]
+    assert mount == {"name": volume["name"], "mountPath": "/tmp"} and "emptyDir" in volume
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MODEL_PATH"] == "/app/models/model.onnx" and env["MODEL_VERSION"] == "1"
     assert container["resources"]["limits"]["memory"]
