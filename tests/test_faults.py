@@ -144,10 +144,17 @@ def test_a_full_disk_fails_the_job_with_507_and_leaves_nothing_half_written(star
 
 
 @needs_mounts
-def test_a_read_only_root_filesystem_with_a_writable_tmp_serves_with_metrics(start_server, card):
-    # As knative/base runs it: readOnlyRootFilesystem and an emptyDir on /tmp.
-    cmd = in_mount_namespace("mount -o remount,bind,ro / && mount -t tmpfs tmpfs /tmp")
-    srv = start_server({"WORKERS": "2"}, cmd=cmd)
+def test_a_read_only_root_filesystem_with_a_writable_tmp_serves_with_metrics(start_server, card, tmp_path):
+    # As knative/base runs it: readOnlyRootFilesystem and one writable emptyDir for the
+    # temporary folder. The emptyDir is a tmpfs of its own here rather than over /tmp,
+    # which may hold the checkout and its virtualenv; /tmp goes read-only with the rest.
+    writable = tmp_path / "emptydir"
+    writable.mkdir()
+    cmd = in_mount_namespace(
+        f"mount -t tmpfs tmpfs {shlex.quote(str(writable))} && mount -o remount,bind,ro / "
+        "&& { ! mountpoint -q /tmp || mount -o remount,bind,ro /tmp; }"
+    )
+    srv = start_server({"WORKERS": "2", "TMPDIR": str(writable)}, cmd=cmd)
     body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
     assert serves(srv.url, body, times=4)
     metrics = requests.get(srv.url + "/metrics", timeout=10)
