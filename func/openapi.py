@@ -312,7 +312,6 @@ def _page_or_json(summary: str, schema: dict[str, Any], extra: dict[str, Any] | 
     return op
 
 
-
 def _path_param(name: str, served: str | None) -> dict[str, Any]:
     """A path parameter naming the model (or version) served: anything else is a 404."""
     schema: dict[str, Any] = {"type": "string"}

@@ -159,5 +159,3 @@ def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, t
     assert drift(off)["enabled"] is False
     assert "warmstart_drift_bin_rows_total" not in requests.get(off.url + "/metrics").text
     assert json.loads(requests.get(srv.url + "/drift").text)["enabled"] is True
-
-
