@@ -139,8 +139,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         body = serving.json_bytes()
         model = state.model
         rows, _ = codecs.decode_predict_body(body, model.card, settings.max_rows)
-        prediction = serving.predict(model, rows)
-        explanation = explainers.explain(model, rows, prediction)
+        prediction, explanation = explainers.explain(model, rows, serving.predict)
         return respond(explain.explanation_body(explanation, prediction, model.card))
 
     @app.get("/explain")
@@ -154,8 +153,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         body = serving.json_bytes()
         model = serving.model_named(name)
         rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
-        prediction = serving.predict(model, rows)
-        explanation = explainers.explain(model, rows, prediction)
+        prediction, explanation = explainers.explain(model, rows, serving.predict)
         answer = explain.explanation_body(explanation, prediction, model.card)
         return respond({"predictions": prediction.labels, **answer})
 

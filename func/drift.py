@@ -187,10 +187,6 @@ class Drift:
         self._next_close = window
         self._thread: threading.Thread | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.layout is not None
-
     def add(self, rows: np.ndarray, prediction: Prediction) -> None:
         """Queue predicted rows for binning (the request path's whole cost)."""
         with self._lock:

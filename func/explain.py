@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,17 +135,21 @@ class Explainers:
         self._model: Model | None = None
         self._explainer: Explainer | None = None
 
-    def explain(self, model: Model, rows: np.ndarray, prediction: Prediction) -> Explanation:
-        """Explain `rows`, whose `prediction` the model already made."""
+    def explain(
+        self, model: Model, rows: np.ndarray, predict: Callable[[Model, np.ndarray], Prediction]
+    ) -> tuple[Prediction, Explanation]:
+        """Predict `rows` with `predict` (the serving's one model call) and explain them;
+        too many rows are refused before the model runs."""
         if len(rows) > MAX_EXPLAIN_ROWS:
             raise PayloadTooLarge(
                 f"instances: {len(rows)} rows is more than one explanation request takes ({MAX_EXPLAIN_ROWS}); "
                 "send them in several requests"
             )
+        prediction = predict(model, rows)
         label_index = None
         if prediction.probabilities is not None:
             label_index = np.asarray(prediction.probabilities).argmax(axis=1)
-        return self._for(model).explain(rows, label_index)
+        return prediction, self._for(model).explain(rows, label_index)
 
     def _for(self, model: Model) -> Explainer:
         with self._lock:

@@ -147,6 +147,11 @@ class Metrics:
         return registry
 
 
+def _status_slot(protocol: int, status: int) -> int:
+    """Where a protocol's count of one status class sits (the first slots of Traffic)."""
+    return protocol * len(STATUS_CLASSES) + min(max(status // 100, 1), len(STATUS_CLASSES)) - 1
+
+
 class _Histograms:
     """Slots of histograms in a tally vector: per label set, one count per bucket
     (+Inf last; not cumulative, so an observation moves one slot) and the sum."""
@@ -192,7 +197,7 @@ class Traffic:
         """A request the server answered before the app saw it (malformed HTTP, 408):
         counted, not timed."""
         with self.tallies.lock:
-            self._slots[PROTOCOL_INDEX["other"] * 5 + min(max(status // 100, 1), 5) - 1] += 1
+            self._slots[_status_slot(PROTOCOL_INDEX["other"], status)] += 1
 
     def observe(self, protocol: str, status: int, seconds: float, rows: int, stages: tuple[float, ...]) -> None:
         """One answered request; `stages` (decode, infer, encode seconds) when it predicted.
@@ -201,7 +206,7 @@ class Traffic:
         slots = self._slots
         duration, stage, per_request = self.duration, self.stages, self.per_request
         with self.tallies.lock:
-            slots[p * 5 + min(max(status // 100, 1), 5) - 1] += 1
+            slots[_status_slot(p, status)] += 1
             base = duration.start + p * duration.width
             slots[base + bisect_left(LATENCY_BUCKETS, seconds)] += 1
             slots[base + duration.width - 1] += seconds
@@ -240,7 +245,7 @@ class Traffic:
         )
         for p, protocol in enumerate(PROTOCOLS):
             for c, status in enumerate(STATUS_CLASSES):
-                count = values[p * len(STATUS_CLASSES) + c]
+                count = values[_status_slot(p, (c + 1) * 100)]
                 if count:
                     requests.add_metric([*model, protocol, status], count)
             buckets, total = self.duration.samples(values, p)

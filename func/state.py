@@ -25,6 +25,7 @@ class ServingState:
         """`on_loaded(model, seconds)` runs once the model is loaded and warmed up."""
         self.settings = settings
         self._on_loaded = on_loaded
+        self._siblings_seen_loaded = False
         self._model: Model | None = None
         self.load_error: str | None = None
         self.shutting_down = False
@@ -52,8 +53,12 @@ class ServingState:
         return self._model is not None and not self.shutting_down and self._siblings_loaded()
 
     def _siblings_loaded(self) -> bool:
-        shared = self.settings.shared_dir
-        return shared is None or readiness.all_loaded(shared)
+        # Once every first-generation worker has loaded, no mark comes back (replacements
+        # get none): stop looking at the folder on every probe.
+        if not self._siblings_seen_loaded:
+            shared = self.settings.shared_dir
+            self._siblings_seen_loaded = shared is None or readiness.all_loaded(shared)
+        return self._siblings_seen_loaded
 
     def not_ready_reason(self) -> str:
         if self.shutting_down:

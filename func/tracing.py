@@ -39,8 +39,6 @@ def wanted(env: Mapping[str, str]) -> bool:
 class Tracing:
     """Tracing switched off: every call returns at once."""
 
-    enabled = False
-
     @staticmethod
     def from_env(settings: Settings, env: Mapping[str, str] | None = None) -> Tracing:
         env = os.environ if env is None else env
@@ -60,8 +58,6 @@ class Tracing:
 
 
 class OtlpTracing(Tracing):
-    enabled = True
-
     def __init__(self, settings: Settings) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import Resource

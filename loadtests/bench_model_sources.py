@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_file  # noqa: E402
 
 from tests.server import DEFAULT_MODEL, ServerProcess, free_port  # noqa: E402
-from tests.services import MLFLOW_VENV, S3_ENV, register_in_mlflow  # noqa: E402
+from tests.services import MLFLOW_VENV, S3_ENV, mlflow_server_command, register_in_mlflow  # noqa: E402
 
 
 def start(cmd: list[str], url: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen | None:
@@ -95,23 +95,7 @@ def main() -> int:
         if python.exists():
             port = free_port()
             url = f"http://127.0.0.1:{port}"
-            cmd = [
-                str(python),
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{work / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(work / "artifacts"),
-            ]
-            mlflow = start(cmd, url + "/health", work)
+            mlflow = start(mlflow_server_command(python, port, work), url + "/health", work)
             if mlflow:
                 services.append(mlflow)
                 version = register_in_mlflow(url, "bench", DEFAULT_MODEL)

@@ -161,22 +161,7 @@ def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = home / "mlflow.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [
-                str(python),
-                "-m",
-                "mlflow",
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--backend-store-uri",
-                f"sqlite:///{home / 'mlflow.db'}",
-                "--artifacts-destination",
-                str(home / "artifacts"),
-            ],
+            mlflow_server_command(python, port, home),
             cwd=home,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -247,3 +232,23 @@ def register_in_mlflow(url: str, name: str, model: Path, alias: str | None = Non
         )
         answer.raise_for_status()
     return version
+
+
+def mlflow_server_command(python: Path, port: int, home: Path) -> list[str]:
+    """`mlflow server` on a loopback port, its store and artifacts under `home`."""
+    return [
+        str(python),
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(home / "artifacts"),
+    ]

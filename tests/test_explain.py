@@ -263,11 +263,15 @@ def test_non_finite_value_gets_the_same_422_as_predict(server):
     assert explained.json() == requests.post(server.url + "/predict", data=body, headers=headers).json()
 
 
-def test_more_rows_than_one_explanation_takes_get_413(server, dataset):
+def test_more_rows_than_one_explanation_takes_get_413_before_the_model_runs(start_server, dataset):
     x, _ = dataset
-    resp = requests.post(server.url + "/explain", json={"instances": x[:101].tolist()})
+    srv = start_server()
+    resp = requests.post(srv.url + "/explain", json={"instances": x[:101].tolist()})
     assert resp.status_code == 413
     assert "101 rows" in resp.json()["error"]["message"]
+    # nothing was predicted: no rows counted
+    metrics = requests.get(srv.url + "/metrics").text
+    assert not [line for line in metrics.splitlines() if line.startswith("warmstart_rows_total{")], metrics
 
 
 def test_openapi_lists_the_explain_routes(server):
