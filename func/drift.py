@@ -6,16 +6,19 @@ falls into a prediction bin (its class, or a regressor's value bin). The counts 
 a tally vector per worker (func/tallies.py), so the pod's counts are the sum of its
 workers', and /metrics exports them (PSI over a revision's pods is then a PromQL query).
 
-Windows are pod-wide: when the pod's row count passes the next multiple of DRIFT_WINDOW,
-whichever worker sees it first takes the folder's lock, reads every worker's counts,
-and closes the window: PSI per feature and for the predictions against the reference,
-the share of values out of the training range, a status. A window that crosses
-DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/emit.py).
+Windows are pod-wide and exact: a worker adds its binned rows to its counts under the
+shared folder's lock, splitting them where the pod's row count reaches the next multiple
+of DRIFT_WINDOW, and the worker whose rows complete a window closes it from every
+worker's counts: PSI per feature and for the predictions against the reference, the
+share of values out of the training range, a status. So every window holds exactly
+DRIFT_WINDOW rows, and one 10,000-row request makes ten windows of 1,000. A window that
+crosses DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/emit.py).
 
-Rows are binned in batches, off the request: a request appends its rows to a queue (a
-fraction of a microsecond), and a thread bins what queued every FLUSH_S or once
-QUEUE_ROWS are waiting. Binning one row at a time cost 6 us of a 110 us request; 64 rows
-at once cost 0.2 us a row.
+Rows are binned in batches, off the request: a request appends its rows and answers to
+a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
+FLUSH_S, all features of all rows in a few NumPy calls, and takes the window lock once
+per batch. Binning row by row on the request, even in plain Python (8 us a row), cost
+more under load than this.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +51,9 @@ WARNING_PSI = 0.1
 # Empty bins would make PSI infinite; a share this small stands in for zero.
 PSI_FLOOR = 1e-4
 FLUSH_S = 0.05
-QUEUE_ROWS = 4096
+# Requests queued past this (a binning thread starved of CPU) are binned by the request
+# that finds the queue full, so the queue's memory stays bounded.
+QUEUE_REQUESTS = 10_000
 TOP_FEATURES = 5
 SPECIAL_BINS = ("missing", "below_min", "above_max")
 
@@ -57,9 +63,9 @@ class Layout:
     """Where each feature's and the prediction's bins sit in the tally vector."""
 
     features: tuple[str, ...]
-    edge_lists: tuple[np.ndarray, ...]  # each feature's inner bin edges
+    edges: np.ndarray  # (features, most edges): each feature's inner bin edges, padded with +inf
     starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
-    widths: tuple[int, ...]  # reference bins per feature
+    widths: np.ndarray  # reference bins per feature
     reference: tuple[np.ndarray, ...]  # each feature's reference shares over all its slots
     mins: np.ndarray
     maxs: np.ndarray
@@ -91,11 +97,14 @@ class Layout:
             prediction_edges = np.array(pred.get("bin_edges", []), dtype=np.float64)
             n_pred = len(prediction_edges) + 1
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
+        edges = np.full((len(refs), max(len(r["bin_edges"]) for r in refs)), np.inf)
+        for f, r in enumerate(refs):
+            edges[f, : len(r["bin_edges"])] = r["bin_edges"]
         return cls(
             features=card.feature_names,
-            edge_lists=tuple(np.array(r["bin_edges"], dtype=np.float64) for r in refs),
+            edges=edges,
             starts=np.array(starts),
-            widths=tuple(widths),
+            widths=np.array(widths),
             reference=tuple(shares),
             mins=np.array([r["min"] for r in refs]),
             maxs=np.array([r["max"] for r in refs]),
@@ -106,18 +115,17 @@ class Layout:
         )
 
     def bin_slots(self, rows: np.ndarray) -> np.ndarray:
-        """The slot each value of `rows` counts in: (features, rows)."""
-        columns = np.ascontiguousarray(rows.T)
-        slots = np.empty(columns.shape, dtype=np.int64)
-        for f, edges in enumerate(self.edge_lists):
-            # one search per feature; reference bin k holds edges[k-1] <= x < edges[k]
-            column, out = columns[f], slots[f]
-            out[:] = np.searchsorted(edges, column, side="right")
-            out += self.starts[f] + 2
-            out[column < self.mins[f]] = self.starts[f] + 1
-            out[column > self.maxs[f]] = self.starts[f] + 2 + self.widths[f]
-            out[np.isnan(column)] = self.starts[f]
-        return slots
+        """The slot each value of `rows` counts in: (rows, features).
+
+        All features at once: reference bin k holds edges[k-1] <= x < edges[k], so a
+        value's bin is the number of its feature's edges at or below it (the +inf padding
+        never is, for a value inside the training range). 80 rows of 30 features: 85 us,
+        against 160 us for one searchsorted per feature."""
+        bins = np.count_nonzero(rows[:, :, None] >= self.edges, axis=2)
+        slots = self.starts + 2 + bins
+        slots = np.where(rows < self.mins, self.starts + 1, slots)
+        slots = np.where(rows > self.maxs, self.starts + 2 + self.widths, slots)
+        return np.where(np.isnan(rows), self.starts, slots)
 
     def prediction_slots(self, labels: np.ndarray, class_index: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         if self.prediction_edges is None:
@@ -181,24 +189,25 @@ class Drift:
         self._model = {"name": card.name, "version": card.version, "sha256": model_sha256}
         self._on_drift = on_drift
         self.model_labels = model_labels
-        self._queue: list[tuple[np.ndarray, Prediction]] = []
-        self._queued = 0
+        # (rows, labels) of each request; deque's append and popleft are atomic
+        self._queue: deque[tuple[np.ndarray, Any]] = deque()
         self._lock = threading.Lock()
-        self._next_close = window
         self._thread: threading.Thread | None = None
 
     def add(self, rows: np.ndarray, prediction: Prediction) -> None:
         """Queue predicted rows for binning (the request path's whole cost)."""
+        self._queue.append((rows, prediction.labels))
+        if self._thread is None:
+            self._start()
+        if len(self._queue) > QUEUE_REQUESTS:
+            self.flush()
+
+    def _start(self) -> None:
+        # Started in the serving process: a thread would not survive gunicorn's fork.
         with self._lock:
-            self._queue.append((rows, prediction))
-            self._queued += len(rows)
-            full = self._queued >= QUEUE_ROWS
             if self._thread is None:
-                # Started in the serving process: a thread would not survive gunicorn's fork.
                 self._thread = threading.Thread(target=self._flush_every, name="drift", daemon=True)
                 self._thread.start()
-        if full:
-            self.flush()
 
     def _flush_every(self) -> None:
         while True:
@@ -210,42 +219,26 @@ class Drift:
 
     def flush(self) -> None:
         """Bin what is queued, then close the pod's windows that are complete."""
-        with self._lock:
-            queue, self._queue, self._queued = self._queue, [], 0
+        pop = self._queue.popleft
+        queue = [pop() for _ in range(len(self._queue))]
         if not queue:
             return
+        layout = self.layout
+        if layout is None:
+            labels = np.concatenate([np.asarray(labels).reshape(-1) for _, labels in queue])
+            counts = np.zeros(self.tallies.size)
+            counts[0] = len(labels)
+            if self.card.is_classifier:
+                counts += np.bincount(1 + self._class_index(labels), minlength=self.tallies.size)
+            with self.tallies.lock:
+                self.tallies.array += counts
+            return
         rows = np.concatenate([r for r, _ in queue]) if len(queue) > 1 else queue[0][0]
-        counts = np.zeros(self.tallies.size)
-        counts[0] = len(rows)
-        labels = np.concatenate([np.asarray(p.labels).reshape(-1) for _, p in queue])
-        if self.layout is not None:
-            counts += np.bincount(self.layout.bin_slots(rows).ravel(), minlength=self.tallies.size)
-            counts += np.bincount(self.layout.prediction_slots(labels, self._class_index), minlength=self.tallies.size)
-            if self.layout.prediction_edges is not None:
-                counts[-1] += float(np.sum(labels))
-        elif self.card.is_classifier:
-            counts += np.bincount(1 + self._class_index(labels), minlength=self.tallies.size)
-        with self.tallies.lock:
-            self.tallies.array += counts
-        if self.layout is not None and self.tallies.slot_total(0) >= self._next_close:
-            self._close_windows()
-
-    def _close_windows(self) -> None:
-        closed = []
-        with self._state.locked() as state:
-            total = self.tallies.total()
-            if total[0] >= state["close_at"]:
-                # Counts arrive in batches: a window holds about DRIFT_WINDOW rows, and one
-                # batch that spans several boundaries makes one window.
-                report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
-                state["index"] += 1
-                state["start"] = total.tolist()
-                state["close_at"] = (total[0] // self.window + 1) * self.window
-                state["last"] = report
-                state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
-                closed.append(report)
-            self._next_close = state["close_at"]
-        for report in closed:
+        labels = np.concatenate([np.asarray(labels).reshape(-1) for _, labels in queue])
+        # each row's slots: one per feature, then its prediction's
+        slots = np.column_stack([layout.bin_slots(rows), layout.prediction_slots(labels, self._class_index)])
+        values = np.asarray(labels, dtype=np.float64) if layout.prediction_edges is not None else None
+        for report in self._add_in_windows(slots, values):
             log.info(
                 "drift window %d closed: %s, largest feature PSI %.3f, prediction PSI %s",
                 report["window"]["index"],
@@ -256,21 +249,55 @@ class Drift:
             if report["status"] == "drift":
                 self._on_drift(self.event_id(report["window"]["index"]), self.event_data(report))
 
+    def _add_in_windows(self, slots: np.ndarray, values: np.ndarray | None) -> list[dict[str, Any]]:
+        """Add rows to the pod's counts under the pod's window lock, split at window
+        boundaries: every window holds exactly DRIFT_WINDOW rows, whichever workers
+        binned them and however large the request that brought them. Returns the
+        windows this closed."""
+        closed = []
+        with self._state.locked() as state:
+            total = self.tallies.total()  # exact: every worker adds under this lock
+            done = 0
+            while True:
+                if total[0] >= state["close_at"]:
+                    closed.append(self._close_window(state, total))
+                if done == len(slots):
+                    break
+                take = min(len(slots) - done, int(state["close_at"] - total[0]))
+                counts = np.bincount(slots[done : done + take].ravel(), minlength=self.tallies.size).astype(float)
+                counts[0] = take
+                if values is not None:
+                    counts[-1] = values[done : done + take].sum()
+                with self.tallies.lock:
+                    self.tallies.array += counts
+                total += counts
+                done += take
+        return closed
+
+    def _close_window(self, state: dict[str, Any], total: np.ndarray) -> dict[str, Any]:
+        report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
+        state["index"] += 1
+        state["start"] = total.tolist()
+        state["close_at"] = (total[0] // self.window + 1) * self.window
+        state["last"] = report
+        state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
+        return report
+
     def _report(self, counts: np.ndarray, index: int) -> dict[str, Any]:
         layout = self.layout
         assert layout is not None
         features: dict[str, Any] = {}
         out_of_range = 0.0
         for f, name in enumerate(layout.features):
-            start, width = int(layout.starts[f]), layout.widths[f]
+            start, width = int(layout.starts[f]), int(layout.widths[f])
             live = counts[start : start + width + len(SPECIAL_BINS)]
             total = live.sum()
             out_of_range += live[1] + live[-1]
             features[name] = {
                 "psi": round(psi(live, layout.reference[f]), 6),
                 "bins": ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"],
-                "reference": [round(x, 6) for x in layout.reference[f].tolist()],
-                "live": [round(x / total, 6) if total else 0.0 for x in live.tolist()],
+                "reference": np.round(layout.reference[f], 6).tolist(),
+                "live": np.round(live / total, 6).tolist() if total else [0.0] * len(live),
             }
         rows = float(counts[0])
         prediction_psi = None
@@ -287,7 +314,7 @@ class Drift:
             "prediction_psi": prediction_psi,
             "prediction": {
                 "reference": None if layout.prediction_reference is None else layout.prediction_reference.tolist(),
-                "live": [round(x / rows, 6) if rows else 0.0 for x in prediction_live.tolist()],
+                "live": np.round(prediction_live / rows, 6).tolist() if rows else [0.0] * len(prediction_live),
             },
             "top_features": [{"feature": n, "psi": features[n]["psi"]} for n in top],
             "features": features,
@@ -373,7 +400,7 @@ class Drift:
             labels=[*names, "feature", "bin"],
         )
         for f, name in enumerate(layout.features):
-            start, width = int(layout.starts[f]), layout.widths[f]
+            start, width = int(layout.starts[f]), int(layout.widths[f])
             bins = ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"]
             for k, bin_name in enumerate(bins):
                 rows.add_metric([*model, name, bin_name], total[start + k])
@@ -411,23 +438,49 @@ class _WindowState:
         self._folder, self._window = folder, window
         self._memory = self._empty(window)
         self._lock = threading.Lock()
+        # the state as this worker last read or wrote it, and which file that was
+        self._held: dict[str, Any] | None = None
+        self._held_file: tuple[int, int] | None = None
 
     @staticmethod
     def _empty(window: int) -> dict[str, Any]:
         return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}}
 
+    @property
+    def _path(self) -> Path:
+        assert self._folder is not None
+        return self._folder / "drift-state.json"
+
     def read(self) -> dict[str, Any]:
         if self._folder is None:
             with self._lock:
                 return json.loads(json.dumps(self._memory))
-        path = self._folder / "drift-state.json"
         try:
-            return json.loads(path.read_text())
+            return json.loads(self._path.read_text())
         except (OSError, ValueError):
             return self._empty(self._window)
 
     def locked(self) -> Any:
         return _Locked(self)
+
+    def _read_held(self) -> dict[str, Any]:
+        """The state, parsed again only when another worker has replaced the file since
+        (every flush takes the lock; a window closes far less often)."""
+        try:
+            stat = self._path.stat()
+            file = (stat.st_ino, stat.st_mtime_ns)
+        except OSError:
+            file = None
+        if self._held is None or file != self._held_file:
+            self._held, self._held_file = self.read(), file
+        return self._held
+
+    def _write(self, state: dict[str, Any]) -> None:
+        tmp = self._path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self._path)
+        stat = self._path.stat()
+        self._held, self._held_file = state, (stat.st_ino, stat.st_mtime_ns)
 
 
 class _Locked:
@@ -442,18 +495,18 @@ class _Locked:
             return self.state
         self._fd = os.open(owner._folder / "drift.lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self.state = owner.read()
+        self.state = owner._read_held()
+        self._index = self.state["index"]
         return self.state
 
     def __exit__(self, *exc: Any) -> None:
         owner = self.owner
         try:
             if owner._folder is not None:
-                if exc[0] is None:
-                    path = owner._folder / "drift-state.json"
-                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-                    tmp.write_text(json.dumps(self.state))
-                    tmp.replace(path)
+                if exc[0] is not None:
+                    owner._held = None  # may be half changed
+                elif self.state["index"] != self._index:  # it changes when a window closes
+                    owner._write(self.state)
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
                 os.close(self._fd)
         finally:

@@ -18,14 +18,9 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
-
-# How often a worker looks for siblings' files it has not opened yet: a new worker's
-# counts reach the pod-wide totals that fast.
-RESCAN_S = 1.0
 
 
 class Tallies:
@@ -33,8 +28,6 @@ class Tallies:
         self.name, self.size = name, size
         self.lock = threading.Lock()
         self._folder = Path(folder) if folder else None
-        self._siblings: dict[Path, np.ndarray] = {}
-        self._scanned = 0.0
         if self._folder is None:
             self.array = np.zeros(size)
         else:
@@ -70,29 +63,10 @@ class Tallies:
                 total += _read(path, self.size)
         return total
 
-    def slot_total(self, index: int) -> float:
-        """One slot summed over every worker, cheaply enough for every request: siblings'
-        files stay mapped, and the folder is looked at again once a second at most."""
-        if self._folder is None:
-            return float(self.slots[index])
-        now = time.monotonic()
-        if now - self._scanned > RESCAN_S:
-            self._scanned = now
-            for path in self._files():
-                if path not in self._siblings:
-                    self._siblings[path] = _map(path, self.size)
-        return float(sum(array[index] for array in self._siblings.values()))
-
 
 def _read(path: Path, size: int) -> np.ndarray:
     data = np.fromfile(path, dtype=np.float64)
     return data if len(data) == size else np.zeros(size)
-
-
-def _map(path: Path, size: int) -> np.ndarray:
-    with path.open("rb") as fh:
-        mapped = mmap.mmap(fh.fileno(), size * 8, prot=mmap.PROT_READ)
-    return np.frombuffer(mapped, dtype=np.float64)
 
 
 def _alive(pid: int) -> bool:

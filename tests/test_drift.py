@@ -107,10 +107,28 @@ def test_psi_per_feature_matches_the_reference_bins(start_server, training_rows,
     assert 0 < last["out_of_range_rate"] < 1
 
 
+def test_rows_bin_alike_one_by_one_and_in_one_request(start_server, training_rows, card):
+    """The bins do not depend on how rows were grouped into requests and binning
+    batches, edges and out-of-range values included."""
+    refs = [card["reference"][name] for name in card["feature_names"]]
+    # values on every bin edge, at the training min and max, and just outside them
+    edge_rows = [[r["bin_edges"][k % len(r["bin_edges"])] for r in refs] for k in range(9)]
+    edge_rows += [[r["min"] for r in refs], [r["max"] for r in refs]]
+    edge_rows += [[r["min"] - 1 for r in refs], [r["max"] * 1.01 + 1 for r in refs]]
+    rows = np.vstack([training_rows[:37], np.array(edge_rows)])
+    one_by_one = start_server({"DRIFT_WINDOW": "1000"})
+    at_once = start_server({"DRIFT_WINDOW": "1000"})
+    send_rows(one_by_one, rows, per_request=1)
+    send_rows(at_once, rows, per_request=len(rows))
+    a, b = drift(one_by_one)["current"], drift(at_once)["current"]
+    assert a["window"]["rows"] == b["window"]["rows"] == len(rows)
+    assert a["features"] == b["features"] and a["prediction"] == b["prediction"]
+    assert 0 < a["out_of_range_rate"] == b["out_of_range_rate"]
+
+
 def test_a_drifted_window_sends_one_event_per_window(start_server, sink, training_rows):
     srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "150", "K_SINK": sink, "K_REVISION": "rev-a"})
     send_rows(srv, training_rows[:150], per_request=2)  # window 0: the training data, no event
-    # rows are binned in batches, so a window closes at the first batch past its size
     assert wait_for(lambda: drift(srv)["last_complete"])["status"] != "drift"
     send_rows(srv, training_rows[150:450] * 1.7, per_request=15)  # windows 1 and 2: drifted
     assert wait_for(lambda: len(Sink.events) == 2), Sink.events
@@ -127,6 +145,21 @@ def test_a_drifted_window_sends_one_event_per_window(start_server, sink, trainin
     assert data["top_features"][0]["psi"] >= 0.2
     text = requests.get(srv.url + "/metrics").text
     assert 'warmstart_events_sent_total{model_name="breast-cancer-rf"' in text and 'outcome="sent"' in text
+
+
+def test_one_large_request_fills_as_many_windows_as_it_has_rows_for(start_server, sink, training_rows):
+    srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "100", "K_SINK": sink})
+    drifted = training_rows[:380] * 1.7
+    send_rows(srv, drifted[:30], per_request=30)
+    send_rows(srv, drifted[30:], per_request=350)  # crosses three window boundaries
+    report = wait_for(lambda: (r := drift(srv))["rows_seen"] == 380 and r)
+    # windows 0-2 closed at rows 100, 200 and 300, whichever worker binned them
+    assert report["last_complete"]["window"] == {"index": 2, "rows": 100, "size": 100}
+    assert sum(report["windows"].values()) == 3
+    assert report["current"]["window"] == {"index": 3, "rows": 80, "size": 100}
+    assert wait_for(lambda: len(Sink.events) == 3), Sink.events
+    assert sorted(e.data["window"]["index"] for e in Sink.events) == [0, 1, 2]
+    assert all(e.data["window"]["rows"] == 100 for e in Sink.events)
 
 
 @pytest.mark.parametrize("behaviour", ["fail", "hang", "absent"])
