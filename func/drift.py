@@ -16,7 +16,7 @@ crosses DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/emit
 
 Rows are binned in batches, off the request: a request appends its rows and answers to
 a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
-FLUSH_S, all features of all rows in a few NumPy calls, and takes the window lock once
+FLUSH_S, a few NumPy calls per feature for all rows at once, and takes the window lock once
 per batch. Binning row by row on the request, even in plain Python (8 us a row), cost
 more under load than this.
 """
@@ -63,7 +63,7 @@ class Layout:
     """Where each feature's and the prediction's bins sit in the tally vector."""
 
     features: tuple[str, ...]
-    edges: np.ndarray  # (features, most edges): each feature's inner bin edges, padded with +inf
+    edge_lists: tuple[np.ndarray, ...]  # each feature's inner bin edges
     starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
     widths: np.ndarray  # reference bins per feature
     reference: tuple[np.ndarray, ...]  # each feature's reference shares over all its slots
@@ -73,6 +73,8 @@ class Layout:
     prediction_edges: np.ndarray | None  # a regressor's value bins; None for classes
     prediction_reference: np.ndarray | None
     size: int
+    reference_flat: np.ndarray  # `reference` side by side, as the features' slots sit
+    bin_names: tuple[list[str], ...]
 
     @classmethod
     def of(cls, card: ModelCard) -> Layout | None:
@@ -97,12 +99,9 @@ class Layout:
             prediction_edges = np.array(pred.get("bin_edges", []), dtype=np.float64)
             n_pred = len(prediction_edges) + 1
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
-        edges = np.full((len(refs), max(len(r["bin_edges"]) for r in refs)), np.inf)
-        for f, r in enumerate(refs):
-            edges[f, : len(r["bin_edges"])] = r["bin_edges"]
         return cls(
             features=card.feature_names,
-            edges=edges,
+            edge_lists=tuple(np.array(r["bin_edges"], dtype=np.float64) for r in refs),
             starts=np.array(starts),
             widths=np.array(widths),
             reference=tuple(shares),
@@ -112,20 +111,25 @@ class Layout:
             prediction_edges=prediction_edges,
             prediction_reference=pred_ref,
             size=slot + n_pred + 1,  # + a regressor's sum of predicted values
+            reference_flat=np.concatenate(shares),
+            bin_names=tuple(["missing", "below_min", *(f"b{k}" for k in range(w)), "above_max"] for w in widths),
         )
 
     def bin_slots(self, rows: np.ndarray) -> np.ndarray:
-        """The slot each value of `rows` counts in: (rows, features).
-
-        All features at once: reference bin k holds edges[k-1] <= x < edges[k], so a
-        value's bin is the number of its feature's edges at or below it (the +inf padding
-        never is, for a value inside the training range). 80 rows of 30 features: 85 us,
-        against 160 us for one searchsorted per feature."""
-        bins = np.count_nonzero(rows[:, :, None] >= self.edges, axis=2)
-        slots = self.starts + 2 + bins
-        slots = np.where(rows < self.mins, self.starts + 1, slots)
-        slots = np.where(rows > self.maxs, self.starts + 2 + self.widths, slots)
-        return np.where(np.isnan(rows), self.starts, slots)
+        """The slot each value of `rows` counts in: (rows, features)."""
+        columns = np.ascontiguousarray(rows.T)
+        slots = np.empty(columns.shape, dtype=np.int64)
+        for f, edges in enumerate(self.edge_lists):
+            # one search per feature (a comparison of every value with every edge at
+            # once is faster for 80 rows, 5x slower for 10,000); reference bin k holds
+            # edges[k-1] <= x < edges[k]
+            column, out = columns[f], slots[f]
+            out[:] = np.searchsorted(edges, column, side="right")
+            out += self.starts[f] + 2
+            out[column < self.mins[f]] = self.starts[f] + 1
+            out[column > self.maxs[f]] = self.starts[f] + 2 + self.widths[f]
+            out[np.isnan(column)] = self.starts[f]
+        return slots.T
 
     def prediction_slots(self, labels: np.ndarray, class_index: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         if self.prediction_edges is None:
@@ -286,18 +290,23 @@ class Drift:
     def _report(self, counts: np.ndarray, index: int) -> dict[str, Any]:
         layout = self.layout
         assert layout is not None
+        # every feature's slots at once: features sit side by side from slot 1
+        live = counts[1 : layout.prediction_start]
+        offsets = layout.starts - 1
+        totals = np.add.reduceat(live, offsets)
+        shares = live / np.maximum(np.repeat(totals, layout.widths + len(SPECIAL_BINS)), 1)
+        p, q = np.maximum(shares, PSI_FLOOR), np.maximum(layout.reference_flat, PSI_FLOOR)
+        feature_psi = np.where(totals > 0, np.add.reduceat((p - q) * np.log(p / q), offsets), 0.0)
+        out_of_range = float(live[offsets + 1].sum() + live[offsets + layout.widths + 2].sum())
+        shares_list, reference_list = np.round(shares, 6).tolist(), np.round(layout.reference_flat, 6).tolist()
         features: dict[str, Any] = {}
-        out_of_range = 0.0
         for f, name in enumerate(layout.features):
-            start, width = int(layout.starts[f]), int(layout.widths[f])
-            live = counts[start : start + width + len(SPECIAL_BINS)]
-            total = live.sum()
-            out_of_range += live[1] + live[-1]
+            a, b = int(offsets[f]), int(offsets[f] + layout.widths[f] + len(SPECIAL_BINS))
             features[name] = {
-                "psi": round(psi(live, layout.reference[f]), 6),
-                "bins": ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"],
-                "reference": np.round(layout.reference[f], 6).tolist(),
-                "live": np.round(live / total, 6).tolist() if total else [0.0] * len(live),
+                "psi": round(float(feature_psi[f]), 6),
+                "bins": layout.bin_names[f],
+                "reference": reference_list[a:b],
+                "live": shares_list[a:b],
             }
         rows = float(counts[0])
         prediction_psi = None
