@@ -105,7 +105,7 @@ def drift_cost() -> dict[str, float]:
         repeats = max(20, 20_000 // batch)
         started = time.thread_time()
         for _ in range(repeats):
-            drift._queue.append((rows, prediction))  # what add() queues, without its thread
+            drift._queue.append((rows, prediction.labels))  # what add() queues, without its thread
             drift.flush()
         out[f"{batch} rows per batch, us per row"] = round((time.thread_time() - started) / (repeats * batch) * 1e6, 3)
     return out

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""What each feature costs under load: one-row /predict at one concurrency with wrk,
+the bare stack against warmstart with everything on, with each of metrics, access log
+and drift alone, and with all three off; interleaved round by round.
+
+    .venv/bin/python loadtests/bench_features.py [--seconds 3] [--rounds 4] [--concurrency 32]
+
+Besides req/s it reports the servers' CPU time per request (user + system of the whole
+process tree, read from /proc before and after each wrk run): a steadier figure than
+req/s on a machine where wrk and the servers share the cores, and the one to compare
+when a change should make a feature cheaper. Loopback only; every run is bounded.
+Writes loadtests/results/features.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+LOADTESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(LOADTESTS))
+
+import bench  # noqa: E402
+import results_file  # noqa: E402
+
+OFF = {"METRICS": "0", "ACCESS_LOG": "off", "DRIFT": "0"}
+VARIANTS = {
+    "everything on": {},
+    "metrics only": {**OFF, "METRICS": "1"},
+    "access log only": {**OFF, "ACCESS_LOG": "on"},
+    "drift only": {**OFF, "DRIFT": "1"},
+    "all three off": OFF,
+}
+
+
+def servers() -> dict[str, bench.System]:
+    found = {"bare Flask + onnxruntime": bench.systems()["bare Flask + onnxruntime"]}
+    base = bench.systems()["warmstart"]
+    for name, env in VARIANTS.items():
+        found[f"warmstart, {name}"] = bench.System(f"warmstart, {name}", base.cmd, {**base.env, **env})
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its descendants."""
+    total = 0
+    for p in [pid, *bench._children(pid)]:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=LOADTESTS / "results" / "features.json")
+    args = parser.parse_args()
+    bench.ensure_prerequisites()
+    systems = servers()
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
+    try:
+        bodies = {}
+        for name, system in systems.items():
+            system.start()
+            bodies[name] = Path(tempfile.mkstemp(suffix=".json")[1])
+            bodies[name].write_text(system.body)
+        for r in range(args.rounds):
+            for name, system in systems.items():
+                assert system.proc is not None
+                before = cpu_seconds(system.proc.pid)
+                result = bench.wrk(system.url, args.concurrency, args.seconds, bodies[name])
+                if result["non2xx"] or result["socket_errors"]:
+                    raise RuntimeError(f"{name}: {result['non2xx']} non-2xx, {result['socket_errors']} socket errors")
+                cpu_us = (cpu_seconds(system.proc.pid) - before) / result["requests"] * 1e6
+                samples[name].append((result["rps"], cpu_us))
+                print(f"round {r + 1} {name:34} {result['rps']:8,.0f} req/s {cpu_us:7.1f} us CPU a request", flush=True)
+    finally:
+        for system in systems.values():
+            system.stop()
+    bare = statistics.median(rps for rps, _ in samples["bare Flask + onnxruntime"])
+    summary = {}
+    print(f"\nc={args.concurrency}, medians of {args.rounds} rounds of {args.seconds:g} s")
+    for name, runs in samples.items():
+        rps, cpu = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
+        summary[name] = {"rps": round(rps), "ratio_to_bare": round(rps / bare, 3), "cpu_us_per_request": round(cpu, 1)}
+        print(f"  {name:34} {rps:8,.0f} req/s {rps / bare:5.2f}x bare {cpu:7.1f} us CPU a request")
+    results_file.write(args.out, {"settings": vars(args) | {"out": str(args.out)}, "results": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
