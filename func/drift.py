@@ -18,8 +18,8 @@ Rows are binned in batches, off the request: a request appends its rows and answ
 a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
 FLUSH_S, a few NumPy calls per feature for all rows at once, and takes the window lock
 once per batch. Binning row by row on the request, even in plain Python (8 us a row),
-cost more under load than this. /drift and /metrics bin what is queued before they
-answer, so they never lag.
+cost more under load than this. /drift and /metrics bin what their own worker has
+queued before they answer; the other workers' rows arrive within FLUSH_S.
 """
 
 from __future__ import annotations
