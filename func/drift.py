@@ -60,6 +60,7 @@ FLUSH_S = 0.5
 QUEUE_ROWS = 65_536
 TOP_FEATURES = 5
 SPECIAL_BINS = ("missing", "below_min", "above_max")
+_ONE = np.array([0])  # psi_per_group's offsets for a single group
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,14 @@ class Layout:
     edge_lists: tuple[np.ndarray, ...]  # each feature's inner bin edges
     starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
     widths: np.ndarray  # reference bins per feature
-    reference: tuple[np.ndarray, ...]  # each feature's reference shares over all its slots
+    reference: np.ndarray  # every feature's reference shares over its slots, side by side as the slots sit
     mins: np.ndarray
     maxs: np.ndarray
     prediction_start: int
     prediction_edges: np.ndarray | None  # a regressor's value bins; None for classes
     prediction_reference: np.ndarray | None
     size: int
-    reference_flat: np.ndarray  # `reference` side by side, as the features' slots sit
-    bin_names: tuple[list[str], ...]
+    bin_names: tuple[list[str], ...]  # each feature's: missing, below_min, b0..., above_max
 
     @classmethod
     def of(cls, card: ModelCard) -> Layout | None:
@@ -108,14 +108,13 @@ class Layout:
             edge_lists=tuple(np.array(r["bin_edges"], dtype=np.float64) for r in refs),
             starts=np.array(starts),
             widths=np.array(widths),
-            reference=tuple(shares),
+            reference=np.concatenate(shares),
             mins=np.array([r["min"] for r in refs]),
             maxs=np.array([r["max"] for r in refs]),
             prediction_start=slot,
             prediction_edges=prediction_edges,
             prediction_reference=pred_ref,
             size=slot + n_pred + 1,  # + a regressor's sum of predicted values
-            reference_flat=np.concatenate(shares),
             bin_names=tuple(["missing", "below_min", *(f"b{k}" for k in range(w)), "above_max"] for w in widths),
         )
 
@@ -158,14 +157,14 @@ def _class_indexer(class_labels: tuple[Any, ...]) -> Callable[[np.ndarray], np.n
     return lambda labels: np.array([classes.get(x, 0) for x in labels.tolist()], dtype=np.int64)
 
 
-def psi(live: np.ndarray, reference: np.ndarray) -> float:
-    """Population stability index of live counts against reference shares."""
-    total = live.sum()
-    if not total:
-        return 0.0
-    p = np.maximum(live / total, PSI_FLOOR)
+def psi_per_group(live: np.ndarray, reference: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Population stability index of each group of live counts against its reference
+    shares; groups sit side by side, each starting at its offset in `starts`."""
+    totals = np.add.reduceat(live, starts)
+    lengths = np.diff(np.append(starts, len(live)))
+    p = np.maximum(live / np.maximum(np.repeat(totals, lengths), 1), PSI_FLOOR)
     q = np.maximum(reference, PSI_FLOOR)
-    return float(np.sum((p - q) * np.log(p / q)))
+    return np.where(totals > 0, np.add.reduceat((p - q) * np.log(p / q), starts), 0.0)
 
 
 def status_of(value: float, threshold: float) -> str:
@@ -302,12 +301,10 @@ class Drift:
         # every feature's slots at once: features sit side by side from slot 1
         live = counts[1 : layout.prediction_start]
         offsets = layout.starts - 1
-        totals = np.add.reduceat(live, offsets)
-        shares = live / np.maximum(np.repeat(totals, layout.widths + len(SPECIAL_BINS)), 1)
-        p, q = np.maximum(shares, PSI_FLOOR), np.maximum(layout.reference_flat, PSI_FLOOR)
-        feature_psi = np.where(totals > 0, np.add.reduceat((p - q) * np.log(p / q), offsets), 0.0)
+        shares = live / np.maximum(np.repeat(np.add.reduceat(live, offsets), layout.widths + len(SPECIAL_BINS)), 1)
+        feature_psi = psi_per_group(live, layout.reference, offsets)
         out_of_range = float(live[offsets + 1].sum() + live[offsets + layout.widths + 2].sum())
-        shares_list, reference_list = np.round(shares, 6).tolist(), np.round(layout.reference_flat, 6).tolist()
+        shares_list, reference_list = np.round(shares, 6).tolist(), np.round(layout.reference, 6).tolist()
         features: dict[str, Any] = {}
         for f, name in enumerate(layout.features):
             a, b = int(offsets[f]), int(offsets[f] + layout.widths[f] + len(SPECIAL_BINS))
@@ -321,7 +318,7 @@ class Drift:
         prediction_psi = None
         prediction_live = counts[layout.prediction_start : layout.size - 1]
         if layout.prediction_reference is not None:
-            prediction_psi = round(psi(prediction_live, layout.prediction_reference), 6)
+            prediction_psi = round(float(psi_per_group(prediction_live, layout.prediction_reference, _ONE)[0]), 6)
         top = sorted(features, key=lambda n: features[n]["psi"], reverse=True)[:TOP_FEATURES]
         worst = max([features[top[0]]["psi"] if top else 0.0, prediction_psi or 0.0])
         return {
@@ -418,11 +415,10 @@ class Drift:
             labels=[*names, "feature", "bin"],
         )
         for f, name in enumerate(layout.features):
-            start, width = int(layout.starts[f]), int(layout.widths[f])
-            bins = ["missing", "below_min", *(f"b{k}" for k in range(width)), "above_max"]
-            for k, bin_name in enumerate(bins):
+            start = int(layout.starts[f])
+            for k, bin_name in enumerate(layout.bin_names[f]):
                 rows.add_metric([*model, name, bin_name], total[start + k])
-                reference.add_metric([*model, name, bin_name], float(layout.reference[f][k]))
+                reference.add_metric([*model, name, bin_name], float(layout.reference[start - 1 + k]))
         yield rows
         yield reference
         state = self._state.read()
