@@ -8,8 +8,9 @@
 - gunicorn's own errors (a malformed header, headers too large) are JSON with the model
   headers, like every other error.
 - SIGTERM turns readiness to 503, keeps accepting for DRAIN_S (a client may not know
-  yet that this instance is going), then accepts what is already queued on the
-  listening socket and closes it: every connection that reached the worker is answered.
+  yet that this instance is going), then stops new handshakes (listener.py), accepts
+  what is already queued on the listening socket and closes it: every connection that
+  reached the worker is answered.
   Responses meanwhile say `Connection: close`.
 - A worker that replaces a dead one listens only once its model has loaded; the first
   workers listen at once, so liveness answers while a slow model loads.
@@ -37,6 +38,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 from . import codecs, readiness
 from .config import Settings
 from .errors import RequestTimeout, WarmstartError
+from .listener import refuse_new_handshakes
 from .serving import Serving
 from .state import ServingState
 
@@ -228,9 +230,11 @@ class Worker(ThreadWorker):
 
     def _accept_queued(self) -> Iterator[tuple[socket.socket, Any, Any]]:
         """Close the listening sockets without resetting the connections queued on them
-        (closing a listening socket resets what it has not accepted): accept those first."""
+        (closing a listening socket resets what it has not accepted): refuse new
+        handshakes, accept what is queued, then close."""
         self.set_accept_enabled(False)
         for listener in self.sockets:
+            refuse_new_handshakes(listener)
             listener.setblocking(False)
             while True:
                 try:

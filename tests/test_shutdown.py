@@ -133,3 +133,32 @@ def test_a_kept_alive_connection_is_told_to_close_once_shutdown_starts(start_ser
     second.read()
     assert second.status == 200 and second.getheader("Connection") == "close"
     assert srv.proc.wait(30) == 0
+
+
+def test_a_closing_listener_takes_no_new_handshake_but_keeps_its_queued_connections():
+    """What closes the window between a worker's last accept and its close(): once
+    filtered, a listening socket completes no new handshake (the SYN is dropped, so no
+    client believes it is connected), while a connection already queued still works."""
+    from func.listener import refuse_new_handshakes
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert refuse_new_handshakes(listener)
+        late = socket.socket()
+        late.settimeout(0.3)
+        try:
+            late.connect(("127.0.0.1", port))
+            connected = True
+        except TimeoutError:
+            connected = False
+        finally:
+            late.close()
+        assert not connected, "a new handshake completed on a listener that refuses them"
+
+        accepted, _ = listener.accept()
+        with accepted, queued:
+            queued.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+            accepted.sendall(b"pong")
+            assert queued.recv(4) == b"pong"
