@@ -36,8 +36,8 @@ PROTOCOLS = {
     "explain_rows": "explain",
     "v1_explain": "explain",
 }
-# Probes and scrapes come every few seconds: not traffic, so neither counted nor logged
-# (unless ACCESS_LOG=all). Paths, because they are known before routing.
+# Probes and scrapes come every few seconds: not traffic, so neither counted, traced nor
+# logged (logged with ACCESS_LOG=all). Paths, because they are known before routing.
 QUIET_PATHS = frozenset({"/health/liveness", "/health/readiness", "/v2/health/live", "/v2/health/ready", "/metrics"})
 
 _local = threading.local()
@@ -122,7 +122,8 @@ class Observer:
             self.metrics.traffic.observe(record.protocol, status, now - record.start, record.rows, stages)
             self.metrics.traffic.ended()
         method = environ.get("REQUEST_METHOD", "")
-        self.tracing.finish(record, method, route, status, now)
+        if not quiet:
+            self.tracing.finish(record, method, route, status, now)
         if self._log is not None and (self._log_quiet or not quiet):
             trace_id = record.trace_id or _trace_id(record.traceparent)
             self._log.write(method, route, status, record.rows, now - record.start, self._model_version(), trace_id)

@@ -193,6 +193,12 @@ class _OtlpReceiver(BaseHTTPRequestHandler):
         pass
 
 
+def _named(spans: list, *names: str) -> list | None:
+    """The spans received so far, once there is one of each name."""
+    received = list(spans)
+    return received if set(names) <= {s.name for s in received} else None
+
+
 @pytest.fixture
 def otlp_receiver():
     _OtlpReceiver.spans = []
@@ -206,8 +212,10 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
     endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
     srv = start_server({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"})
     assert requests.post(srv.url + "/predict", json={"features": row}, headers={"traceparent": TRACEPARENT}).ok
-    spans = wait_for(lambda: len(_OtlpReceiver.spans) >= 4 and list(_OtlpReceiver.spans))
+    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /predict", "decode", "infer", "encode"))
     by_name = {s.name: s for s in spans}
+    # the readiness probes that waited for the server are not traffic: no span
+    assert set(by_name) == {"POST /predict", "decode", "infer", "encode"}, sorted(by_name)
     request_span = by_name["POST /predict"]
     assert request_span.trace_id.hex() == TRACE_ID and request_span.parent_span_id.hex() == PARENT_SPAN
     for stage in ("decode", "infer", "encode"):
@@ -227,7 +235,7 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
         "data": {"features": row},
     }
     reply = requests.post(srv.url + "/", json=event, headers={"Content-Type": "application/cloudevents+json"}).json()
-    spans = wait_for(lambda: len(_OtlpReceiver.spans) >= 4 and list(_OtlpReceiver.spans))
+    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /", "decode", "infer", "encode"))
     (event_span,) = [s for s in spans if s.name == "POST /"]
     assert event_span.parent_span_id.hex() == PARENT_SPAN
     assert reply["traceparent"] == f"00-{TRACE_ID}-{event_span.span_id.hex()}-01"
