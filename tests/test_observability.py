@@ -104,9 +104,15 @@ def test_a_killed_worker_leaves_the_counts_and_no_stale_request_in_flight(start_
     srv = start_server({"WORKERS": "2", "ADAPTIVE_BATCH_ROWS": "100000", "ADAPTIVE_BATCH_DELAY_MS": "20000"})
     for _ in range(3):
         requests.get(srv.url + "/model")
-    slow = threading.Thread(
-        target=lambda: requests.post(srv.url + "/predict", json={"features": row}, timeout=60), daemon=True
-    )
+    outcome: list[BaseException] = []
+
+    def held() -> None:
+        try:
+            requests.post(srv.url + "/predict", json={"features": row}, timeout=60)
+        except requests.ConnectionError as exc:
+            outcome.append(exc)  # its worker is killed below
+
+    slow = threading.Thread(target=held, daemon=True)
     slow.start()
     assert wait_for(lambda: total(scrape(srv), "warmstart_requests_in_flight") == 1)
     before = total(scrape(srv), "warmstart_requests_total")
@@ -119,6 +125,8 @@ def test_a_killed_worker_leaves_the_counts_and_no_stale_request_in_flight(start_
     samples = scrape(srv)
     assert total(samples, "warmstart_requests_in_flight") == 0
     assert total(samples, "warmstart_requests_total") == before
+    slow.join(10)
+    assert outcome, "the request its worker held while killed was answered"
 
 
 def children(pid: int) -> list[int]:
