@@ -35,7 +35,7 @@ from gunicorn import sock as gunicorn_sock
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from . import codecs, readiness
+from . import codecs, http_response, readiness
 from .config import Settings
 from .errors import RequestTimeout, WarmstartError
 from .listener import refuse_new_handshakes
@@ -186,6 +186,7 @@ class Worker(ThreadWorker):
             readiness.loaded(shared_dir, self.age)
 
     def init_process(self) -> None:
+        http_response.install()
         if self.replacement:
             # gunicorn bound this worker's socket before the fork; until the model has
             # loaded the kernel must send new connections to the other workers. The
@@ -313,7 +314,8 @@ class Worker(ThreadWorker):
             conn.parser.unreader.chunk = partial(self._read_body, conn)
         conn.parser.unreader.unread(bytes(conn.buf))
         conn.buf.clear()
-        conn.sock.setblocking(True)
+        # The thread makes the socket blocking (gthread's handle): doing it here as well
+        # would be one more system call, which costs the interpreter lock under load.
         super().enqueue_req(conn)
 
     def enqueue_req(self, conn: Any) -> None:
