@@ -16,6 +16,9 @@
   workers listen at once, so liveness answers while a slow model loads.
 - A kept-alive connection is closed after CONNECTION_MAX_AGE seconds, so clients spread
   again over all workers after one was replaced.
+- A connection closed after its response lingers (LINGER_S) in the event loop, not in a
+  blocking read: gthread's own graceful close held the loop up to 2 s per client that
+  kept its end open, and every other client waited.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ BODY_BUFFER = 64 * 1024
 RECV_BYTES = 64 * 1024
 # How often the event loop looks for requests past their deadline.
 SWEEP_S = 0.1
+# After a response that closes its connection, what the client still sends is read and
+# dropped for up to LINGER_S (LINGER_BYTES at most) before the socket closes: closing
+# with unread bytes resets the connection, which can cut off the response (RFC 9112
+# section 9.6). gunicorn does this with blocking reads on the event loop.
+LINGER_S = 2.0
+LINGER_BYTES = 64 * 1024
 
 # A response header the application got wrong is the server's fault, not the client's.
 _SERVER_FAULTS = (
@@ -130,14 +139,22 @@ def _chunked_body_complete(buf: bytearray, pos: int) -> bool:
 class _Conn(TConn):
     """A client connection and the request the event loop is reading on it."""
 
-    def __init__(self, cfg: Any, client: socket.socket, addr: Any, server: Any) -> None:
+    def __init__(self, cfg: Any, client: socket.socket, addr: Any, server: Any, linger: Any) -> None:
         super().__init__(cfg, client, addr, server)
+        self._linger = linger  # the worker's Worker._linger
+        self.drained = 0  # bytes read and dropped while lingering
         self.opened = time.monotonic()
         self.buf = bytearray()
         self.body_start: int | None = None  # where the body starts in buf, once the head is in
         self.body_length: int | None = None
         self.deadline = 0.0  # when the request being read must be complete
         self.polled = False  # registered with the event loop's poller
+
+    def close(self, graceful: bool = False) -> None:
+        if graceful:
+            self._linger(self)  # not gthread's blocking close_graceful
+        else:
+            super().close()
 
 
 class Worker(ThreadWorker):
@@ -146,6 +163,7 @@ class Worker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reading: dict[_Conn, None] = {}  # connections whose request the event loop reads
+        self.lingering: dict[_Conn, float] = {}  # closing connections: when they close at the latest
         self._thread = threading.local()  # .req: the request this thread is answering
         self._held: list[tuple[socket.socket, Any, Any]] = []  # a replacement's early connections
         self._swept = 0.0
@@ -248,7 +266,7 @@ class Worker(ThreadWorker):
 
     def _track(self, client: socket.socket, addr: Any, server: Any) -> None:
         self.nr_conns += 1
-        self._await_request(_Conn(self.cfg, client, addr, server))
+        self._await_request(_Conn(self.cfg, client, addr, server, self._linger))
 
     def on_client_socket_readable(self, conn: _Conn, client: socket.socket) -> None:
         """A kept-alive connection has a new request coming: read it in the event loop."""
@@ -351,12 +369,16 @@ class Worker(ThreadWorker):
         return f"the request was not received within READ_TIMEOUT={self.settings.read_timeout:g} s"
 
     def _sweep(self, now: float) -> None:
-        """408 for requests past their deadline; close connections idle past their timeout."""
+        """408 for requests past their deadline; close connections idle past their timeout
+        or done lingering."""
         for conn in list(self.reading):
             if conn.buf and now >= conn.deadline:
                 self._answer_and_drop(conn, RequestTimeout(self._timeout_message()))
             elif not conn.buf and now >= conn.timeout:
                 self._drop(conn)
+        for conn, until in list(self.lingering.items()):
+            if now >= until:
+                self._end_linger(conn)
 
     def _drop(self, conn: _Conn) -> None:
         self._stop_reading(conn)
@@ -365,11 +387,39 @@ class Worker(ThreadWorker):
 
     def _answer_and_drop(self, conn: _Conn, exc: WarmstartError) -> None:
         try:
-            conn.sock.send(self.error_response(exc))
-            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.send(self.error_response(exc), socket.MSG_DONTWAIT)
         except OSError:
             pass
-        self._drop(conn)
+        self._stop_reading(conn)
+        self.nr_conns -= 1
+        self._linger(conn)
+
+    def _linger(self, conn: _Conn) -> None:
+        """Close a connection whose response has been sent: half-close, then drop what
+        the client still sends until it closes (or LINGER_S, LINGER_BYTES)."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            conn.sock.close()
+            return
+        self.lingering[conn] = time.monotonic() + LINGER_S
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
+
+    def _drain(self, conn: _Conn, _fileobj: Any = None) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained >= LINGER_BYTES:
+            self._end_linger(conn)
+
+    def _end_linger(self, conn: _Conn) -> None:
+        del self.lingering[conn]
+        self.poller.unregister(conn.sock)
+        conn.sock.close()
 
     # -- requests and errors ---------------------------------------------------------
 
@@ -436,11 +486,13 @@ class Worker(ThreadWorker):
         self._cap_keepalive(linger)
         for conn in self.reading:
             conn.timeout = min(conn.timeout, linger)
-        while self.nr_conns > 0 and time.monotonic() < self._shutdown_deadline:
+        while (self.nr_conns > 0 or self.lingering) and time.monotonic() < self._shutdown_deadline:
             self._tick(0.1)
         self.murder_keepalived(force=True)
         for conn in list(self.reading):
             self._drop(conn)
+        for conn in list(self.lingering):
+            self._end_linger(conn)
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()

@@ -60,6 +60,16 @@ def test_silent_connections_stall_nobody(srv, sockets, card):
     predict_quickly(srv, card)
 
 
+def test_clients_that_keep_their_end_open_after_a_closing_response_stall_nobody(srv, sockets, card):
+    """A response that closes its connection is followed by a linger (the server reads
+    what the client still sends before closing); clients that never close their end must
+    not hold the event loop meanwhile."""
+    for _ in range(8):
+        s = connect(srv, sockets, b"GET /health/liveness HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    predict_quickly(srv, card)
+
+
 def test_slow_uploads_stall_nobody(srv, sockets, card):
     body = json.dumps({"features": [0.0] * 30}).encode()
     head = f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
