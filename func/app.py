@@ -6,6 +6,7 @@ import logging
 import time
 
 from flask import Flask, Response, request
+from flask.sessions import NullSession, SessionInterface
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
@@ -29,6 +30,19 @@ class ModelNameConverter(BaseConverter):
     name never holds one: GET /v1/models/m:predict is then a 405, not model 'm:predict'."""
 
     regex = "[^/:]+"
+
+
+class NoSessions(SessionInterface):
+    """warmstart keeps no sessions: every request shares one read-only null session,
+    where Flask would look for a signing key and build a new one per request."""
+
+    null = NullSession()
+
+    def open_session(self, app: Flask, request: object) -> NullSession:
+        return self.null
+
+    def save_session(self, app: Flask, session: object, response: object) -> None:
+        pass
 
 
 _WERKZEUG_CODES = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
@@ -72,6 +86,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     respond = serving.respond
     app = Flask("warmstart")
     app.url_map.converters["model"] = ModelNameConverter
+    app.session_interface = NoSessions()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["warmstart"] = state
     # The server's own error responses (func/worker.py) carry the same model headers.

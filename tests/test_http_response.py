@@ -4,6 +4,7 @@ record of its own, so one recv shows what one send carried."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from gunicorn.config import Config
@@ -60,3 +61,17 @@ def test_other_responses_go_out_as_gunicorn_sends_them(method, status, body, sen
     assert len(records) == len(sends)
     assert records[0].startswith(f"HTTP/1.1 {status}\r\n".encode()) and records[0].endswith(b"\r\n\r\n")
     assert records[1:] == sends[1:]
+
+
+def test_the_date_header_is_the_current_http_date():
+    from email.utils import parsedate_to_datetime
+
+    resp, client = _response(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    resp.start_response("200 OK", [("Content-Length", "2")])
+    before = time.time()
+    resp.write(b"{}")
+    resp.close()
+    (record,) = _records(client)
+    (date,) = [line[6:] for line in record.decode("latin-1").split("\r\n") if line.startswith("Date: ")]
+    assert date.endswith(" GMT")
+    assert int(before) <= parsedate_to_datetime(date).timestamp() <= time.time()
