@@ -35,10 +35,9 @@ class _Date:
         return cached[1]
 
 
-_date = _Date()
-
-
 class Response(wsgi.Response):
+    date = _Date()  # shared by every response of the process
+
     def default_headers(self) -> list[str]:
         """gunicorn's own (status line, Server, Date, Connection), the date from the cache."""
         if self.upgrade:
@@ -51,7 +50,7 @@ class Response(wsgi.Response):
         headers = [
             f"HTTP/{major}.{minor} {self.status}\r\n",
             f"Server: {self.version}\r\n",
-            f"Date: {_date.now()}\r\n",
+            f"Date: {self.date.now()}\r\n",
             f"Connection: {connection}\r\n",
         ]
         if self.chunked:
