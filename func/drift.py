@@ -68,7 +68,7 @@ class Layout:
     """Where each feature's and the prediction's bins sit in the tally vector."""
 
     features: tuple[str, ...]
-    edge_lists: tuple[np.ndarray, ...]  # each feature's inner bin edges
+    edges: np.ndarray  # each feature's inner bin edges, a line each, padded with +inf
     starts: np.ndarray  # first slot of each feature: missing, below_min, reference bins..., above_max
     widths: np.ndarray  # reference bins per feature
     reference: np.ndarray  # every feature's reference shares over its slots, side by side as the slots sit
@@ -105,7 +105,7 @@ class Layout:
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
         return cls(
             features=card.feature_names,
-            edge_lists=tuple(np.array(r["bin_edges"], dtype=np.float64) for r in refs),
+            edges=_padded([r["bin_edges"] for r in refs]),
             starts=np.array(starts),
             widths=np.array(widths),
             reference=np.concatenate(shares),
@@ -118,21 +118,27 @@ class Layout:
             bin_names=tuple(["missing", "below_min", *(f"b{k}" for k in range(w)), "above_max"] for w in widths),
         )
 
-    def bin_slots(self, rows: np.ndarray) -> np.ndarray:
-        """The slot each value of `rows` counts in: (rows, features)."""
-        columns = np.ascontiguousarray(rows.T)
-        slots = np.empty(columns.shape, dtype=np.int64)
-        for f, edges in enumerate(self.edge_lists):
-            # one search per feature (a comparison of every value with every edge at
-            # once is faster for 80 rows, 5x slower for 10,000); reference bin k holds
-            # edges[k-1] <= x < edges[k]
-            column, out = columns[f], slots[f]
-            out[:] = np.searchsorted(edges, column, side="right")
-            out += self.starts[f] + 2
-            out[column < self.mins[f]] = self.starts[f] + 1
-            out[column > self.maxs[f]] = self.starts[f] + 2 + self.widths[f]
-            out[np.isnan(column)] = self.starts[f]
-        return slots.T
+    def slots(self, rows: np.ndarray, prediction_slots: np.ndarray) -> np.ndarray:
+        """The slot each value of `rows` counts in, one line per feature, and the last
+        line the slots of the rows' predictions: (features + 1, rows)."""
+        columns = rows.T.astype(np.float64, order="C")  # the edges' dtype: values on an edge bin alike
+        # Reference bin k holds edges[k-1] <= x < edges[k]: a value's bin is how many edges
+        # it reaches, counted one edge rank at a time for every feature at once. 4x faster
+        # than a binary search per feature for 10,000 rows, 2.5x for one (+inf padding is
+        # reached only by +inf, which the above_max line below recounts).
+        reached = np.zeros(columns.shape, dtype=np.uint8 if self.edges.shape[1] < 255 else np.int64)
+        at_or_above = np.empty(columns.shape, dtype=bool)
+        for rank in self.edges.T:
+            np.greater_equal(columns, rank[:, None], out=at_or_above)
+            reached += at_or_above
+        slots = np.empty((len(columns) + 1, len(rows)), dtype=np.int64)
+        features, starts = slots[:-1], self.starts[:, None]
+        np.add(reached, starts + 2, out=features)
+        np.copyto(features, starts + 1, where=columns < self.mins[:, None])
+        np.copyto(features, starts + 2 + self.widths[:, None], where=columns > self.maxs[:, None])
+        np.copyto(features, starts, where=np.isnan(columns))
+        slots[-1] = prediction_slots
+        return slots
 
     def prediction_slots(self, labels: np.ndarray, class_index: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         if self.prediction_edges is None:
@@ -140,6 +146,14 @@ class Layout:
         values = np.asarray(labels, dtype=np.float64)
         # side="left": bin k holds edges[k-1] < v <= edges[k], as Prometheus' `le` buckets do
         return self.prediction_start + np.searchsorted(self.prediction_edges, values, side="left")
+
+
+def _padded(edge_lists: list[list[float]]) -> np.ndarray:
+    """Edge lists of different lengths as one (features, most edges) array, padded with +inf."""
+    padded = np.full((len(edge_lists), max((len(e) for e in edge_lists), default=0)), np.inf)
+    for f, edges in enumerate(edge_lists):
+        padded[f, : len(edges)] = edges
+    return padded
 
 
 def _class_indexer(class_labels: tuple[Any, ...]) -> Callable[[np.ndarray], np.ndarray]:
@@ -247,8 +261,8 @@ class Drift:
             return
         rows = np.concatenate([r for r, _ in queue]) if len(queue) > 1 else queue[0][0]
         labels = np.concatenate([np.asarray(labels).reshape(-1) for _, labels in queue])
-        # each row's slots: one per feature, then its prediction's
-        slots = np.column_stack([layout.bin_slots(rows), layout.prediction_slots(labels, self._class_index)])
+        # a line of slots per feature, then the predictions'
+        slots = layout.slots(rows, layout.prediction_slots(labels, self._class_index))
         values = np.asarray(labels, dtype=np.float64) if layout.prediction_edges is not None else None
         for report in self._add_in_windows(slots, values):
             log.info(
@@ -273,10 +287,10 @@ class Drift:
             while True:
                 if total[0] >= state["close_at"]:
                     closed.append(self._close_window(state, total))
-                if done == len(slots):
+                if done == slots.shape[1]:
                     break
-                take = min(len(slots) - done, int(state["close_at"] - total[0]))
-                counts = np.bincount(slots[done : done + take].ravel(), minlength=self.tallies.size).astype(float)
+                take = min(slots.shape[1] - done, int(state["close_at"] - total[0]))
+                counts = np.bincount(slots[:, done : done + take].ravel(), minlength=self.tallies.size).astype(float)
                 counts[0] = take
                 if values is not None:
                     counts[-1] = values[done : done + take].sum()

@@ -192,3 +192,41 @@ def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, t
     assert drift(off)["enabled"] is False
     assert "warmstart_drift_bin_rows_total" not in requests.get(off.url + "/metrics").text
     assert json.loads(requests.get(srv.url + "/drift").text)["enabled"] is True
+
+
+def test_values_count_in_the_bin_their_feature_reference_names(card):
+    """Layout.slots against the definition, value by value, on a card whose features
+    have different numbers of bins (1, 2, 4 and 10): reference bin k holds
+    edges[k-1] <= x < edges[k]; below the training min, above its max and missing
+    values have bins of their own."""
+    from bisect import bisect_right
+
+    from func.card import ModelCard
+    from func.drift import Layout
+
+    edge_lists = {"a": [], "b": [0.0], "c": [-1.0, 0.5, 2.0], "d": [float(e) for e in range(1, 10)]}
+    data = dict(card)
+    data["feature_names"] = list(edge_lists)
+    data["reference"] = {
+        name: {"bin_edges": edges, "fractions": [1 / (len(edges) + 1)] * (len(edges) + 1), "min": -5.0, "max": 12.0}
+        for name, edges in edge_lists.items()
+    }
+    layout = Layout.of(ModelCard.from_dict(data))
+    rng = np.random.default_rng(3)
+    specials = [-5.0, 12.0, -5.5, 12.5, np.nan, np.inf, -np.inf, 0.0, -1.0, 0.5, 2.0, 9.0]
+    rows = np.where(rng.random((500, 4)) < 0.4, rng.choice(specials, (500, 4)), rng.uniform(-6, 13, (500, 4)))
+    slots = layout.slots(rows.astype(np.float32), np.zeros(500, dtype=np.int64))
+
+    for f, (name, edges) in enumerate(edge_lists.items()):
+        start = int(layout.starts[f])
+        names = layout.bin_names[f]
+        for r, value in enumerate(rows[:, f].astype(np.float32).tolist()):
+            if np.isnan(value):
+                expected = "missing"
+            elif value < -5.0:
+                expected = "below_min"
+            elif value > 12.0:
+                expected = "above_max"
+            else:
+                expected = f"b{bisect_right(edges, value)}"
+            assert names[slots[f, r] - start] == expected, (name, value)
