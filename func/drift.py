@@ -16,8 +16,8 @@ crosses DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/emit
 
 Rows are binned in batches, off the request: a request appends its rows and answers to
 a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
-FLUSH_S, a few NumPy calls per feature for all rows at once, and takes the window lock
-once per batch. Binning row by row on the request, even in plain Python (8 us a row),
+FLUSH_S, counting the bin edges each value reaches for every feature and row at once,
+and takes the window lock once per batch. Binning row by row on the request, even in plain Python (8 us a row),
 cost more under load than this. /drift and /metrics bin what their own worker has
 queued before they answer; the other workers' rows arrive within FLUSH_S.
 """

@@ -29,7 +29,7 @@ import selectors
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http import HTTPStatus
 from typing import Any, NoReturn
@@ -139,7 +139,9 @@ def _chunked_body_complete(buf: bytearray, pos: int) -> bool:
 class _Conn(TConn):
     """A client connection and the request the event loop is reading on it."""
 
-    def __init__(self, cfg: Any, client: socket.socket, addr: Any, server: Any, linger: Any) -> None:
+    def __init__(
+        self, cfg: Any, client: socket.socket, addr: Any, server: Any, linger: Callable[[_Conn], None]
+    ) -> None:
         super().__init__(cfg, client, addr, server)
         self._linger = linger  # the worker's Worker._linger
         self.drained = 0  # bytes read and dropped while lingering
@@ -380,19 +382,17 @@ class Worker(ThreadWorker):
             if now >= until:
                 self._end_linger(conn)
 
-    def _drop(self, conn: _Conn) -> None:
+    def _drop(self, conn: _Conn, graceful: bool = False) -> None:
         self._stop_reading(conn)
         self.nr_conns -= 1
-        conn.close()
+        conn.close(graceful)
 
     def _answer_and_drop(self, conn: _Conn, exc: WarmstartError) -> None:
         try:
             conn.sock.send(self.error_response(exc), socket.MSG_DONTWAIT)
         except OSError:
             pass
-        self._stop_reading(conn)
-        self.nr_conns -= 1
-        self._linger(conn)
+        self._drop(conn, graceful=True)
 
     def _linger(self, conn: _Conn) -> None:
         """Close a connection whose response has been sent: half-close, then drop what
