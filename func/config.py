@@ -80,6 +80,9 @@ class Settings:
     model_sha256: str | None = None
     # where models fetched from a URI are kept: one fetch per pod
     model_cache_dir: str = "/tmp/warmstart-models"
+    # a fetch from a store: attempts in all (with backoff), seconds without a byte
+    model_fetch_attempts: int = 5
+    model_fetch_timeout_s: float = 30.0
     mlflow_tracking_uri: str | None = None
     allow_pickle: bool = False
     skops_trusted: tuple[str, ...] = ()
@@ -145,6 +148,8 @@ class Settings:
             model_version=env.get("MODEL_VERSION") or None,
             model_sha256=sha,
             model_cache_dir=env.get("MODEL_CACHE_DIR") or "/tmp/warmstart-models",
+            model_fetch_attempts=_int(env, "MODEL_FETCH_ATTEMPTS", 5, minimum=1),
+            model_fetch_timeout_s=_float(env, "MODEL_FETCH_TIMEOUT_S", 30.0, minimum=0.1),
             mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
             allow_pickle=_flag(env, "ALLOW_PICKLE"),
             skops_trusted=tuple(t.strip() for t in env.get("SKOPS_TRUSTED", "").split(",") if t.strip()),

@@ -19,7 +19,7 @@ import numpy as np
 
 from .card import CARD_METADATA_KEY, CardError, ModelCard, sidecar_path
 from .config import Settings
-from .model_source import FetchError, local_model_file
+from .model_source import Fetch, FetchError, local_model_file
 
 log = logging.getLogger("warmstart.model")
 
@@ -33,7 +33,12 @@ BULK_ROWS = 512
 
 
 class ModelLoadError(Exception):
-    """The model file cannot be served; the message says why and what to do."""
+    """The model file cannot be served; the message says why and what to do. `retryable`:
+    its store did not answer, so a later try may load it."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -84,10 +89,14 @@ def load_model(settings: Settings) -> Model:
     raise ModelLoadError with the reason."""
     try:
         path = local_model_file(
-            settings.model_path, settings.model_cache_dir, settings.mlflow_tracking_uri, settings.model_sha256
+            settings.model_path,
+            settings.model_cache_dir,
+            settings.mlflow_tracking_uri,
+            settings.model_sha256,
+            Fetch(settings.model_fetch_attempts, settings.model_fetch_timeout_s),
         )
     except FetchError as exc:
-        raise ModelLoadError(str(exc)) from None
+        raise ModelLoadError(str(exc), exc.retryable) from None
     if not path.is_file():
         raise ModelLoadError(f"MODEL_PATH={settings.model_path}: no such file")
     digest = file_sha256(path)

@@ -15,24 +15,49 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
-import tempfile
+import http.client
+import logging
+import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .atomic_file import PART_SUFFIX, atomic_file, part_name
+
+log = logging.getLogger("warmstart.model")
+
 MODEL_SUFFIXES = (".onnx", ".skops", ".joblib", ".pkl", ".pickle")
 CHUNK = 1 << 20
+# Between attempts: 1, 2, 4, 8 s... A store that answers 503 for a moment (a rolling
+# restart, a throttled burst) is waited for; one that is down for good fails in seconds.
+FIRST_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+# HTTP answers that say "later", not "never".
+RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 class FetchError(Exception):
-    """The model could not be fetched; the message says from where and why."""
+    """The model could not be fetched; the message says from where and why. `retryable`:
+    the store did not answer or answered "later"; a missing file or a refused redirect
+    is not."""
 
     def __init__(self, message: str, retryable: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """How a model is fetched: attempts in all, and seconds without a byte before one
+    attempt gives up (a stalled store)."""
+
+    attempts: int = 5
+    timeout: float = 30.0
 
 
 def is_uri(location: str) -> bool:
@@ -40,7 +65,9 @@ def is_uri(location: str) -> bool:
     return len(urllib.parse.urlsplit(location).scheme) > 1
 
 
-def local_model_file(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
+def local_model_file(
+    location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None, fetch: Fetch = Fetch()
+) -> Path:
     """The local file to load for MODEL_PATH=`location`, fetched into the cache if remote."""
     if not is_uri(location):
         return Path(location)
@@ -48,11 +75,13 @@ def local_model_file(location: str, cache_dir: str, tracking_uri: str | None, sh
     if parts.scheme == "file":
         return Path(urllib.parse.unquote(parts.path))
     if parts.scheme == "models":
-        return _from_registry(location, cache_dir, tracking_uri, sha256)
-    return _cached(location, location, cache_dir, sha256, lambda: _open_fsspec(location))
+        return _from_registry(location, cache_dir, tracking_uri, sha256, fetch)
+    if parts.scheme in ("http", "https"):
+        return _cached(location, location, cache_dir, sha256, fetch, lambda: _open_url(location, fetch.timeout))
+    return _cached(location, location, cache_dir, sha256, fetch, lambda: _open_fsspec(location))
 
 
-def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
+def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None, fetch: Fetch) -> Path:
     from .registry import ARTIFACTS_SCHEME, Registry, RegistryError
 
     try:
@@ -67,11 +96,11 @@ def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha2
 
     def open_source() -> AbstractContextManager[IO[bytes]]:
         if source.startswith(ARTIFACTS_SCHEME):
-            return _open_url(registry.artifact_url(source), registry.timeout)
+            return _open_url(registry.artifact_url(source), fetch.timeout)
         return _open_fsspec(source)
 
     where = f"{location} (version {version.version}, {source})"
-    return _cached(where, source, cache_dir, sha256, open_source)
+    return _cached(where, source, cache_dir, sha256, fetch, open_source)
 
 
 def _model_file_in(registry: Any, folder: str) -> str:
@@ -95,9 +124,13 @@ def _cached(
     source: str,
     cache_dir: str,
     sha256: str | None,
+    fetch: Fetch,
     open_source: Callable[[], AbstractContextManager[IO[bytes]]],
 ) -> Path:
-    """The cached copy of `source`, fetched first if this pod has none."""
+    """The cached copy of `source`, fetched first if this pod has none.
+
+    The processes of a pod take one lock per source, so one fetches while the others
+    wait and then find the file: one fetch per pod, never one per worker in turn."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rstrip("/").rsplit("/", 1)[-1] or "model"
     folder = Path(cache_dir)
@@ -107,50 +140,67 @@ def _cached(
         with (folder / f".{key}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not target.is_file():
-                _fetch(where, open_source, target, sha256)
+                # whoever wrote these was killed mid-fetch: nobody else holds the lock
+                for stale in folder.glob(f"{part_name(target)}*{PART_SUFFIX}"):
+                    stale.unlink(missing_ok=True)
+                _fetch_with_retries(where, open_source, target, sha256, fetch)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
 
 
+def _fetch_with_retries(
+    where: str,
+    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    target: Path,
+    sha256: str | None,
+    fetch: Fetch,
+) -> None:
+    log.info("fetching MODEL_PATH=%s into the cache", where)
+    for attempt in range(1, fetch.attempts + 1):
+        try:
+            _fetch(where, open_source, target, sha256)
+            return
+        except FetchError as exc:
+            if not exc.retryable or attempt == fetch.attempts:
+                if exc.retryable and attempt > 1:
+                    raise FetchError(f"{exc} ({attempt} attempts)", retryable=True) from None
+                raise
+            delay = min(FIRST_BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S)
+            log.warning("%s; attempt %d of %d, next in %g s", exc, attempt, fetch.attempts, delay)
+            time.sleep(delay)
+
+
 def _fetch(
     where: str, open_source: Callable[[], AbstractContextManager[IO[bytes]]], target: Path, sha256: str | None
 ) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with open_source() as src:
-                    for block in iter(lambda: src.read(CHUNK), b""):
-                        digest.update(block)
-                        out.write(block)
-            except FetchError:
-                raise
-            except FileNotFoundError as exc:
-                cause = exc.__cause__
-                # fsspec's http backend reports a refused connection as not found, too
-                if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
-                    raise FetchError(
-                        f"MODEL_PATH={where}: cannot fetch ({first_line(cause)})", retryable=True
-                    ) from None
-                raise FetchError(f"MODEL_PATH={where}: not found") from None
-            except ImportError as exc:
-                raise FetchError(
-                    f"MODEL_PATH={where}: no fsspec backend for this scheme is installed "
-                    f"(pip install -r requirements-stores.txt): {first_line(exc)}"
-                ) from None
-            except Exception as exc:  # network, permission, protocol: the store's own words
-                raise FetchError(f"MODEL_PATH={where}: cannot fetch ({first_line(exc)})", retryable=True) from None
+    digest = hashlib.sha256()
+    with atomic_file(target) as out:
+        try:
+            with open_source() as src:
+                for block in iter(lambda: src.read(CHUNK), b""):
+                    digest.update(block)
+                    out.write(block)
+        except FetchError as exc:
+            raise FetchError(f"MODEL_PATH={where}: {exc}", exc.retryable) from None
+        except FileNotFoundError as exc:
+            cause = exc.__cause__
+            # fsspec's backends report a refused connection as not found, too
+            if isinstance(cause, OSError) and not isinstance(cause, FileNotFoundError):
+                raise FetchError(f"MODEL_PATH={where}: unreachable ({first_line(cause)})", retryable=True) from None
+            raise FetchError(f"MODEL_PATH={where}: not found") from None
+        except ImportError as exc:
+            raise FetchError(
+                f"MODEL_PATH={where}: no fsspec backend for this scheme is installed "
+                f"(pip install -r requirements-stores.txt): {first_line(exc)}"
+            ) from None
+        except Exception as exc:  # network, permission, protocol: the store's own words
+            raise FetchError(f"MODEL_PATH={where}: unreachable ({first_line(exc)})", retryable=True) from None
         if sha256 and digest.hexdigest() != sha256:
             raise FetchError(
                 f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but MODEL_SHA256 requires {sha256}; "
                 "refusing to load it"
             )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _filesystem(uri: str) -> tuple[Any, str]:
@@ -165,15 +215,24 @@ def _open_fsspec(uri: str) -> AbstractContextManager[IO[bytes]]:
 
 
 def _open_url(url: str, timeout: float) -> AbstractContextManager[IO[bytes]]:
-    import urllib.error
-    import urllib.request
-
+    """A plain GET whose body is read as it arrives: no Range requests, which some
+    servers ignore, and `timeout` seconds at most without a byte. Redirects to http(s)
+    are followed; a loop, or one to another scheme (file://), is refused and said so."""
     try:
         return urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
-            raise FileNotFoundError(url) from None
-        raise
+        exc.close()
+        if exc.code in (404, 410):
+            raise FetchError("not found") from None
+        if 300 <= exc.code < 400:
+            raise FetchError(f"refused redirect ({exc.code} {exc.reason})") from None
+        if exc.code in RETRY_STATUS:
+            raise FetchError(f"unreachable (the store answered {exc.code} {exc.reason})", retryable=True) from None
+        raise FetchError(f"refused (the store answered {exc.code} {exc.reason})") from None
+    except urllib.error.URLError as exc:
+        raise FetchError(f"unreachable ({exc.reason})", retryable=True) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise FetchError(f"unreachable ({first_line(exc)})", retryable=True) from None
 
 
 def first_line(exc: BaseException) -> str:

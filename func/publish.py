@@ -14,11 +14,11 @@ the version its first delivery published, not in a second one.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+from pathlib import Path
 from typing import Any
 
+from .atomic_file import write_atomically
 from .model_source import first_line
 from .registry import Registry, RegistryError
 from .training import BadInput, Unreachable
@@ -79,16 +79,7 @@ class FileStore:
         if "file" not in _protocols(self.fs):
             self._io("write", self.fs.pipe_file, path, data)
             return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(Path(path), data)
 
     def _io(self, what: str, call: Any, *args: Any) -> Any:
         try:

@@ -37,7 +37,7 @@ from .config import ConfigError, Settings
 from .export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes, with_card
 from .job_events import REJECTED, TRAINED, Trigger, emit, read_trigger, rejection
 from .model import Model, ModelLoadError, load_model
-from .model_source import FetchError, first_line
+from .model_source import first_line
 from .publish import open_store
 from .training import BadInput, Unreachable
 
@@ -201,10 +201,8 @@ def _load_current(options: Options) -> Model:
     try:
         return load_model(options.settings)
     except ModelLoadError as exc:
-        cause = exc.__cause__ or exc.__context__
         # A store or registry that did not answer may answer later; a bad file will not change.
-        retryable = isinstance(cause, FetchError) and cause.retryable
-        raise (Unreachable if retryable else BadInput)(f"the current model cannot be loaded: {exc}") from None
+        raise (Unreachable if exc.retryable else BadInput)(f"the current model cannot be loaded: {exc}") from None
 
 
 def _to_onnx(estimator: Any, card: ModelCard, x_check: Any) -> bytes:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from func.atomic_file import write_atomically  # noqa: E402
 from func.card import ModelCard, sidecar_path  # noqa: E402
 from func.export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes  # noqa: E402
 
@@ -41,20 +40,6 @@ def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> fl
     if diff <= MAX_DIFFERENCE:
         write_atomically(out, data)
     return diff
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_sidecar_card(card: ModelCard, model_path: Path) -> Path:
