@@ -91,6 +91,7 @@ def job(tmp_path, shifted, receiver):
             capture_output=True,
             text=True,
             timeout=300,
+            umask=0o022,  # as a Job's container has it
         )
 
     run.store = store
@@ -141,6 +142,13 @@ def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiv
     card = requests.get(srv.url + "/model", timeout=10).json()
     assert card["lineage"]["trigger"] == DRIFT_ID and card["lineage"]["parent"]["version"] == "1"
     assert np.mean(np.array(resp.json()["predictions"]) == labels) > 0.95
+
+
+def test_a_published_version_is_world_readable(job, receiver):
+    """The store is read by a server running as another user than the job."""
+    assert job().returncode == 0
+    modes = {str(p.relative_to(job.store)): p.stat().st_mode & 0o777 for p in job.store.rglob("*") if p.is_file()}
+    assert modes == {"breast-cancer-rf/2/model.onnx": 0o644, "breast-cancer-rf/2/trained.json": 0o644}
 
 
 def test_the_same_event_twice_publishes_one_version(job, receiver):

@@ -19,6 +19,11 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+def run_with_umask_022(*args: str) -> subprocess.CompletedProcess[str]:
+    """As the image build runs it (root, umask 022)."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, umask=0o022)
+
+
 def onnx_outputs(path: Path, x: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(str(path))
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
@@ -41,6 +46,24 @@ def test_training_is_deterministic(tmp_path, trained_models, dataset):
     second = onnx_outputs(tmp_path / "again.onnx", x)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_trained_and_exported_models_are_world_readable(tmp_path, dataset):
+    """The image trains as root and serves as uid 10001: a 0600 model is unreadable."""
+    from sklearn.linear_model import LogisticRegression
+
+    result = run_with_umask_022("scripts/train.py", "--out", str(tmp_path / "trained.onnx"), "--joblib")
+    assert result.returncode == 0, result.stderr
+    x, names = dataset
+    joblib.dump(LogisticRegression(max_iter=5000).fit(x, x[:, 0] > 14), tmp_path / "lr.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:100])
+    result = run_with_umask_022(
+        "scripts/export_onnx.py", str(tmp_path / "lr.joblib"), str(tmp_path / "sample.csv"), str(tmp_path / "lr.onnx")
+    )
+    assert result.returncode == 0, result.stderr
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir() if p.suffix in (".onnx", ".joblib")}
+    assert modes == {"trained.onnx": "0o644", "trained.joblib": "0o644", "lr.onnx": "0o644", "lr.joblib": "0o644"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary file is left"
 
 
 def test_trained_onnx_has_card_and_plain_probability_tensor(trained_models):
