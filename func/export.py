@@ -7,11 +7,17 @@ the functions: the serving path never imports this module.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 
 from .card import CARD_METADATA_KEY, ModelCard, prediction_reference, reference_statistics, utc_now
+
+
+class ExportError(Exception):
+    """The estimator does not convert to ONNX; the message is one line saying why."""
+
 
 # Above this the exported model would change answers users see; float32 rounding of a
 # tree ensemble's probabilities stays around 1e-7.
@@ -44,7 +50,7 @@ def build_card(
         feature_names=tuple(feature_names),
         class_labels=labels,
         reference=reference_statistics(x, feature_names),
-        prediction_reference=prediction_reference(estimator.predict(x), labels),
+        prediction_reference=prediction_reference(estimator.predict(as_fitted(estimator, x)), labels),
         libraries=library_versions(),
         created=utc_now(),
         description=description,
@@ -52,23 +58,83 @@ def build_card(
     )
 
 
+def as_fitted(estimator: Any, x: np.ndarray) -> Any:
+    """`x` as the estimator was fitted: a pandas DataFrame with its column names if it
+    was fitted on one (else scikit-learn warns "X does not have valid feature names" on
+    every call), the array itself otherwise."""
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        return x
+    import pandas
+
+    return pandas.DataFrame(x, columns=names)
+
+
 def to_onnx_bytes(estimator: Any, card: ModelCard) -> bytes:
-    """Convert with a single float input and plain probability tensor (no ZipMap)."""
+    """Convert with a single float input and plain probability tensor (no ZipMap); raise
+    ExportError, one line, if skl2onnx cannot (its own errors run to thousands of lines)."""
     import onnx
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
+    _register_converter_fixes()
     options = {id(estimator): {"zipmap": False}} if card.is_classifier else None
-    onx = to_onnx(
-        estimator,
-        initial_types=[("input", FloatTensorType([None, card.n_features]))],
-        options=options,
-        target_opset=None,
-    )
+    try:
+        onx = to_onnx(
+            estimator,
+            initial_types=[("input", FloatTensorType([None, card.n_features]))],
+            options=options,
+            target_opset=None,
+        )
+    except Exception as exc:
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        text = (str(root).strip() or type(root).__name__).splitlines()[0][:300]
+        raise ExportError(f"skl2onnx cannot convert {type(estimator).__name__} to ONNX: {text}") from None
     store_node_counts(onx, estimator)
     onnx.helper.set_model_props(onx, {CARD_METADATA_KEY: card.to_json()})
     onx.doc_string = f"{card.name} {card.version}: {card.description}"
     return onx.SerializeToString()
+
+
+# skl2onnx's converters that emit a Python bool among the ints of a node attribute, which
+# onnx >= 1.17 refuses ("Expected an int, got a boolean"): the histogram gradient
+# boosting trees mark each leaf's nodes_missing_value_tracks_true with False.
+_BOOL_ATTRIBUTE_CONVERTERS = ("SklearnHistGradientBoostingClassifier", "SklearnHistGradientBoostingRegressor")
+
+
+@functools.cache
+def _register_converter_fixes() -> None:
+    """Wrap the converters above so their bools reach onnx as the ints 0 and 1 (once per process)."""
+    from skl2onnx.common._registration import get_converter, register_converter
+
+    for alias in _BOOL_ATTRIBUTE_CONVERTERS:
+        registered = get_converter(alias)
+        register_converter(alias, _bools_as_ints(registered._fct), overwrite=True, options=registered._options)
+
+
+def _bools_as_ints(convert: Any) -> Any:
+    def converter(scope: Any, operator: Any, container: Any) -> Any:
+        return convert(scope, operator, _IntAttributes(container))
+
+    return converter
+
+
+class _IntAttributes:
+    """A skl2onnx container whose add_node turns bools inside list attributes into ints."""
+
+    def __init__(self, container: Any) -> None:
+        self._container = container
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._container, name)
+
+    def add_node(self, *args: Any, **attributes: Any) -> Any:
+        for name, value in attributes.items():
+            if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+                attributes[name] = [int(v) for v in value]
+        return self._container.add_node(*args, **attributes)
 
 
 def store_node_counts(onx: Any, estimator: Any) -> bool:
@@ -127,13 +193,14 @@ def max_difference(estimator: Any, onnx_bytes: bytes, x: np.ndarray, is_classifi
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})
+    rows = as_fitted(estimator, x)
     if is_classifier:
-        expected = estimator.predict_proba(x)
+        expected = estimator.predict_proba(rows)
         actual = outputs[1]
-        if not np.array_equal(estimator.predict(x), outputs[0]):
+        if not np.array_equal(estimator.predict(rows), outputs[0]):
             return float("inf")
     else:
-        expected = estimator.predict(x)
+        expected = estimator.predict(rows)
         actual = outputs[0].reshape(expected.shape)
         return float(np.max(np.abs(expected - actual)) / max(1.0, float(np.max(np.abs(expected)))))
     return float(np.max(np.abs(expected - actual)))

@@ -34,10 +34,9 @@ from typing import Any
 from . import logs, training
 from .card import ModelCard
 from .config import ConfigError, Settings
-from .export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes, with_card
+from .export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes, with_card
 from .job_events import REJECTED, TRAINED, Trigger, emit, read_trigger, rejection
 from .model import Model, ModelLoadError, load_model
-from .model_source import first_line
 from .publish import open_store
 from .training import BadInput, Unreachable
 
@@ -208,8 +207,8 @@ def _load_current(options: Options) -> Model:
 def _to_onnx(estimator: Any, card: ModelCard, x_check: Any) -> bytes:
     try:
         onnx_bytes = to_onnx_bytes(estimator, card)
-    except Exception as exc:
-        raise BadInput(f"the trained {type(estimator).__name__} does not convert to ONNX ({first_line(exc)})") from None
+    except ExportError as exc:
+        raise BadInput(f"the trained model cannot be published: {exc}") from None
     diff = max_difference(estimator, onnx_bytes, x_check, card.is_classifier)
     if diff > MAX_DIFFERENCE:
         raise BadInput(f"the ONNX export of the trained {type(estimator).__name__} differs from it by {diff:.3g}")

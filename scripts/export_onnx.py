@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Export a scikit-learn model to ONNX with a warmstart model card in its metadata.
+r"""Export a scikit-learn model to ONNX with a warmstart model card in its metadata.
 
     python scripts/export_onnx.py model.joblib sample.csv models/model.onnx \
         [--target label] [--name my-model] [--version 3]
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from func.atomic_file import write_atomically  # noqa: E402
 from func.card import ModelCard, sidecar_path  # noqa: E402
-from func.export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes  # noqa: E402
+from func.export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes  # noqa: E402
 
 
 def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> float:
@@ -88,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     n_in = getattr(estimator, "n_features_in_", len(names))
     if n_in != len(names):
         raise SystemExit(f"{args.sample}: {len(names)} feature columns, but the model takes {n_in}")
+    fitted = getattr(estimator, "feature_names_in_", None)
+    if fitted is not None and list(fitted) != names:
+        raise SystemExit(
+            f"{args.sample}: the feature columns are {', '.join(names)}; the model was fitted on "
+            f"{', '.join(map(str, fitted))}, in that order"
+        )
     card = build_card(estimator, x, names, args.name or args.out.stem, args.version)
-    diff = write_model(estimator, card, x, args.out)
+    try:
+        diff = write_model(estimator, card, x, args.out)
+    except ExportError as exc:
+        print(f"error: {exc}; {args.out} was not written", file=sys.stderr)
+        return 1
     if diff > MAX_DIFFERENCE:
         print(
             f"error: the ONNX model disagrees with the original by {diff:.3g} > {MAX_DIFFERENCE} "

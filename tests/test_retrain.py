@@ -144,6 +144,14 @@ def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiv
     assert np.mean(np.array(resp.json()["predictions"]) == labels) > 0.95
 
 
+def test_the_documented_hist_gradient_boosting_trainer_publishes_a_model(job, receiver):
+    result = job(TRAINER="tests.trainers:hist_gradient_boosting")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1"
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+
+
 def test_a_published_version_is_world_readable(job, receiver):
     """The store is read by a server running as another user than the job."""
     assert job().returncode == 0

@@ -96,6 +96,60 @@ def test_export_users_model_then_serve_it(tmp_path, start_server, dataset):
     np.testing.assert_allclose(body["probabilities"], model.predict_proba(x[5:6]), atol=1e-5)
 
 
+def test_export_hist_gradient_boosting_fitted_on_a_dataframe_then_serve_it_on_every_protocol(
+    tmp_path, start_server, dataset
+):
+    """One of scikit-learn's most used models: skl2onnx's converter gave onnx a bool
+    where it takes ints, and the export died in a 37,000-line traceback."""
+    import pandas as pd
+    from cloudevents.conversion import to_binary
+    from cloudevents.http import CloudEvent, from_http
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x, names = dataset
+    y = (x[:, 0] > 14).astype(int)
+    model = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(pd.DataFrame(x, columns=names), y)
+    joblib.dump(model, tmp_path / "hgb.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:200])
+    out = tmp_path / "hgb.onnx"
+    result = run_script("scripts/export_onnx.py", str(tmp_path / "hgb.joblib"), str(tmp_path / "sample.csv"), str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "feature names" not in result.stderr, "predicting on the DataFrame it was fitted on: no warning"
+
+    srv = start_server({"MODEL_PATH": str(out)})
+    rows = x[:3].tolist()
+    expected = model.predict_proba(pd.DataFrame(x[:3], columns=names))
+    own = requests.post(srv.url + "/predict", json={"instances": rows}, timeout=10).json()
+    np.testing.assert_allclose(own["probabilities"], expected, atol=1e-5)
+    v1 = requests.post(srv.url + "/v1/models/hgb:predict", json={"instances": rows}, timeout=10).json()
+    assert v1["predictions"] == own["predictions"] == model.predict(pd.DataFrame(x[:3], columns=names)).tolist()
+    tensor = {"name": "input", "shape": [3, 30], "datatype": "FP64", "data": x[:3].ravel().tolist()}
+    v2 = requests.post(srv.url + "/v2/models/hgb/infer", json={"inputs": [tensor]}, timeout=10).json()
+    outputs = {o["name"]: o["data"] for o in v2["outputs"]}
+    assert outputs["label"] == own["predictions"]
+    np.testing.assert_allclose(np.reshape(outputs["probabilities"], (3, 2)), expected, atol=1e-5)
+    event = CloudEvent({"type": "warmstart.predict.v1", "source": "/tests", "id": "hgb-1"}, {"instances": rows})
+    headers, body = to_binary(event)
+    resp = requests.post(srv.url + "/", headers=headers, data=body, timeout=10)
+    assert from_http(resp.headers, resp.content).data == own
+
+
+def test_a_model_skl2onnx_cannot_convert_is_one_clear_line(tmp_path, dataset):
+    from sklearn.kernel_ridge import KernelRidge
+
+    x, names = dataset
+    joblib.dump(KernelRidge().fit(x, x[:, 0]), tmp_path / "kr.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:50])
+    out = tmp_path / "kr.onnx"
+    result = run_script("scripts/export_onnx.py", str(tmp_path / "kr.joblib"), str(tmp_path / "sample.csv"), str(out))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: skl2onnx cannot convert KernelRidge to ONNX: Unable to find a shape calculator for type "
+        f"'<class 'sklearn.kernel_ridge.KernelRidge'>'.; {out} was not written"
+    ]
+    assert not out.exists()
+
+
 def test_export_regressor_serves_values_without_probabilities(tmp_path, start_server):
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import Ridge

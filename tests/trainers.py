@@ -25,3 +25,10 @@ def forest_regressor(x: np.ndarray, y: np.ndarray) -> Any:
     from sklearn.ensemble import RandomForestRegressor
 
     return RandomForestRegressor(n_estimators=30, max_depth=6, random_state=0).fit(x, y)
+
+
+def hist_gradient_boosting(x: np.ndarray, y: np.ndarray) -> Any:
+    """The trainer docs/retraining.md shows."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(max_iter=200).fit(x, y)
