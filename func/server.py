@@ -38,6 +38,13 @@ class _JsonGunicornLogger(GunicornLogger):
         self.error_log.handlers = list(root.handlers)
         self.error_log.propagate = False
 
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg.startswith("Listening at:") and args and not args[0]:
+            # With reuse_port the master binds nothing (each worker binds its own
+            # socket), so gunicorn has no listener to name: name the address they bind.
+            args = (",".join(f"http://{address}" for address in self.cfg.bind), *args[1:])
+        super().info(msg, *args, **kwargs)
+
 
 def _post_fork(arbiter: Any, worker: Any) -> None:
     """In the new worker: which worker it is (gunicorn counts them from 1; a number past

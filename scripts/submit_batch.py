@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fan a dataset out as one warmstart.batch.v1 event per part file.
+r"""Fan a dataset out as one warmstart.batch.v1 event per part file.
 
     python scripts/submit_batch.py 'data/parts/*.parquet' data/predictions http://broker-ingress/ns/default \
         [--parallel 4] [--format parquet]

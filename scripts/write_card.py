@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the model card of a joblib or skops model, the JSON file warmstart reads beside it.
+r"""Write the model card of a joblib or skops model, the JSON file warmstart reads beside it.
 
     python scripts/write_card.py models/my_model.joblib sample.csv \
         [--target label] [--name my-model] [--version 3]

@@ -86,6 +86,23 @@ def test_every_worker_listens_on_its_own_socket(start_server):
     assert _listening_sockets(srv.port) == 3
 
 
+def test_the_startup_line_names_the_address(start_server):
+    srv = start_server()
+    assert f"Listening at: http://127.0.0.1:{srv.port} (" in srv.log()
+
+
+def test_help_prints_usage_and_serves_nothing():
+    port = free_port()
+    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "MODEL_PATH": str(DEFAULT_MODEL)}
+    done = subprocess.run(
+        [sys.executable, "-m", "func", "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("usage: python -m func")
+    assert "MODEL_PATH=models/model.onnx PORT=8080 python -m func\n" in done.stdout
+    assert "Booting worker" not in done.stdout + done.stderr
+
+
 def test_a_port_in_use_is_one_clear_error_not_a_crash_loop(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -10,6 +10,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import onnxruntime as ort
+import pytest
 import requests
 
 from tests.server import ROOT, ServerProcess
@@ -46,6 +47,20 @@ def test_training_is_deterministic(tmp_path, trained_models, dataset):
     second = onnx_outputs(tmp_path / "again.onnx", x)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
+
+
+@pytest.mark.parametrize(
+    ("script", "continued"),
+    [
+        ("submit_batch.py", "http://broker-ingress/ns/default \\\n        [--parallel 4]"),
+        ("export_onnx.py", "models/model.onnx \\\n        [--target label]"),
+        ("write_card.py", "sample.csv \\\n        [--target label]"),
+    ],
+)
+def test_script_help_keeps_the_example_lines(script, continued):
+    result = run_script(f"scripts/{script}", "--help")
+    assert result.returncode == 0, result.stderr
+    assert continued in result.stdout
 
 
 def test_trained_and_exported_models_are_world_readable(tmp_path, dataset):
