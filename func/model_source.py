@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import http.client
+import json
 import logging
 import time
 import urllib.error
@@ -130,23 +131,44 @@ def _cached(
     """The cached copy of `source`, fetched first if this pod has none.
 
     The processes of a pod take one lock per source, so one fetches while the others
-    wait and then find the file: one fetch per pod, never one per worker in turn."""
+    wait and then find the file, or its failure: one fetch per pod, never one per
+    worker in turn."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rstrip("/").rsplit("/", 1)[-1] or "model"
     folder = Path(cache_dir)
     target = folder / f"{key}-{name}"
+    failed = folder / f".{key}.failed"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / f".{key}.lock").open("w") as lock:
+            waiting_since = time.time()
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not target.is_file():
+                _raise_failure_since(failed, waiting_since)
                 # whoever wrote these was killed mid-fetch: nobody else holds the lock
                 for stale in folder.glob(f"{part_name(target)}*{PART_SUFFIX}"):
                     stale.unlink(missing_ok=True)
-                _fetch_with_retries(where, open_source, target, sha256, fetch)
+                try:
+                    _fetch_with_retries(where, open_source, target, sha256, fetch)
+                except FetchError as exc:
+                    failed.write_text(json.dumps({"message": str(exc), "retryable": exc.retryable}))
+                    raise
+                failed.unlink(missing_ok=True)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
+
+
+def _raise_failure_since(failed: Path, since: float) -> None:
+    """The fetch another process of the pod failed while this one waited for the lock."""
+    try:
+        # a file's mtime lags the clock by up to a scheduler tick: a second's margin
+        if failed.stat().st_mtime < since - 1.0:
+            return  # an earlier start's (a restarted container tries again)
+        record = json.loads(failed.read_text())
+    except (OSError, ValueError):
+        return
+    raise FetchError(record["message"], bool(record["retryable"]))
 
 
 def _fetch_with_retries(

@@ -14,7 +14,7 @@ import requests
 
 from func.model_source import Fetch, FetchError, local_model_file
 from tests.services import S3_ENV, register_in_mlflow
-from tests.test_model_loading import assert_not_ready_with_one_log_line
+from tests.test_model_loading import assert_not_ready_with_one_log_line, error_lines
 
 
 def predict(srv) -> requests.Response:
@@ -177,6 +177,24 @@ def test_a_store_that_answers_503_once_is_retried_and_fetched_once_per_pod(start
     predict(srv)
     assert store.gets == {"/model.onnx": 2}, "one 503, then one fetch for both workers"
     assert "503" in srv.log() and "attempt 1 of 5" in srv.log()
+
+
+def test_a_failed_fetch_is_not_repeated_by_each_worker_in_turn(start_server, store, tmp_path):
+    store.plan["/model.onnx"] = [500]
+    env = {
+        "MODEL_PATH": f"{store.url}/model.onnx",
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "WORKERS": "2",
+        "MODEL_FETCH_ATTEMPTS": "2",
+    }
+    srv = start_server(env, ready=False)
+    deadline = time.monotonic() + 60
+    while len(error_lines(srv)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    errors = [e["message"] for e in error_lines(srv)]
+    assert len(errors) == 2 and all("unreachable (the store answered 500" in e for e in errors), errors
+    assert store.gets == {"/model.onnx": 2}, "one worker's two attempts; the other took its answer"
+    assert requests.get(srv.url + "/health/readiness", timeout=5).status_code == 503
 
 
 @pytest.mark.parametrize(
