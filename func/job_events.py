@@ -42,6 +42,8 @@ def read_trigger(path: str | None, event_id: str | None) -> Trigger:
         raise BadInput(f"{where}: cannot read the event file ({exc.strerror})") from None
     except ValueError as exc:
         raise BadInput(f"{where}: not JSON ({exc})") from None
+    except RecursionError:
+        raise BadInput(f"{where}: not JSON (nested too deep)") from None
     if not isinstance(event, dict):
         raise BadInput(f"{where}: expected a CloudEvent in structured mode (a JSON object)")
     for key in ("id", "type", "source", "specversion"):
@@ -53,7 +55,7 @@ def read_trigger(path: str | None, event_id: str | None) -> Trigger:
     if isinstance(data, str):
         try:
             data = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BadInput(f"{where}: data is not JSON") from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or not all(isinstance(model.get(k), str) for k in ("name", "version")):

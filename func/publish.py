@@ -14,6 +14,7 @@ the version its first delivery published, not in a second one.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from .atomic_file import write_atomically
 from .model_source import first_line
 from .registry import Registry, RegistryError
 from .training import BadInput, Unreachable
+
+log = logging.getLogger("warmstart.retrain")
 
 MODEL_FILE = "model.onnx"
 RECORD_FILE = "trained.json"
@@ -57,8 +60,8 @@ class FileStore:
     def find(self, trigger: str) -> dict[str, Any] | None:
         """The record of the version this event already published, if any."""
         for path in self._io("list", self.fs.glob, f"{self.root}/*/{RECORD_FILE}"):
-            record = json.loads(self._io("read", self.fs.cat_file, path))
-            if record.get("trigger") == trigger:
+            record = _record(self._io("read", self.fs.cat_file, path), path)
+            if record is not None and record.get("trigger") == trigger:
                 return record
         return None
 
@@ -105,9 +108,9 @@ class RegistryStore:
         for version in self._call(self.registry.versions, self.name):
             if version.tags.get(TRIGGER_TAG) != trigger or RECORD_TAG not in version.tags:
                 continue
-            record = json.loads(version.tags[RECORD_TAG])
+            record = _record(version.tags[RECORD_TAG], f"{self.uri(version.version)} tag {RECORD_TAG}")
             # a version numbered otherwise than its card (see publish) does not count
-            if record["model"]["version"] == version.version:
+            if record is not None and record["model"]["version"] == version.version:
                 return record
         return None
 
@@ -131,6 +134,21 @@ class RegistryStore:
             return call(*args)
         except RegistryError as exc:
             raise (Unreachable if exc.retryable else BadInput)(f"MODEL_STORE=models:/{self.name}: {exc}") from None
+
+
+def _record(raw: bytes | str, where: str) -> dict[str, Any] | None:
+    """A published version's record, or None (with a log line) if it is not one: a corrupt
+    file in the store must not fail every later run."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        log.warning("skipping %s: not JSON (%s)", where, first_line(exc))
+        return None
+    model = record.get("model") if isinstance(record, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("version"), str):
+        log.warning("skipping %s: not a trained-model record (no model.version)", where)
+        return None
+    return record
 
 
 def open_store(store: str, name: str, tracking_uri: str | None) -> FileStore | RegistryStore:

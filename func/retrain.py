@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -91,6 +92,9 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         parser.error("where to publish is required: --store or MODEL_STORE")
     if not 0 < float(args.holdout) < 1:
         parser.error(f"--holdout/HOLDOUT_FRACTION={args.holdout}: expected a fraction between 0 and 1")
+    if not math.isfinite(float(args.tolerance)):
+        # nan rejects every candidate, inf publishes every one
+        parser.error(f"--tolerance/RETRAIN_TOLERANCE={args.tolerance}: expected a finite number")
     # the parent is what its card says: MODEL_NAME/MODEL_VERSION relabel a served model, not its lineage
     settings = dataclasses.replace(settings, model_path=args.model, model_name=None, model_version=None)
     return Options(

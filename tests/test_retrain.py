@@ -229,6 +229,36 @@ def test_malformed_event_file(job, receiver, tmp_path):
     assert_failed(job(K_EVENT_PATH=str(bad)), job.store, receiver, 2, f"K_EVENT_PATH={bad}: not JSON")
 
 
+def test_an_event_nested_too_deep_is_bad_input(job, receiver, tmp_path):
+    deep = tmp_path / "deep-event"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert_failed(
+        job(K_EVENT_PATH=str(deep)), job.store, receiver, 2, f"K_EVENT_PATH={deep}: not JSON (nested too deep)"
+    )
+
+
+def test_a_corrupt_record_in_the_store_is_skipped_with_a_log_line(job, receiver, tmp_path):
+    corrupt = job.store / "breast-cancer-rf" / "7" / "trained.json"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text('{"model": {"version": "7"')
+    for event_id in ("drift-1", "drift-2"):  # it must not poison later runs either
+        result = job(K_EVENT_PATH=str(drift_event(tmp_path / event_id, event_id)))
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        (warning,) = [w for w in log_lines(result, "warning") if "skipping" in w]
+        assert f"skipping {corrupt}: not JSON" in warning
+    assert [e["type"] for e in receiver.events] == ["warmstart.model.trained.v1"] * 2
+    assert [e.data["model"]["version"] for e in receiver.events] == ["2", "3"]
+
+
+@pytest.mark.parametrize("tolerance", ["nan", "inf", "-inf"])
+def test_a_tolerance_that_is_not_a_finite_number_is_refused_at_start(job, receiver, tolerance):
+    """nan rejected every candidate and inf published every one."""
+    result = job(RETRAIN_TOLERANCE=tolerance)
+    assert result.returncode == 2
+    assert f"error: --tolerance/RETRAIN_TOLERANCE={float(tolerance)}: expected a finite number" in result.stderr
+    assert "Traceback" not in result.stderr and published(job.store) == [] and receiver.events == []
+
+
 def test_unreadable_data_is_retryable(job, receiver):
     url = f"http://127.0.0.1:{free_port()}/train.csv"
     event = assert_failed(job(TRAIN_DATA_URI=url), job.store, receiver, 3, f"TRAIN_DATA_URI={url}: cannot read")
