@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -35,13 +36,17 @@ def revision_for(path: Path, version: str) -> str:
     return f"warmstart-v{version}-{sha256(path)[:8]}"
 
 
+# the stores the tests' models come from: their temporary folders, and the docs' s3 bucket
+TEST_ALLOW = f"{Path(tempfile.gettempdir()).as_uri()},s3://models"
+
+
 def rollout(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run(
         [sys.executable, "-m", "func.rollout", *args],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "ROLLOUT_ALLOW": TEST_ALLOW, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -399,6 +404,7 @@ def test_too_few_canary_requests_hold_the_split(start_server, tmp_path, canary_s
         (json.dumps({"type": "warmstart.model.trained.v1",
                      "data": {"model": {"uri": "s3://m", "version": "2", "sha256": "abc"}}}),
          "data.model.sha256 must be 64 hex digits"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deep"),
     ],
 )  # fmt: skip
 @needs_kubectl
@@ -414,6 +420,83 @@ def test_a_malformed_trigger_event_is_a_clear_error_and_no_patch(tmp_path, base_
     assert line["level"] == "error" and problem in line["message"] and "event.json" in line["message"]
     assert not (tmp_path / "patches.jsonl").exists() or patches(tmp_path / "patches.jsonl") == []
     assert json.loads(service_file.read_text()) == doc
+
+
+def trained(uri: str, version: str = "2") -> str:
+    model = {"name": "breast-cancer-rf", "version": version, "uri": uri, "sha256": "a" * 64}
+    return json.dumps({"type": "warmstart.model.trained.v1", "id": "t-1", "data": {"model": model}})
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (trained("file:///etc/shadow"), "'file:///etc/shadow' is not under an allowed store prefix (s3://models)"),
+        (trained("http://attacker.example/evil.onnx"), "is not under an allowed store prefix"),
+        (trained("s3://models-evil/rf/2/model.onnx"), "is not under an allowed store prefix"),
+        (trained("s3://models/rf/../../etc/model.onnx"), "a path with '.' or '..' segments is refused"),
+        (trained("s3://models/rf/%2e%2e/model.onnx"), "a path with '.' or '..' segments is refused"),
+        (trained("s3://models/rf/2/evil.pkl"), "pickle files run code when loaded"),
+        (trained("s3://models/rf/2/model.onnx", "2\r\nX-Evil: 1"), "'\\r' cannot be sent in a header"),
+        (trained("s3://models/rf/2/model.onnx", "模型"), "'模' cannot be sent in a header"),
+    ],
+    ids=["file", "other-host", "prefix-lookalike", "dot-dot", "encoded-dot-dot", "pickle", "crlf", "not-latin-1"],
+)
+def test_a_trained_event_outside_the_allowed_stores_is_refused_with_no_patch(tmp_path, event, problem):
+    service_file = tmp_path / "service.json"
+    service_file.write_text(json.dumps(MINIMAL_SERVICE))
+    (tmp_path / "event.json").write_text(event)
+    done = rollout(
+        "start", "--service-file", str(service_file), "--event", str(tmp_path / "event.json"), "--dry-run",
+        env={"ROLLOUT_ALLOW": "s3://models"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = [json.loads(x) for x in done.stderr.splitlines()]
+    assert line["level"] == "error" and problem in line["message"], line["message"]
+    assert done.stdout == "" and json.loads(service_file.read_text()) == MINIMAL_SERVICE
+
+
+def test_without_allowed_stores_every_model_is_refused(tmp_path):
+    service_file = tmp_path / "service.json"
+    service_file.write_text(json.dumps(MINIMAL_SERVICE))
+    (tmp_path / "event.json").write_text(trained("s3://models/rf/2/model.onnx"))
+    done = rollout(
+        "start", "--service-file", str(service_file), "--event", str(tmp_path / "event.json"), "--dry-run",
+        env={"ROLLOUT_ALLOW": "", "MODEL_STORE": ""},
+    )  # fmt: skip
+    assert done.returncode == 2 and "no store is allowed; set ROLLOUT_ALLOW" in done.stderr
+    assert done.stdout == ""
+
+
+MINIMAL_SERVICE = {
+    "apiVersion": "serving.knative.dev/v1",
+    "kind": "Service",
+    "metadata": {"name": "warmstart"},
+    "spec": {"template": {"metadata": {"name": "warmstart-v1"}, "spec": {"containers": [{"image": "warmstart"}]}}},
+}
+
+
+def test_a_yaml_manifest_stays_yaml_with_its_comments(start_server, tmp_path):
+    service_file = tmp_path / "service.yaml"
+    service_file.write_text((ROOT / "knative" / "base" / "service.yaml").read_text())
+    canary = start_server({"MODEL_VERSION": "2"})
+    done = rollout(
+        "start", "--service-file", str(service_file), "--canary-url", canary.url, "--allow", "s3://models",
+        "--model-uri", "s3://models/rf/2/model.onnx", "--model-version", "2", "--model-sha256", "b" * 64,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = service_file.read_text()
+    assert text.startswith("# The function as a Knative Service that scales to zero when idle.\napiVersion:")
+    for comment in ("# Revision names are chosen, not generated", "# Scale to zero when idle", "# One pod runs"):
+        assert comment in text
+    import yaml
+
+    doc = yaml.safe_load(text)
+    assert doc["spec"]["template"]["metadata"]["name"] == "warmstart-v2-bbbbbbbb"
+    env = {e["name"]: e["value"] for e in doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MODEL_PATH"] == "s3://models/rf/2/model.onnx" and env["MODEL_VERSION"] == "2"
+    assert split_of(doc) == {"stable": 90, "canary": 10}
+    original = yaml.safe_load((ROOT / "knative" / "base" / "service.yaml").read_text())
+    assert doc["spec"]["template"]["metadata"]["annotations"] == original["spec"]["template"]["metadata"]["annotations"]
 
 
 @needs_kubectl

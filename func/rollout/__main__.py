@@ -32,7 +32,7 @@ from .events import RolloutEvents
 from .policy import PROMOTE, ROLLBACK, STARTED, STEP, Policy, Progress, decide
 from .prometheus import MetricsUnavailable, Prometheus
 from .service import Model, RolloutError, Split
-from .trigger import model_by_hand, model_from_event
+from .trigger import allowed_prefixes, model_by_hand, model_from_event
 
 log = logging.getLogger("warmstart.rollout")
 
@@ -60,10 +60,11 @@ class Rollout:
     def start(self) -> int | None:
         """Create the canary and give it its first step; an exit code when the rollout
         is over already (promoted, rolled back, smoke test failed), else None."""
+        allow = allowed_prefixes(self.args.allow)
         if self.args.event:
-            self.model, self.trigger = model_from_event(self.args.event)
+            self.model, self.trigger = model_from_event(self.args.event, allow)
         else:
-            self.model = model_by_hand(self.args.model_uri, self.args.model_version, self.args.model_sha256)
+            self.model = model_by_hand(self.args.model_uri, self.args.model_version, self.args.model_sha256, allow)
         current = self.store.get()
         now = service.split(current)
         revision = self.args.revision or service.revision_name(self.args.service, self.model)
@@ -220,6 +221,11 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=os.environ.get("K_EVENT_PATH") or None,
         help="a warmstart.model.trained.v1 event as JSON (default $K_EVENT_PATH)",
+    )
+    group.add_argument(
+        "--allow",
+        default=os.environ.get("ROLLOUT_ALLOW") or os.environ.get("MODEL_STORE"),
+        help="comma-separated URI prefixes a model may come from (default $ROLLOUT_ALLOW, else $MODEL_STORE)",
     )
     group.add_argument("--model-uri", help="MODEL_PATH of the new revision (file://, https://, s3://, models:/)")
     group.add_argument("--model-version", help="MODEL_VERSION of the new revision")

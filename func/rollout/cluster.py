@@ -5,13 +5,15 @@ without a cluster). Either can be a dry run, which prints each patch and applies
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
-import yaml
+from ruamel.yaml import YAMLError
 
+from ..atomic_file import write_atomically
 from .service import RolloutError, merge
 
 GROUP, VERSION, PLURAL = "serving.knative.dev", "v1", "services"
@@ -55,26 +57,95 @@ class KubernetesService:
 
 
 class FileService:
-    """A Service manifest in a file (YAML or JSON); a patch rewrites the file."""
+    """A Service manifest in a file, JSON or YAML; a patch rewrites the file in the same
+    format. YAML goes through ruamel.yaml's round trip, so the comments, the key order
+    and the other documents of the file stay as they were."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def get(self) -> dict[str, Any]:
+        return json.loads(json.dumps(self._service(self._read())))
+
+    def patch(self, patch: dict[str, Any]) -> None:
+        docs = self._read()
+        if docs is None:  # JSON
+            text = json.dumps(merge(self.get(), patch), indent=2) + "\n"
+        else:
+            _merge_into(self._service(docs), patch)
+            out = io.StringIO()
+            _yaml().dump_all(docs, out)
+            text = out.getvalue()
+        # whole or not at all: a reader (a person, a test's traffic) never sees half a file
+        write_atomically(self.path, text.encode())
+
+    def _read(self) -> list[Any] | None:
+        """The YAML documents of the file, or None for a JSON file."""
         try:
-            docs = [d for d in yaml.safe_load_all(self.path.read_text()) if d]
-        except (OSError, yaml.YAMLError) as exc:
-            raise RolloutError(f"cannot read the Service manifest {self.path}: {exc}") from exc
-        services = [d for d in docs if d.get("kind") == "Service" and d.get("apiVersion", "").startswith(GROUP)]
+            text = self.path.read_text()
+            if text.lstrip().startswith("{"):
+                return None
+            return [d for d in _yaml().load_all(text) if d]
+        except (OSError, YAMLError) as exc:
+            raise RolloutError(f"cannot read the Service manifest {self.path}: {exc}") from None
+
+    def _service(self, docs: list[Any] | None) -> Any:
+        if docs is None:
+            try:
+                docs = [json.loads(self.path.read_text())]
+            except (OSError, ValueError, RecursionError) as exc:
+                raise RolloutError(f"cannot read the Service manifest {self.path}: {exc}") from None
+        services = [
+            d
+            for d in docs
+            if isinstance(d, dict) and d.get("kind") == "Service" and str(d.get("apiVersion", "")).startswith(GROUP)
+        ]
         if len(services) != 1:
             raise RolloutError(f"{self.path} must hold exactly one Knative Service, found {len(services)}")
         return services[0]
 
-    def patch(self, patch: dict[str, Any]) -> None:
-        # whole or not at all: a reader (a person, a test's traffic) never sees half a file
-        partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps(merge(self.get(), patch), indent=2) + "\n")
-        partial.replace(self.path)
+
+def _yaml() -> Any:
+    from ruamel.yaml import YAML
+
+    loader = YAML()  # round trip: comments and key order are kept
+    loader.preserve_quotes = True
+    return loader
+
+
+def _merge_into(target: Any, patch: dict[str, Any]) -> None:
+    """Apply a JSON merge patch to `target` in place (see service.merge), keeping the
+    nodes it changes: a list or mapping is updated item by item, not replaced, so the
+    comments on what stays are kept."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_into(target[key], value)
+        elif isinstance(value, dict):
+            target[key] = {}
+            _merge_into(target[key], value)
+        else:
+            target[key] = _updated(target.get(key), value)
+
+
+def _updated(old: Any, new: Any) -> Any:
+    """`new`, in `old`'s nodes where both are mappings or both are lists."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in [k for k in old if k not in new]:
+            del old[key]
+        for key, value in new.items():
+            old[key] = _updated(old.get(key), value)
+        return old
+    if isinstance(old, list) and isinstance(new, list):
+        del old[len(new) :]
+        for i, value in enumerate(new):
+            if i < len(old):
+                old[i] = _updated(old[i], value)
+            else:
+                old.append(value)
+        return old
+    return new
 
 
 class Recorded:
