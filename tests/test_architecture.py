@@ -23,22 +23,23 @@ def test_every_import_contract_is_kept():
     assert "0 broken" in result.stdout
 
 
-def test_a_wing_that_imports_upward_breaks_the_contract(tmp_path):
+def lint_with_added_import(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess[str]:
+    """lint-imports over a copy of func/ whose `module` (a path under func/) gained `line`."""
     shutil.copytree(ROOT / "func", tmp_path / "func", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    card = tmp_path / "func" / "model" / "card.py"
-    card.write_text(card.read_text() + "\nfrom ..api import serving  # noqa: E402,F401\n")
-    result = lint_imports(tmp_path)
+    source = tmp_path / "func" / module
+    source.write_text(source.read_text() + f"\n{line}  # noqa: E402,F401\n")
+    return lint_imports(tmp_path)
+
+
+def test_a_wing_that_imports_upward_breaks_the_contract(tmp_path):
+    result = lint_with_added_import(tmp_path, "model/card.py", "from ..api import serving")
     assert result.returncode == 1, result.stdout
     assert "func.model.card -> func.api.serving" in result.stdout
 
 
 def test_rollout_importing_numpy_breaks_the_contract(tmp_path):
-    shutil.copytree(ROOT / "func", tmp_path / "func", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
-    policy = tmp_path / "func" / "rollout" / "policy.py"
-    policy.write_text(policy.read_text() + "\nimport numpy  # noqa: E402,F401\n")
-    result = lint_imports(tmp_path)
+    result = lint_with_added_import(tmp_path, "rollout/policy.py", "import numpy")
     assert result.returncode == 1, result.stdout
     assert "func.rollout.policy -> numpy" in result.stdout
 
