@@ -184,6 +184,8 @@ def test_access_log_off_and_all(start_server):
 
 class _OtlpReceiver(BaseHTTPRequestHandler):
     spans: list = []
+    # each received span's resource attributes, by span id
+    resources: dict = {}
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -191,8 +193,10 @@ class _OtlpReceiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         export = ExportTraceServiceRequest.FromString(body)
         for resource in export.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
             for scope in resource.scope_spans:
                 _OtlpReceiver.spans.extend(scope.spans)
+                _OtlpReceiver.resources.update({span.span_id: attributes for span in scope.spans})
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -209,7 +213,7 @@ def _named(spans: list, *names: str) -> list | None:
 
 @pytest.fixture
 def otlp_receiver():
-    _OtlpReceiver.spans = []
+    _OtlpReceiver.spans, _OtlpReceiver.resources = [], {}
     receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     yield receiver
@@ -247,6 +251,44 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
     (event_span,) = [s for s in spans if s.name == "POST /"]
     assert event_span.parent_span_id.hex() == PARENT_SPAN
     assert reply["traceparent"] == f"00-{TRACE_ID}-{event_span.span_id.hex()}-01"
+
+
+@pytest.mark.parametrize(
+    "env, name, version",
+    [
+        ({"OTEL_SERVICE_NAME": "fraud-scorer"}, "fraud-scorer", "rev-a"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes,service.version=7"}, "from-attributes", "7"),
+        ({}, "scorer", "rev-a"),
+    ],
+)
+def test_the_users_service_name_wins_over_the_default(start_server, otlp_receiver, row, env, name, version):
+    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    srv = start_server(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "K_SERVICE": "scorer",
+         "K_REVISION": "rev-a", **env}
+    )  # fmt: skip
+    assert requests.post(srv.url + "/predict", json={"features": row}).ok
+    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /predict"))
+    (request_span,) = [s for s in spans if s.name == "POST /predict"]
+    resource = _OtlpReceiver.resources[request_span.span_id]
+    assert (resource["service.name"], resource["service.version"]) == (name, version), resource
+
+    # a request without a traceparent starts its own trace: its access line names it
+    (line,) = wait_for(lambda: access_lines(srv))
+    assert line["trace_id"] == request_span.trace_id.hex()
+
+
+def test_a_trace_id_is_logged_only_for_a_trace_someone_can_find(start_server, otlp_receiver, row):
+    """With tracing on but every span dropped by the sampler, a request's line names its
+    caller's trace, or none: not the id of a span that was never exported."""
+    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    srv = start_server({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_off"})
+    requests.post(srv.url + "/predict", json={"features": row})
+    requests.post(srv.url + "/predict", json={"features": row}, headers={"traceparent": TRACEPARENT})
+    untraced, traced = wait_for(lambda: len(access_lines(srv)) >= 2 and access_lines(srv))
+    assert "trace_id" not in untraced, untraced
+    assert traced["trace_id"] == TRACE_ID
+    assert _OtlpReceiver.spans == []
 
 
 def test_without_otel_variables_nothing_of_opentelemetry_is_imported(row):
