@@ -406,6 +406,15 @@ class Drift:
             for i, label in enumerate(self.card.class_labels):
                 predictions.add_metric([*model, str(label)], total[start + i])
             yield predictions
+            if layout is not None and layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_reference_fraction",
+                    "Share of each class in the model's answers on its card's data (the canary analysis' yardstick)",
+                    labels=[*names, "class"],
+                )
+                for label, share in zip(self.card.class_labels, layout.prediction_reference.tolist()):
+                    expected.add_metric([*model, str(label)], share)
+                yield expected
         elif layout is not None and layout.prediction_edges is not None:
             counts = total[layout.prediction_start : layout.size - 1].cumsum()
             bounds = [*(repr(float(e)) for e in layout.prediction_edges), "+Inf"]
@@ -416,6 +425,16 @@ class Drift:
             )
             values.add_metric(model, list(zip(bounds, counts.tolist())), float(total[-1]))
             yield values
+            if layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_value_reference_fraction",
+                    "Share of what the model answered on its card's data at or below each of "
+                    "warmstart_prediction_value's bounds (the canary analysis' yardstick)",
+                    labels=[*names, "le"],
+                )
+                for bound, share in zip(bounds, layout.prediction_reference.cumsum().tolist()):
+                    expected.add_metric([*model, bound], share)
+                yield expected
         if layout is None:
             return
         rows = CounterMetricFamily(
