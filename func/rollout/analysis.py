@@ -136,7 +136,7 @@ def queries(revision: str, window: str) -> dict[str, str]:
         "expected_cumulative": f"max by (le) (warmstart_prediction_value_reference_fraction{{{mine}}})",
         "labels": f"sum(increase(warmstart_feedback_labels_total{{{mine}}}[{window}]))",
         "correct": f"sum(increase(warmstart_feedback_correct_total{{{mine}}}[{window}]))",
-        "abs_error": f"sum(increase(warmstart_feedback_abs_error_sum{{{mine}}}[{window}]))",
+        "abs_error": f"sum(increase(warmstart_feedback_absolute_error_total{{{mine}}}[{window}]))",
     }
 
 

@@ -64,9 +64,10 @@ class RolloutEvents:
 
 
 def _summary(checks: list[dict[str, Any]]) -> str:
-    """` [name canary <= limit ok, ...]`: a log line's numbers."""
+    """` [name canary <= limit ok (basis), ...]`: a log line's numbers."""
     parts = []
     for c in checks:
         value = "none" if c["canary"] is None else f"{c['canary']:.3g}"
-        parts.append(f"{c['name']} {value} {c['op']} {c['limit']:.3g} {'ok' if c['passed'] else 'FAILED'}")
+        basis = f" ({c['basis']})" if c["basis"] else ""
+        parts.append(f"{c['name']} {value} {c['op']} {c['limit']:.3g} {'ok' if c['passed'] else 'FAILED'}{basis}")
     return f" [{', '.join(parts)}]" if parts else ""

@@ -373,7 +373,11 @@ def test_a_canary_retrained_after_drift_is_judged_by_its_own_card_not_the_stale_
     )
     try:
         with Traffic(service_file, {"stable": stable.url, "canary": canary.url}, rows):
-            done = run_rollout(tmp_path, service_file, trained_event(tmp_path, model, "2"), canary, prometheus, sink)
+            # 30 canary answers before a verdict: a mix of 10 is too noisy for a PSI under 0.2
+            done = run_rollout(
+                tmp_path, service_file, trained_event(tmp_path, model, "2"), canary, prometheus, sink,
+                "--min-requests", "30",
+            )  # fmt: skip
         expected = prometheus.query(f'warmstart_prediction_reference_fraction{{revision="{revision}"}}')
     finally:
         prometheus.stop()
@@ -381,8 +385,8 @@ def test_a_canary_retrained_after_drift_is_judged_by_its_own_card_not_the_stale_
     assert_valid_patches(doc, patches(tmp_path / "patches.jsonl"))
     # the canary's pods export what its card expects: the retrained model's mix on the drifted rows
     assert {e["metric"]["class"]: round(float(e["value"][1]), 2) for e in expected} == {"0": 0.37, "1": 0.63}
-    judged = [e.data for e in Receiver.events if e.data["checks"]]
-    assert judged and judged[-1]["verdict"] == "promoted"
+    judged = [e.data for e in Receiver.events if e.data["checks"] and e.data["verdict"] in ("stepped", "promoted")]
+    assert [e["step"] for e in judged] == [50, 100]
     for event in judged:
         (mix,) = [c for c in event["checks"] if c["name"] == "prediction_psi"]
         assert mix["passed"] and mix["canary"] <= 0.2, mix
