@@ -14,7 +14,7 @@ from . import codecs, events, explain, openapi, pages, v2
 from .config import Settings
 from .drift import DRIFT_EVENT, Drift
 from .emit import Emitter
-from .errors import NotReady, WarmstartError
+from .errors import NotReady, WarmstartError, body_too_large
 from .metrics import Metrics
 from .model import Model
 from .observe import Observer
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         message = exc.description or exc.name
         headers = None
         if status == 413:
-            message = f"request body is larger than MAX_REQUEST_BYTES={settings.max_request_bytes} bytes"
+            message = body_too_large(settings.max_request_bytes).message
         elif status == 404:
             message = f"no route {request.method} {request.path}; see /openapi.json"
         elif status == 405:

@@ -13,7 +13,7 @@ from . import codecs
 from .batching import Batcher
 from .config import Settings
 from .drift import Drift
-from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
+from .errors import NotFound, UnsupportedMediaType, body_too_large
 from .metrics import Metrics
 from .model import Model, Prediction
 from .observe import current
@@ -112,7 +112,7 @@ class Serving:
             # byte past the limit to tell "exactly at" from "over".
             data = request.environ["wsgi.input"].read(limit + 1)
             if len(data) > limit:
-                raise PayloadTooLarge(f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
+                raise body_too_large(limit)
             return data
         return request.get_data(cache=False)
 
