@@ -182,6 +182,9 @@ class _Conn(TConn):
         self.chunked_bytes = 0  # chunked: the data the chunk-size lines so far announce
         self.deadline = 0.0  # when the request being read must be complete
         self.polled = False  # registered with the event loop's poller
+        # What the event loop read past a request's first BODY_BUFFER bytes of body, for
+        # the parser to take a piece at a time (see Worker._dispatch).
+        self.rest: memoryview | None = None
 
     def close(self, graceful: bool = False) -> None:
         if graceful:
@@ -462,26 +465,42 @@ class Worker(ThreadWorker):
         return False
 
     def _dispatch(self, conn: _Conn) -> None:
-        """Hand a connection whose request has arrived to a thread."""
-        request = bytes(conn.buf)
+        """Hand a connection whose request has arrived to a thread.
+
+        The parser gets the head and the first BODY_BUFFER bytes of body; the rest it
+        takes from `conn.rest` in pieces, as it would read them from the socket: handed
+        over whole, a body of megabytes was copied over and over by gunicorn's buffers
+        (a 10,000-row request cost 17 ms more CPU)."""
+        request, conn.buf = conn.buf, bytearray()
+        self.buffered -= len(request)
         self._stop_reading(conn)
         if conn.parser is None:
             conn.init()
             conn.parser.unreader.chunk = partial(self._read_body, conn)
-        conn.parser.unreader.unread(request)
+        split = (conn.body_start or 0) + BODY_BUFFER
+        if len(request) > split:
+            conn.rest = memoryview(request)[split:]
+            conn.parser.unreader.unread(bytes(request[:split]))
+        else:
+            conn.parser.unreader.unread(bytes(request))
         # The thread makes the socket blocking (gthread's handle): doing it here as well
         # would be one more system call, which costs the interpreter lock under load.
         super().enqueue_req(conn)
 
     def _read_body(self, conn: _Conn, size_hint: int | None = None) -> bytes:
-        """The parser's reads on a thread (the rest of a large body, a chunked one),
+        """The parser's reads on a thread: the rest of what the event loop read, then
+        (only for what it did not judge: an oversized head or trailers) the socket,
         bounded by the request's deadline."""
-        remaining = conn.deadline - time.monotonic()
-        if remaining <= 0:
-            self._time_out()
         size = conn.parser.unreader.mxchunk
         if size_hint and size_hint > size:
             size = min(size_hint, conn.parser.unreader.max_body_chunk)
+        if conn.rest is not None:
+            piece = conn.rest[:size].tobytes()
+            conn.rest = conn.rest[size:] if len(conn.rest) > size else None
+            return piece
+        remaining = conn.deadline - time.monotonic()
+        if remaining <= 0:
+            self._time_out()
         current = conn.sock.gettimeout()
         # gunicorn may have set a shorter bound itself (draining an unread body)
         conn.sock.settimeout(remaining if current is None else min(current, remaining))
@@ -563,9 +582,16 @@ class Worker(ThreadWorker):
 
     def _keepalive_after(self, conn: Any, keepalive: bool) -> bool:
         try:
-            return super()._keepalive_after(conn, keepalive)
+            keepalive = super()._keepalive_after(conn, keepalive)
         except RequestTimeout:
-            return False  # the unread rest of a body did not come in time
+            keepalive = False  # the unread rest of a body did not come in time
+        if conn.rest is not None:
+            # What follows the body is the next request (pipelining): gthread finds it
+            # in the parser's buffer and gives it back to the event loop.
+            if keepalive:
+                conn.parser.unreader.unread(conn.rest.tobytes())
+            conn.rest = None
+        return keepalive
 
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         """gunicorn's error page, as JSON with the model headers like every response."""

@@ -222,3 +222,17 @@ def test_an_aborted_chunked_upload_is_no_server_error(patient_srv, sockets):
     assert all(float(line.rsplit(" ", 1)[1]) == 0 for line in server_errors), server_errors
     log = patient_srv.log()
     assert "Traceback" not in log and "NoMoreData" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("padding", [0, 200_000], ids=["small-body", "large-body"])
+def test_pipelined_requests_are_answered_in_order(srv, sockets, card, padding):
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    body = json.dumps({"features": row}).encode() + b" " * padding
+    first = f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    second = "GET /health/liveness HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    s = connect(srv, sockets, first.encode() + body + second.encode())
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    assert data.count(b"HTTP/1.1 200 OK") == 2, data[:2000]
+    assert data.index(b"predictions") < data.rindex(b"HTTP/1.1 200 OK")
