@@ -1,5 +1,6 @@
 """A kept-alive connection is reused for CONNECTION_MAX_AGE seconds, then a response
-closes it, so clients spread again over every worker (say, after one was replaced)."""
+closes it, so clients spread again over every worker (say, after one was replaced); past
+MAX_CONNECTIONS the connection idle longest is closed to let a new one in."""
 
 from __future__ import annotations
 

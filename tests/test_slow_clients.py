@@ -178,7 +178,7 @@ JSON_HEAD = "POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json
         # waits for "100 Continue", gets it, and sends nothing
         (16, (JSON_HEAD + "Expect: 100-continue\r\nContent-Length: 100\r\n\r\n").encode()),
         # a chunked body that never ends, its first chunk past 64 KiB
-        (16, (JSON_HEAD + "Transfer-Encoding: chunked\r\n\r\n%x\r\n" % (70_000,)).encode() + b" " * 66_000),
+        (16, (JSON_HEAD + f"Transfer-Encoding: chunked\r\n\r\n{70_000:x}\r\n").encode() + b" " * 66_000),
     ],
     ids=["large-body", "expect-continue", "chunked-body"],
 )
@@ -228,7 +228,7 @@ def test_an_aborted_chunked_upload_is_no_server_error(patient_srv, sockets):
 def test_pipelined_requests_are_answered_in_order(srv, sockets, card, padding):
     row = [card["reference"][n]["mean"] for n in card["feature_names"]]
     body = json.dumps({"features": row}).encode() + b" " * padding
-    first = f"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    first = f"{JSON_HEAD}Content-Length: {len(body)}\r\n\r\n"
     second = "GET /health/liveness HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     s = connect(srv, sockets, first.encode() + body + second.encode())
     data = b""
