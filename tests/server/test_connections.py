@@ -49,3 +49,22 @@ def test_idle_connections_past_the_limit_shed_the_oldest_and_new_clients_are_ser
     finally:
         for s in idle:
             s.close()
+
+
+def test_past_the_limit_with_none_idle_the_request_arriving_longest_gets_503(start_server):
+    srv = start_server({"WORKERS": "1"})
+    half = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: app"
+    arriving = []
+    try:
+        for _ in range(MAX_CONNECTIONS + 5):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(half)
+            arriving.append(s)
+        fresh = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        assert get(fresh) == "keep-alive"
+        answer = arriving[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer, answer
+        assert f"limit of {MAX_CONNECTIONS} connections".encode() in answer
+    finally:
+        for s in arriving:
+            s.close()
