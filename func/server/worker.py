@@ -209,6 +209,7 @@ class Worker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.reading: dict[_Conn, None] = {}  # connections whose request the event loop reads
         self.idle: dict[_Conn, None] = {}  # those of them with no byte yet, oldest first
+        self.large: dict[_Conn, None] = {}  # those of them past BODY_BUFFER, in the order they got there
         self.paused: dict[_Conn, None] = {}  # those of them left unread while the buffers are full
         self.buffered = 0  # bytes in the buffers of `reading`
         self.lingering: dict[_Conn, float] = {}  # closing connections: when they close at the latest
@@ -375,12 +376,25 @@ class Worker(ThreadWorker):
     def _stop_reading(self, conn: _Conn) -> None:
         del self.reading[conn]
         self.idle.pop(conn, None)
-        self.paused.pop(conn, None)
+        if self.large:
+            self.large.pop(conn, None)
+            self.paused.pop(conn, None)
         if conn.polled:
             self.poller.unregister(conn.sock)
             conn.polled = False
         self.buffered -= len(conn.buf)
         conn.buf.clear()
+        if self.paused:
+            self._resume()
+
+    def _resume(self) -> None:
+        """Read on the paused connections the buffer budget allows again, and always the
+        one that went past BODY_BUFFER first: it is never paused, so bodies keep being
+        completed (were every large body paused, none would ever finish)."""
+        first = next(iter(self.large), None)
+        if first in self.paused:
+            del self.paused[first]
+            self._poll(first)
         while self.paused and self.buffered <= self.buffer_budget:
             waiting = next(iter(self.paused))
             del self.paused[waiting]
@@ -418,11 +432,13 @@ class Worker(ThreadWorker):
             return
         if arrived:
             self._dispatch(conn)
-        elif len(conn.buf) > BODY_BUFFER and self.buffered > self.buffer_budget:
-            if conn.polled:
-                self.poller.unregister(conn.sock)
-                conn.polled = False
-            self.paused[conn] = None
+        elif len(conn.buf) > BODY_BUFFER:
+            self.large.setdefault(conn)
+            if self.buffered > self.buffer_budget and next(iter(self.large)) is not conn:
+                if conn.polled:
+                    self.poller.unregister(conn.sock)
+                    conn.polled = False
+                self.paused[conn] = None
 
     def _request_arrived(self, conn: _Conn) -> bool:
         """Whether the event loop has read the whole request, so a thread can answer it."""

@@ -236,3 +236,23 @@ def test_pipelined_requests_are_answered_in_order(srv, sockets, card, padding):
         data += chunk
     assert data.count(b"HTTP/1.1 200 OK") == 2, data[:2000]
     assert data.index(b"predictions") < data.rindex(b"HTTP/1.1 200 OK")
+
+
+def test_large_bodies_past_what_a_worker_buffers_wait_their_turn_and_are_answered(start_server, card):
+    """A worker buffers THREADS x MAX_REQUEST_BYTES of bodies: here 200 KB, against eight
+    150 KB bodies at once. Those past it wait unread, and are read when others are done."""
+    srv = start_server({"WORKERS": "1", "THREADS": "1", "MAX_REQUEST_BYTES": "200000"})
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    body = json.dumps({"features": row}) + " " * 150_000
+    statuses: list[int] = []
+
+    def post() -> None:
+        resp = requests.post(srv.url + "/predict", data=body, headers={"Content-Type": "application/json"}, timeout=30)
+        statuses.append(resp.status_code)
+
+    senders = [threading.Thread(target=post) for _ in range(8)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(60)
+    assert statuses == [200] * 8
