@@ -466,9 +466,12 @@ class Worker(ThreadWorker):
     def _chunked_body_arrived(self, conn: _Conn) -> bool:
         """Whether the chunked body has arrived, trailers included, reading on from the
         last chunk-size line seen; 413 as soon as the chunks announce more data than
-        MAX_REQUEST_BYTES. Framing that does not parse counts as arrived: gunicorn's
-        parser refuses it."""
+        MAX_REQUEST_BYTES, or the framing makes the body as sent more than twice that
+        (tiny chunks with long extensions would otherwise fill memory). Framing that
+        does not parse counts as arrived: gunicorn's parser refuses it."""
         buf, limit = conn.buf, self.settings.max_request_bytes
+        if len(buf) - conn.body_start > 2 * limit + HEAD_LIMIT:
+            raise body_too_large(limit)
         while conn.next_chunk < len(buf):
             eol = buf.find(b"\r\n", conn.next_chunk)
             if eol < 0:

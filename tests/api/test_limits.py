@@ -106,3 +106,13 @@ def test_bare_lf_line_endings_are_400_at_once(server, request_bytes):
         "code": "malformed_request",
         "message": "a request line or header ends with a bare LF; end every line with CRLF",
     }
+
+
+def test_chunk_framing_cannot_make_a_body_past_max_request_bytes_fill_memory(start_server):
+    """One byte of data per chunk, each with a long chunk extension: the data stays
+    under the limit, the body as sent does not."""
+    srv = start_server({"MAX_REQUEST_BYTES": str(LIMIT)})
+    chunk = b"1;ext=" + b"x" * 1000 + b"\r\n \r\n"
+    head, body = exchange(srv, f"{POST}Transfer-Encoding: chunked\r\n\r\n".encode() + chunk * 80)
+    assert head.startswith("HTTP/1.1 413"), head
+    assert f"MAX_REQUEST_BYTES={LIMIT}" in json.loads(body)["error"]["message"]
