@@ -29,6 +29,10 @@ log = logging.getLogger("warmstart.server")
 
 # Knative's queue-proxy keeps connections to the container open between requests.
 KEEPALIVE_S = 30
+# Connections one worker holds (gunicorn's default). Past it the worker closes the one
+# idle longest rather than stop accepting (worker.py), so idle connections cannot
+# lock new clients out.
+MAX_CONNECTIONS = 1000
 
 
 class _JsonGunicornLogger(GunicornLogger):
@@ -68,6 +72,7 @@ class Server(BaseApplication):
             "worker_class": Worker,
             "threads": s.threads,
             "keepalive": KEEPALIVE_S,
+            "worker_connections": MAX_CONNECTIONS,
             "graceful_timeout": s.graceful_timeout,
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
