@@ -59,6 +59,11 @@ FLUSH_S = 0.5
 # early, so the queue's memory stays bounded.
 QUEUE_ROWS = 65_536
 TOP_FEATURES = 5
+# Rows reach drift as the model reads them, float32 (func/codecs.py validates every
+# protocol's rows into float32), so the card's edges and training range are compared in
+# float32 too: compared in float64, a discrete feature's training maximum (0.0507 of
+# diabetes' `sex`) rounds up past the card's float64 maximum and counts as above_max.
+ROW_DTYPE = np.float32
 SPECIAL_BINS = ("missing", "below_min", "above_max")
 _ONE = np.array([0])  # psi_per_group's offsets for a single group
 
@@ -105,12 +110,12 @@ class Layout:
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
         return cls(
             features=card.feature_names,
-            edges=_padded([r["bin_edges"] for r in refs]),
+            edges=_padded([r["bin_edges"] for r in refs]).astype(ROW_DTYPE),
             starts=np.array(starts),
             widths=np.array(widths),
             reference=np.concatenate(shares),
-            mins=np.array([r["min"] for r in refs]),
-            maxs=np.array([r["max"] for r in refs]),
+            mins=np.array([r["min"] for r in refs], dtype=ROW_DTYPE),
+            maxs=np.array([r["max"] for r in refs], dtype=ROW_DTYPE),
             prediction_start=slot,
             prediction_edges=prediction_edges,
             prediction_reference=pred_ref,
@@ -121,7 +126,7 @@ class Layout:
     def slots(self, rows: np.ndarray, prediction_slots: np.ndarray) -> np.ndarray:
         """The slot each value of `rows` counts in, one line per feature, and the last
         line the slots of the rows' predictions: (features + 1, rows)."""
-        columns = rows.T.astype(np.float64, order="C")  # the edges' dtype: values on an edge bin alike
+        columns = rows.T.astype(ROW_DTYPE, order="C")  # the edges' dtype: values on an edge bin alike
         # Reference bin k holds edges[k-1] <= x < edges[k]: a value's bin is how many edges
         # it reaches, counted one edge rank at a time for every feature at once. 4x faster
         # than a binary search per feature for 10,000 rows, 2.5x for one (+inf padding is
