@@ -200,6 +200,18 @@ def test_a_model_served_its_own_training_rows_sees_no_drift(start_server, sink, 
     assert Sink.events == []
 
 
+def test_without_a_sink_the_log_says_so_once_and_metrics_count_every_event(start_server, training_rows):
+    srv = start_server({"DRIFT_WINDOW": "50"})
+    send_rows(srv, training_rows[:150] * 1.7, per_request=50)  # three drifted windows
+
+    def not_sent() -> list[str]:
+        lines = requests.get(srv.url + "/metrics").text.splitlines()
+        return [line.rsplit(" ", 1)[1] for line in lines if "no_sink" in line and line.startswith("warmstart_events")]
+
+    assert wait_for(lambda: not_sent() == ["3.0"]), not_sent()
+    assert srv.log().count("K_SINK is not set") == 1
+
+
 def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, training_rows, card):
     srv = start_server({"WORKERS": "2"})
     send_rows(srv, training_rows[:40], per_request=4)
