@@ -93,6 +93,8 @@ class Settings:
     drift: bool = True
     batch_allow: tuple[str, ...] = ("./data/",)
     batch_wait_s: float = 30.0
+    # a job running longer logs its rows so far this often
+    batch_progress_s: float = 5.0
     adaptive_batch_rows: int = 0
     adaptive_batch_delay_ms: float = 2.0
     k_service: str | None = None
@@ -157,6 +159,7 @@ class Settings:
             drift=_flag(env, "DRIFT", default=True),
             batch_allow=allow,
             batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
+            batch_progress_s=_float(env, "BATCH_PROGRESS_S", 5.0, minimum=0),
             adaptive_batch_rows=_int(env, "ADAPTIVE_BATCH_ROWS", 0),
             adaptive_batch_delay_ms=_float(env, "ADAPTIVE_BATCH_DELAY_MS", 2.0),
             k_service=k_service,
