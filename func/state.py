@@ -28,6 +28,8 @@ class ServingState:
         self._siblings_seen_loaded = False
         self._model: Model | None = None
         self.load_error: str | None = None
+        # This worker loaded other bytes than the pod serves (func/readiness.py's pin).
+        self.model_changed = False
         self.shutting_down = False
         self._loaded = threading.Event()
 
@@ -80,6 +82,14 @@ class ServingState:
         started = time.perf_counter()
         try:
             model = load_model(self.settings)
+            shared = self.settings.shared_dir
+            pinned = readiness.pin_model(shared, model.sha256) if shared else model.sha256
+            if pinned != model.sha256:
+                self.model_changed = True
+                raise ModelLoadError(
+                    f"MODEL_PATH={self.settings.model_path}: this worker loaded sha256 {model.sha256}, but the "
+                    f"pod serves {pinned}; the file changed after the pod started"
+                )
         except ModelLoadError as exc:
             self.load_error = str(exc)
             log.error("model not loaded, readiness stays 503: %s", exc)
