@@ -14,8 +14,10 @@ the request.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, values
@@ -23,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from . import shared_dir
 from .config import Settings
 from .tallies import Tallies
 
@@ -40,6 +43,12 @@ STAGES = ("decode", "infer", "encode")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Event types come from callers; any type we do not handle is counted as "other".
 KNOWN_EVENT_TYPES = frozenset({"warmstart.predict.v1", "warmstart.batch.v1", "warmstart.drift.detected.v1"})
+# prometheus-client's files of this process, as it names them: one for the Counters and
+# one for the max-mode Gauges below. Allocated before it maps them (func/shared_dir.py),
+# at the size it would give them: our few dozen series take under 10 KB of it, so a file
+# never grows past its allocated part.
+PROMETHEUS_FILES = ("counter", "gauge_max")
+PROMETHEUS_FILE_BYTES = 64 * 1024
 
 
 def multiprocess() -> bool:
@@ -58,6 +67,19 @@ class Metrics:
                 "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; "
                 "func.app must be imported after func.shared_dir.create()"
             )
+        # Why this worker cannot count for the pod (its shared folder is full), or None.
+        self.problem: str | None = None
+        try:
+            if settings.shared_dir:
+                folder = Path(os.environ[shared_dir.PROMETHEUS_ENV])
+                for prefix in PROMETHEUS_FILES:
+                    shared_dir.allocate(folder / f"{prefix}_{os.getpid()}.db", PROMETHEUS_FILE_BYTES)
+            self.traffic = Traffic(settings.shared_dir, self.model_labels)
+        except shared_dir.NoRoom as exc:
+            # This worker counts in its own memory, answers liveness and stays not ready.
+            self.problem = str(exc)
+            values.ValueClass = values.MutexValue
+            self.traffic = Traffic(None, self.model_labels)
         self._revision = settings.k_revision or ""
         # In multiprocess mode the values live in files and a scrape reads them all; in
         # one process they live in this registry.
@@ -102,7 +124,6 @@ class Metrics:
             registry=r,
         )
         self._model = (settings.model_name or "model", settings.model_version or "1", self._revision)
-        self.traffic = Traffic(settings.shared_dir, self.model_labels)
         self.add_collector(self.traffic)
 
     def bind_model(self, name: str, version: str, sha256: str, card_version: str) -> None:

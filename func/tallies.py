@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import shared_dir
+
 
 class Tallies:
     def __init__(self, folder: str | Path | None, name: str, size: int) -> None:
@@ -32,8 +34,7 @@ class Tallies:
             self.array = np.zeros(size)
         else:
             path = self._folder / f"{name}-{os.getpid()}.f64"
-            with path.open("wb") as fh:
-                fh.truncate(size * 8)
+            shared_dir.allocate(path, size * 8)  # NoRoom on a full folder, not a SIGBUS later
             with path.open("r+b") as fh:
                 self._map = mmap.mmap(fh.fileno(), size * 8)
             self.array = np.frombuffer(self._map, dtype=np.float64)
