@@ -19,7 +19,10 @@ a queue (a fraction of a microsecond, no lock), and a thread bins what queued ev
 FLUSH_S, counting the bin edges each value reaches for every feature and row at once,
 and takes the window lock once per batch. Binning row by row on the request, even in plain Python (8 us a row),
 cost more under load than this. /drift and /metrics bin what their own worker has
-queued before they answer; the other workers' rows arrive within FLUSH_S.
+queued before they answer; the other workers' rows arrive within FLUSH_S. A worker that
+stops on SIGTERM bins its queue as it exits; one that is killed (SIGKILL, the OOM
+killer) loses what it queued since its last batch, at most FLUSH_S of its rows (or
+QUEUE_ROWS), while the rows it binned before stay counted.
 """
 
 from __future__ import annotations
@@ -251,7 +254,12 @@ class Drift:
         """Bin what is queued, then close the pod's windows that are complete."""
         pop = self._queue.popleft
         self._queued_rows = 0
-        queue = [pop() for _ in range(len(self._queue))]
+        queue = []
+        try:
+            for _ in range(len(self._queue)):
+                queue.append(pop())
+        except IndexError:  # a flush on another thread (a scrape, /drift) took the rest
+            pass
         if not queue:
             return
         layout = self.layout

@@ -14,6 +14,7 @@ the request.
 
 from __future__ import annotations
 
+import logging
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
@@ -23,11 +24,14 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from . import shared_dir
+from . import shared_dir, tallies
 from .config import Settings
 from .tallies import Tallies
+
+log = logging.getLogger("warmstart.metrics")
 
 # A one-row prediction is answered in about 150 us, a 10,000-row one in about 30 ms, a
 # batch request or a slow client in seconds: fine steps where the model lives, coarse
@@ -49,6 +53,9 @@ KNOWN_EVENT_TYPES = frozenset({"warmstart.predict.v1", "warmstart.batch.v1", "wa
 # never grows past its allocated part.
 PROMETHEUS_FILES = ("counter", "gauge_max")
 PROMETHEUS_FILE_BYTES = 64 * 1024
+# How a dead worker's values fold into those of the workers that died before it: a
+# counter adds up, a max-mode gauge keeps the largest, as a scrape would combine them.
+_FOLD = {"counter": lambda a, b: a + b, "gauge_max": max}
 
 
 def multiprocess() -> bool:
@@ -81,6 +88,7 @@ class Metrics:
             values.ValueClass = values.MutexValue
             self.traffic = Traffic(None, self.model_labels)
         self._revision = settings.k_revision or ""
+        self._shared_dir = settings.shared_dir
         # In multiprocess mode the values live in files and a scrape reads them all; in
         # one process they live in this registry.
         self.registry = None if multiprocess() else CollectorRegistry()
@@ -156,7 +164,8 @@ class Metrics:
         """The scrape body and its Content-Type: OpenMetrics when the scraper asks for it,
         else Prometheus text."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self._scrape_registry()), content_type
+        with shared_dir.counts_locked(self._shared_dir):
+            return encoder(self._scrape_registry()), content_type
 
     def _scrape_registry(self) -> Any:
         if self.registry is not None:
@@ -166,6 +175,45 @@ class Metrics:
         for collector in self._collectors:
             registry.register(collector)
         return registry
+
+
+def merge_dead(shared: str, pid: int) -> None:
+    """Fold the files of the dead worker `pid` (its tallies, its prometheus-client files)
+    into one file each for all dead workers, and remove them (in the master, when a worker
+    exits). Its values still count exactly: a scrape sees them once, before or after, and
+    a counter never goes back. Without room for the folded file they stay as they are."""
+    folder = Path(shared)
+    with shared_dir.counts_locked(folder, exclusive=True):
+        try:
+            tallies.merge_dead(folder, pid)
+            prometheus = Path(os.environ[shared_dir.PROMETHEUS_ENV])
+            for prefix, fold in _FOLD.items():
+                dead = prometheus / f"{prefix}_{tallies.DEAD}.db"
+                _merge_prometheus_file(prometheus / f"{prefix}_{pid}.db", dead, fold)
+        except shared_dir.NoRoom as exc:
+            log.warning("the counts of dead worker %d stay in their own files: %s", pid, exc)
+
+
+def _merge_prometheus_file(path: Path, dead: Path, fold: Callable[[float, float], float]) -> None:
+    if not path.exists():
+        return
+    folded: dict[str, float] = {}
+    for file in (dead, path):
+        if file.exists():
+            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(file)):
+                folded[key] = fold(folded[key], value) if key in folded else value
+    draft = dead.with_suffix(".draft")
+    # the folded keys take no more room than the two files held
+    size = path.stat().st_size + (dead.stat().st_size if dead.exists() else 0)
+    shared_dir.allocate(draft, size)
+    written = MmapedDict(str(draft))
+    try:
+        for key, value in folded.items():
+            written.write_value(key, value, 0.0)
+    finally:
+        written.close()
+    draft.replace(dead)
+    path.unlink()
 
 
 def _status_slot(protocol: int, status: int) -> int:

@@ -16,14 +16,18 @@ are made (`allocate`): a full folder is then an error the worker can report.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # prometheus-client's multiprocess mode reads this variable when it is first imported,
 # so it must be set before any worker imports it.
 PROMETHEUS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_COUNTS_LOCK = "counts.lock"
 
 
 class NoRoom(Exception):
@@ -47,6 +51,24 @@ def allocate(path: Path, size: int) -> None:
         ) from None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def counts_locked(folder: str | Path | None, exclusive: bool = False) -> Iterator[None]:
+    """Hold the folder's lock on the workers' count files: shared to read them (a scrape,
+    a drift window), exclusive for the master to fold a dead worker's files into one
+    (func/metrics.py merge_dead), so a reader sees those counts once, never twice or not
+    at all. Shared holders may nest (Linux grants a shared flock while an exclusive one
+    waits). A process that serves alone has nothing to lock."""
+    if folder is None:
+        yield
+        return
+    fd = os.open(Path(folder) / _COUNTS_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # and with it the lock
 
 
 def create(base: str | None = None) -> Path:

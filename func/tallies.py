@@ -9,8 +9,10 @@ counter increment and 2.1 us per histogram observation here, 15 us for the dozen
 a prediction request moves; a slot of a memoryview costs about 0.05 us.
 
 A worker's counts outlive it (what it served was served); `live()` sums only the
-files of processes still running, for gauges such as requests in flight. A process that
-serves alone (no shared folder) keeps its vector in memory.
+files of processes still running, for gauges such as requests in flight. When a worker
+dies, the master adds its files into one file per vector (`<name>-dead.f64`,
+`merge_dead`), so a pod that lost many workers reads as few files as one that lost none.
+A process that serves alone (no shared folder) keeps its vector in memory.
 """
 
 from __future__ import annotations
@@ -50,8 +52,9 @@ class Tallies:
         if self._folder is None:
             return self.array.copy()
         total = np.zeros(self.size)
-        for path in self._files():
-            total += _read(path, self.size)
+        with shared_dir.counts_locked(self._folder):
+            for path in self._files():
+                total += _read(path, self.size)
         return total
 
     def live(self) -> np.ndarray:
@@ -59,10 +62,36 @@ class Tallies:
         if self._folder is None:
             return self.array.copy()
         total = np.zeros(self.size)
-        for path in self._files():
-            if _alive(int(path.stem.rsplit("-", 1)[1])):
-                total += _read(path, self.size)
+        with shared_dir.counts_locked(self._folder):
+            for path in self._files():
+                pid = path.stem.rsplit("-", 1)[1]
+                if pid != DEAD and _alive(int(pid)):
+                    total += _read(path, self.size)
         return total
+
+
+DEAD = "dead"
+
+
+def merge_dead(folder: Path, pid: int) -> None:
+    """Add the vectors of the dead worker `pid` into their `<name>-dead.f64` and remove
+    them (in the master, under counts_locked(exclusive=True)). NoRoom leaves them as they
+    are, still counted."""
+    for path in folder.glob(f"*-{pid}.f64"):
+        name = path.stem.rsplit("-", 1)[0]
+        counts = np.fromfile(path, dtype=np.float64)
+        dead = folder / f"{name}-{DEAD}.f64"
+        if dead.exists():
+            earlier = np.fromfile(dead, dtype=np.float64)
+            if len(earlier) != len(counts):
+                continue  # not the same vector: leave both to be read as they are
+            counts += earlier
+        draft = dead.with_suffix(".draft")
+        shared_dir.allocate(draft, counts.nbytes)
+        with draft.open("r+b") as fh:
+            fh.write(counts.tobytes())
+        draft.replace(dead)
+        path.unlink()
 
 
 def _read(path: Path, size: int) -> np.ndarray:

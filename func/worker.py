@@ -45,6 +45,7 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 from . import codecs, http_response, readiness
 from .config import Settings
+from .drift import FLUSH_S
 from .errors import RequestTimeout, WarmstartError
 from .listener import refuse_new_handshakes
 from .serving import Serving
@@ -511,6 +512,12 @@ class Worker(ThreadWorker):
             self._drop(conn)
         for conn in list(self.lingering):
             self._end_linger(conn)
+        drift = self.serving.drift
+        if drift is not None:
+            try:
+                drift.flush()  # the rows its thread has not binned yet
+            except Exception:
+                log.exception("drift: the rows of this worker's last %.1f s were not binned", FLUSH_S)
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()

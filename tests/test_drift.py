@@ -212,6 +212,23 @@ def test_without_a_sink_the_log_says_so_once_and_metrics_count_every_event(start
     assert srv.log().count("K_SINK is not set") == 1
 
 
+def test_a_worker_stopped_by_sigterm_bins_the_rows_it_queued_first(start_server, training_rows):
+    """Rows wait up to FLUSH_S (0.5 s) in their worker's queue; a worker told to stop
+    (SIGTERM: a scale-down, a max-requests recycle) bins them before it exits."""
+    import os
+    import signal
+
+    from tests.test_observability import children
+
+    srv = start_server({"WORKERS": "1", "DRAIN_S": "0"})
+    send_rows(srv, training_rows[:200], per_request=200)
+    (worker,) = children(srv.proc.pid)
+    os.kill(worker, signal.SIGTERM)  # at once: its drift thread waits 0.5 s for a batch
+    assert wait_for(lambda: set(children(srv.proc.pid)) - {worker}, timeout=20)
+    srv.wait_ready()
+    assert drift(srv)["rows_seen"] == 200
+
+
 def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, training_rows, card):
     srv = start_server({"WORKERS": "2"})
     send_rows(srv, training_rows[:40], per_request=4)
