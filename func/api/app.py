@@ -213,6 +213,8 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         return respond(openapi.document(model.card if model else None))
 
     v2.register(app, serving)
-    if load:
+    if metrics.problem:
+        state.refuse(metrics.problem)
+    elif load:
         state.start_loading()
     return app

@@ -120,7 +120,10 @@ class EventHandler:
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
         try:
-            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id, self.serving.observe_batch)
+            settings = self.serving.settings
+            result = batch.run_job(
+                job, model, settings.batch_allow, event_id, self.serving.observe_batch, settings.batch_progress_s
+            )
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
             raise

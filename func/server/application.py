@@ -98,9 +98,13 @@ class Server(BaseApplication):
         return create_app(self.settings, started=self.started if first_generation else None)
 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
-        # In the master: a dead worker no longer holds readiness back.
+        # In the master: a dead worker no longer holds readiness back, and its counts join
+        # those of the workers that died before it.
         if self.settings.shared_dir:
+            from ..observe.metrics import merge_dead  # imported by load_config, after the folder was made
+
             readiness.loaded(self.settings.shared_dir, worker.age)
+            merge_dead(self.settings.shared_dir, worker.pid)
 
 
 def port_problem(host: str, port: int) -> str | None:

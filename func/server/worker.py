@@ -23,7 +23,11 @@
   reached the worker is answered.
   Responses meanwhile say `Connection: close`.
 - A worker that replaces a dead one listens only once its model has loaded; the first
-  workers listen at once, so liveness answers while a slow model loads.
+  workers listen at once, so liveness answers while a slow model loads. A replacement
+  that cannot load the model, or any worker that loaded other bytes than the pod serves
+  (the file was replaced while the pod ran), stops the whole server with gunicorn's
+  "worker failed to boot" exit: one worker answering 503, or another version, behind
+  a pod that says it is ready would never end, and a restart serves one model.
 - A kept-alive connection is closed after CONNECTION_MAX_AGE seconds, so clients spread
   again over all workers after one was replaced.
 - A connection closed after its response lingers (LINGER_S) in the event loop, not in a
@@ -45,6 +49,7 @@ from http import HTTPStatus
 from typing import Any, NoReturn
 
 from gunicorn import sock as gunicorn_sock
+from gunicorn.arbiter import Arbiter
 from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
@@ -61,6 +66,7 @@ from ..errors import (
 )
 from ..model import readiness
 from ..model.state import ServingState
+from ..observe.drift import FLUSH_S
 from . import http_response
 from .listener import refuse_new_handshakes
 
@@ -218,6 +224,8 @@ class Worker(ThreadWorker):
         self._swept = 0.0
         self._stop_accepting_at = 0.0
         self._shutdown_deadline = 0.0
+        self._stops_pod = False
+        self._reporter: threading.Thread | None = None
 
     # -- startup ---------------------------------------------------------------------
 
@@ -237,7 +245,8 @@ class Worker(ThreadWorker):
         self.wsgi.register_error_handler(http_errors.ParseException, self._body_error)
         if self.settings.shared_dir:
             args = (self.settings.shared_dir,)
-            threading.Thread(target=self._report_loaded, args=args, name="ready-mark", daemon=True).start()
+            self._reporter = threading.Thread(target=self._report_loaded, args=args, name="ready-mark", daemon=True)
+            self._reporter.start()
 
     def _body_error(self, exc: Exception) -> Any:
         status, code, message = describe_error(exc)
@@ -253,6 +262,14 @@ class Worker(ThreadWorker):
         self.state.wait_loaded()
         if self.state.loaded is not None:
             readiness.loaded(shared_dir, self.age)
+        elif self.replacement or self.state.model_changed:
+            log.error(
+                "worker %d cannot serve the model this server serves; stopping the server so that it "
+                "restarts on one model",
+                self.age,
+            )
+            self._stops_pod = True
+            self.alive = False
 
     def init_process(self) -> None:
         http_response.install()
@@ -266,7 +283,7 @@ class Worker(ThreadWorker):
     def run(self) -> None:
         self.poller.register(self.method_queue.fileno(), selectors.EVENT_READ, self.method_queue.run_callbacks)
         if self.replacement:
-            while self.alive and not self.state.wait_loaded(0):
+            while self.alive and self._reporter is not None and self._reporter.is_alive():
                 self._tick(0.05)
             self.sockets = gunicorn_sock.create_sockets(self.cfg, self.log) if self.alive else []
             for held in self._held:
@@ -275,6 +292,8 @@ class Worker(ThreadWorker):
         while self.alive and self.is_parent_alive():
             self._tick(1.0, accepting=True)
         self._shut_down()
+        if self._stops_pod:
+            raise SystemExit(Arbiter.WORKER_BOOT_ERROR)  # the master stops every worker and exits
 
     # -- the event loop --------------------------------------------------------------
 
@@ -679,6 +698,12 @@ class Worker(ThreadWorker):
             self._drop(conn)
         for conn in list(self.lingering):
             self._end_linger(conn)
+        drift = self.serving.drift
+        if drift is not None:
+            try:
+                drift.flush()  # the rows its thread has not binned yet
+            except Exception:
+                log.exception("drift: the rows of this worker's last %.1f s were not binned", FLUSH_S)
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()

@@ -486,3 +486,24 @@ def test_an_empty_csv_cell_is_reported_as_empty_and_a_nan_as_not_finite(batch_se
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
     assert resp.status_code == 422
     assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): nan is not a finite number")
+
+
+def test_a_job_logs_its_start_its_progress_and_its_end_with_rows_and_seconds(start_server, tmp_path, dataset):
+    x, names = dataset
+    # BATCH_PROGRESS_S=0: a progress line after every chunk written, however fast
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "BATCH_PROGRESS_S": "0"})
+    src = write(tmp_path / "in.csv", table(x, names, 200_000, shuffle_columns=False))
+    out = tmp_path / "out.csv"
+    assert send(srv.url, batch_event({"input": str(src), "output": str(out)}, "job-log")).status_code == 200
+    bad = send(srv.url, batch_event({"input": str(tmp_path / "none.csv"), "output": str(out)}, "job-bad"))
+    assert bad.status_code == 422
+
+    messages = [json.loads(line)["message"] for line in srv.log().splitlines() if '"warmstart.batch"' in line]
+    started, *progress, completed = [m for m in messages if m.startswith("batch job job-log")]
+    assert started == f"batch job job-log started: {src} -> {out}"
+    rows = [int(m.split(": ", 1)[1].split(" rows")[0]) for m in progress]
+    assert len(rows) >= 2 and rows == sorted(rows) and rows[-1] == 200_000
+    assert all(" s (" in m and "rows/s)" in m for m in progress)
+    assert completed.startswith("batch job job-log completed: 200000 rows in ") and completed.endswith(f"-> {out}")
+    failed = [m for m in messages if m.startswith("batch job job-bad failed after 0 rows in ")]
+    assert len(failed) == 1 and "no such file" in failed[0]

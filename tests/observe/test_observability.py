@@ -322,3 +322,45 @@ def test_no_label_takes_a_raw_path(server):
     requests.get(server.url + "/v2/models/unknown-model-98765")
     text = requests.get(server.url + "/metrics").text
     assert "12345" not in text and "98765" not in text
+
+
+def test_dead_workers_fold_into_one_file_per_kind_and_still_count_exactly(start_server, tmp_path, row):
+    """A pod that lost five workers reads as many count files as one that lost none
+    (the master folds a dead worker's files into one), and every count stays exact: a
+    scrape taken while the files fold never sees a counter go back."""
+    srv = start_server({"WORKERS": "2", "SHARED_DIR": str(tmp_path)})
+    ce = {"ce-specversion": "1.0", "ce-type": "warmstart.predict.v1", "ce-source": "/test", "ce-id": "x"}
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(total(scrape(srv), "warmstart_requests_total", protocol="json"))
+            except requests.RequestException:  # its worker was just killed
+                pass
+
+    watcher = threading.Thread(target=scraper, daemon=True)
+    watcher.start()
+    kills = 5
+    for _ in range(kills):
+        for _ in range(10):
+            assert requests.post(srv.url + "/predict", json={"features": row}).status_code == 200
+        assert requests.post(srv.url + "/", json={"features": row}, headers=ce).status_code == 200
+        workers = set(children(srv.proc.pid))
+        os.kill(min(workers), signal.SIGKILL)
+        assert wait_for(lambda old=workers: len(set(children(srv.proc.pid)) - old) == 1, timeout=20)
+        srv.wait_ready()
+    stop.set()
+    watcher.join(10)
+
+    samples = scrape(srv)
+    assert total(samples, "warmstart_requests_total", protocol="json") == 10 * kills
+    assert total(samples, "warmstart_events_received_total", type="warmstart.predict.v1") == kills
+    assert seen == sorted(seen) and len(seen) > 10
+    (folder,) = [p for p in tmp_path.glob("warmstart-*") if p.is_dir()]
+    for kind in ("traffic", "drift"):
+        owners = sorted(p.stem.split("-")[1] for p in folder.glob(f"{kind}-*.f64"))
+        assert len(owners) == 3 and owners[-1] == "dead", owners  # two live workers, one file of the dead
+    assert sorted(p.name for p in (folder / "prometheus").glob("*_dead.db")) == ["counter_dead.db", "gauge_max_dead.db"]
+    assert len(list((folder / "prometheus").glob("*.db"))) == 6
