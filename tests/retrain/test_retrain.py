@@ -316,3 +316,42 @@ def test_a_regressor_is_compared_on_rmse(job, receiver, tmp_path):
     metrics = event.data["metrics"]
     assert metrics["metric"] == "rmse"
     assert metrics["candidate"]["rmse"] < 0.7 * metrics["current"]["rmse"]
+
+
+def tie_dataset(path: Path, x: np.ndarray, y: np.ndarray, names: list[str]) -> Path:
+    """x and y with one held-out row replaced by a row on which the default trainer's
+    forest splits its votes 50/50: scikit-learn answers [0.5, 0.5] (class 0), onnxruntime
+    [0.49999994, 0.50000006] (class 1), as its float32 sum of 100 tree weights rounds.
+    The seeded split depends only on the labels, so the replaced row stays held out and
+    the forest is the one the job trains."""
+    import onnxruntime as ort
+
+    from func.model.export import build_card, to_onnx_bytes
+    from func.retrain.training import Dataset, default_trainer, split
+
+    train, test, _, _ = split(Dataset("index", "", np.arange(len(y))[:, None], y), 0.2, True)
+    train, test = train.ravel(), test.ravel()
+    forest = default_trainer(x[train], y[train])
+    onnx_model = ort.InferenceSession(to_onnx_bytes(forest, build_card(forest, x, names, "tie", "1")))
+    steps = np.linspace(0, 1, 201)[:, None]
+    for i in train[y[train] == 0]:
+        for j in train[y[train] == 1]:
+            line = x[i] + steps * (x[j] - x[i])
+            ties = line[forest.predict_proba(line)[:, 0] == 0.5]
+            if len(ties) and onnx_model.run(None, {"input": ties[:1].astype(np.float32)})[0][0] != 0:
+                x = x.copy()
+                x[test[0]] = ties[0]
+                return write_csv(path, x, y, names)
+    raise AssertionError("no row with a split vote on which ONNX picks the other class")
+
+
+def test_a_probability_tie_on_a_held_out_row_passes_the_export_check(job, receiver, tmp_path, dataset):
+    from sklearn.datasets import load_breast_cancer
+
+    x, names = dataset
+    data = tie_dataset(tmp_path / "tie.csv", x * SHIFT, load_breast_cancer().target, names)
+    result = job(TRAIN_DATA_URI=str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1"
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
