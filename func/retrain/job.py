@@ -8,7 +8,7 @@ environment variable, shown in --help). The job reads TRAIN_DATA_URI, trains wit
 TRAINER on a seeded split, exports ONNX with a card (reference statistics from the new
 data, version = the served version's successor, lineage), scores candidate and current
 model on the held-out rows through the serving runtime, publishes to MODEL_STORE only a
-candidate that is not worse beyond RETRAIN_TOLERANCE, and sends
+candidate that is not worse on RETRAIN_METRIC beyond RETRAIN_TOLERANCE, and sends
 `warmstart.model.trained.v1` or `warmstart.model.rejected.v1` to K_SINK.
 
 Exit codes (for the Job's podFailurePolicy):
@@ -61,6 +61,7 @@ class Options:
     sink: str | None
     mode: str
     tolerance: float
+    metric: str | None
     holdout: float
     source: str
     settings: Settings
@@ -84,6 +85,12 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
     option("--sink", "K_SINK", help="where to send the trained/rejected event")
     option("--mode", "CE_MODE", "binary", choices=("binary", "structured"), help="CloudEvents content mode")
     option("--tolerance", "RETRAIN_TOLERANCE", DEFAULT_TOLERANCE, type=float, help="how much worse is not worse")
+    option(
+        "--metric",
+        "RETRAIN_METRIC",
+        help="what the comparison scores: accuracy (default), balanced_accuracy, f1, roc_auc or log_loss for a "
+        "classifier; rmse (default), mae or r2 for a regressor",
+    )
     option("--holdout", "HOLDOUT_FRACTION", DEFAULT_HOLDOUT, type=float, help="share of rows held out for scoring")
     option("--source", "CE_SOURCE", "/warmstart/retrain", help="source of the emitted events")
     args = parser.parse_args(argv)
@@ -93,6 +100,8 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         parser.error("where to publish is required: --store or MODEL_STORE")
     if not 0 < float(args.holdout) < 1:
         parser.error(f"--holdout/HOLDOUT_FRACTION={args.holdout}: expected a fraction between 0 and 1")
+    if args.metric is not None and args.metric not in training.METRICS:
+        parser.error(f"--metric/RETRAIN_METRIC={args.metric}: expected one of {', '.join(training.METRICS)}")
     # the parent is what its card says: MODEL_NAME/MODEL_VERSION relabel a served model, not its lineage
     settings = dataclasses.replace(settings, model_path=args.model, model_name=None, model_version=None)
     return Options(
@@ -106,6 +115,7 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         sink=args.sink,
         mode=args.mode,
         tolerance=float(args.tolerance),
+        metric=args.metric,
         holdout=float(args.holdout),
         source=args.source,
         settings=settings,
@@ -117,6 +127,7 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
     current = _load_current(options)
     card = current.card
     _check_drifted_model(trigger, current, options.model)
+    metric = training.choose_metric(current, options.metric)
     store = open_store(options.store, card.name, options.settings.mlflow_tracking_uri)
     done = store.find(trigger.id)
     if done is not None:
@@ -134,7 +145,6 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
     version = store.next_version(card.version)
     new_card = build_card(estimator, data.x, list(card.feature_names), card.name, version, card.description)
     onnx_bytes = _to_onnx(estimator, new_card, x_test)
-    metric = training.primary_metric(current)
     scores = {
         "candidate": training.score(_as_served(onnx_bytes), x_test, y_test),
         "current": training.score(current, x_test, y_test),

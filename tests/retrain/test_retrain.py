@@ -126,8 +126,8 @@ def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiv
     assert data["trigger"] == DRIFT_ID
     assert data["data"] == {"uri": str(shifted), "sha256": sha256(shifted), "rows": 569}
     metrics = data["metrics"]
-    assert metrics["metric"] == "roc_auc"
-    assert metrics["candidate"]["roc_auc"] > metrics["current"]["roc_auc"] + 0.05
+    assert metrics["metric"] == "accuracy"
+    assert metrics["candidate"]["accuracy"] > metrics["current"]["accuracy"] + 0.05
     assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
 
     srv = start_server(
@@ -173,7 +173,7 @@ def test_a_run_by_hand_takes_options_instead_of_an_event(job, receiver, shifted,
 
 
 def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
-    result = job(TRAINER="tests.support.trainers:shuffled_labels")
+    result = job(TRAINER="tests.support.trainers:swapped_labels")
     assert result.returncode == 0, result.stdout + result.stderr
     assert published(job.store) == []
     (event,) = receiver.events
@@ -181,8 +181,8 @@ def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
     assert event["type"] == "warmstart.model.rejected.v1"
     data = event.data
     assert data["trigger"] == DRIFT_ID and data["retryable"] is False
-    assert data["metrics"]["candidate"]["roc_auc"] < data["metrics"]["current"]["roc_auc"]
-    assert "roc_auc" in data["reason"] and "worse" in data["reason"]
+    assert data["metrics"]["candidate"]["accuracy"] < data["metrics"]["current"]["accuracy"]
+    assert "accuracy" in data["reason"] and "worse" in data["reason"]
 
 
 @pytest.mark.parametrize(
@@ -193,12 +193,34 @@ def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
         ({"TRAINER": "tests.support.trainers:unfitted"}, "returned an unfitted RandomForestClassifier"),
         ({"TRAINER": "tests.support.trainers:nothing"}, "returned NoneType, not a scikit-learn estimator"),
         ({"MODEL_STORE": "models:/breast-cancer-rf", "MLFLOW_TRACKING_URI": ""}, "MLFLOW_TRACKING_URI"),
+        ({"RETRAIN_METRIC": "rmse"}, "RETRAIN_METRIC=rmse: breast-cancer-rf is a classifier; choose one of accuracy"),
     ],
-    ids=["target-missing", "trainer-import", "trainer-unfitted", "trainer-none", "registry-unset"],
+    ids=["target-missing", "trainer-import", "trainer-unfitted", "trainer-none", "registry-unset", "metric-of-task"],
 )
 def test_bad_input_fails_permanently_and_publishes_nothing(job, receiver, env, phrase):
     result = job(**env)
     assert_failed(result, job.store, receiver, 2, phrase)
+
+
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "f1", "roc_auc", "log_loss"])
+def test_the_comparison_scores_the_metric_retrain_metric_names(job, receiver, metric):
+    """log_loss is a loss: the retrained model's is lower, and lower is better."""
+    result = job(RETRAIN_METRIC=metric)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1", event.data.get("reason")
+    scores = event.data["metrics"]
+    assert scores["metric"] == metric
+    better = scores["current"][metric] - scores["candidate"][metric]
+    assert better > 0.05 if metric == "log_loss" else better < -0.05
+    assert set(scores["candidate"]) == {"accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss"}
+
+
+def test_an_unknown_retrain_metric_is_a_settings_error(job, receiver):
+    result = job(RETRAIN_METRIC="auc")
+    assert result.returncode == 2
+    assert "--metric/RETRAIN_METRIC=auc: expected one of accuracy, balanced_accuracy" in result.stderr
+    assert published(job.store) == [] and receiver.events == []
 
 
 def test_too_few_rows_for_a_held_out_split(job, receiver, tmp_path, dataset):
@@ -316,6 +338,7 @@ def test_a_regressor_is_compared_on_rmse(job, receiver, tmp_path):
     metrics = event.data["metrics"]
     assert metrics["metric"] == "rmse"
     assert metrics["candidate"]["rmse"] < 0.7 * metrics["current"]["rmse"]
+    assert metrics["candidate"]["r2"] > metrics["current"]["r2"] and "mae" in metrics["candidate"]
 
 
 def tie_dataset(path: Path, x: np.ndarray, y: np.ndarray, names: list[str]) -> Path:
