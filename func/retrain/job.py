@@ -276,4 +276,3 @@ def main(argv: list[str] | None = None) -> int:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-

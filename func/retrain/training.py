@@ -179,9 +179,7 @@ def choose_metric(model: Model, metric: str | None) -> str:
         return allowed[0]
     if metric not in allowed:
         task = "classifier" if model.card.is_classifier else "regressor"
-        raise BadInput(
-            f"RETRAIN_METRIC={metric}: {model.card.name} is a {task}; choose one of {', '.join(allowed)}"
-        )
+        raise BadInput(f"RETRAIN_METRIC={metric}: {model.card.name} is a {task}; choose one of {', '.join(allowed)}")
     return metric
 
 
