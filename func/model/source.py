@@ -9,6 +9,10 @@ renamed into place, so a reader never sees half a file and a file with the wrong
 never enters the cache. Workers of one pod take a file lock, so one of them fetches and
 the others find the file. The registry client loads only for a `models:/` reference, so
 a local model's cold start pays nothing for it.
+
+A champion pointer (`<store>/<name>/champion.json`, func/model/champion.py) is read on
+every start, as an alias is, and the model it names is fetched into the cache and
+checked against the digest the pointer gives (MODEL_SHA256, when set, wins).
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ def is_uri(location: str) -> bool:
 
 def local_model_file(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
     """The local file to load for MODEL_PATH=`location`, fetched into the cache if remote."""
+    if location.lower().endswith(".json"):
+        from .champion import is_pointer
+
+        if is_pointer(location):
+            return _from_pointer(location, cache_dir, tracking_uri, sha256)
     if not is_uri(location):
         return Path(location)
     parts = urllib.parse.urlsplit(location)
@@ -72,6 +81,24 @@ def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha2
 
     where = f"{location} (version {version.version}, {source})"
     return _cached(where, source, cache_dir, sha256, open_source)
+
+
+def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
+    """The model a champion pointer names, fetched into the cache under its own URI."""
+    from .champion import ChampionError, is_pointer, read
+
+    try:
+        named = read(location)
+    except ChampionError as exc:
+        raise FetchError(f"MODEL_PATH={location}: {exc}", exc.retryable) from None
+    if named is None:
+        raise FetchError(f"MODEL_PATH={location}: no such champion pointer; a promotion writes it")
+    target, digest = named["uri"], sha256 or named["sha256"].lower()
+    if is_pointer(target):
+        raise FetchError(f"MODEL_PATH={location}: the pointer names another pointer, {target}; it must name a model")
+    if target.startswith("models:/"):
+        return _from_registry(target, cache_dir, tracking_uri, digest)
+    return _cached(f"{location} ({target})", target, cache_dir, digest, lambda: _open_fsspec(target))
 
 
 def _model_file_in(registry: Any, folder: str) -> str:

@@ -103,7 +103,9 @@ def log_lines(result: subprocess.CompletedProcess, level: str) -> list[str]:
 
 
 def published(store: Path) -> list[str]:
-    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()) if store.exists() else []
+    """The versions' files in a folder store (not its notes: rejections, claims, champion)."""
+    found = store.rglob("*") if store.exists() else []
+    return sorted(str(p.relative_to(store)) for p in found if p.name in ("model.onnx", "trained.json"))
 
 
 def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiver, shifted, start_server, tmp_path):
@@ -378,3 +380,103 @@ def test_a_probability_tie_on_a_held_out_row_passes_the_export_check(job, receiv
     (event,) = receiver.events
     assert event["type"] == "warmstart.model.trained.v1"
     assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+
+
+def test_a_rejected_event_redelivered_sends_its_rejection_again_without_training(job, receiver):
+    first = job(TRAINER="tests.support.trainers:swapped_labels")
+    # the default trainer would publish: the recorded rejection stands instead
+    again = job()
+    assert first.returncode == again.returncode == 0, again.stdout + again.stderr
+    assert published(job.store) == []
+    assert [e["type"] for e in receiver.events] == ["warmstart.model.rejected.v1"] * 2
+    assert receiver.events[0]["id"] == receiver.events[1]["id"] and receiver.events[0].data == receiver.events[1].data
+    assert any(f"event {DRIFT_ID} was rejected before" in m for m in log_lines(again, "info"))
+
+
+def test_different_rejections_of_one_event_have_different_ids(job, receiver):
+    url = f"http://127.0.0.1:{free_port()}/train.csv"
+    unreachable, missing, unreachable_again = (
+        job(TRAIN_DATA_URI=url),
+        job(TARGET_COLUMN="label"),
+        job(TRAIN_DATA_URI=url),
+    )
+    assert (unreachable.returncode, missing.returncode, unreachable_again.returncode) == (3, 2, 3)
+    first, second, third = receiver.of_type("warmstart.model.rejected.v1")
+    assert first["id"] != second["id"], "two outcomes of one event are two events"
+    assert first["id"] == third["id"], "the same outcome again is the same event"
+
+
+def second_event(tmp_path: Path) -> str:
+    return str(drift_event(tmp_path / "event-2", "drift-8b1c"))
+
+
+def test_a_second_event_of_one_episode_publishes_nothing_within_the_cooldown(job, receiver, tmp_path):
+    first, second = job(), job(K_EVENT_PATH=second_event(tmp_path))
+    assert first.returncode == second.returncode == 0, second.stdout + second.stderr
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+    assert [e["type"] for e in receiver.events] == ["warmstart.model.trained.v1"]
+    (said,) = [m for m in log_lines(second, "info") if "nothing to train" in m]
+    assert "version 2 was published from the same parent (version 1)" in said and DRIFT_ID in said
+
+    # past the cooldown, the same parent may be retrained
+    third = job(K_EVENT_PATH=str(drift_event(tmp_path / "event-3", "drift-9d2e")), RETRAIN_COOLDOWN="0")
+    assert third.returncode == 0 and receiver.events[-1].data["model"]["version"] == "3"
+
+
+def test_an_event_while_a_candidate_from_the_same_parent_is_in_flight_trains_nothing(job, receiver, tmp_path):
+    import threading
+
+    done: list = []
+    slow = threading.Thread(target=lambda: done.append(job(TRAINER="tests.support.trainers:slow_forest")))
+    slow.start()
+    deadline = time.monotonic() + 60
+    while not list(job.store.glob("breast-cancer-rf/candidates/*.json")):
+        assert time.monotonic() < deadline and slow.is_alive(), done and done[0].stdout
+        time.sleep(0.1)
+    second = job(K_EVENT_PATH=second_event(tmp_path))
+    slow.join(120)
+    assert second.returncode == 0 and done[0].returncode == 0, second.stdout + done[0].stdout
+    (said,) = [m for m in log_lines(second, "info") if "nothing to train" in m]
+    assert f"in flight for event {DRIFT_ID}" in said
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+    assert [e.data["trigger"] for e in receiver.events] == [DRIFT_ID]
+    assert list(job.store.glob("breast-cancer-rf/candidates/*")) == [], "the claim ends with the run"
+
+
+def test_the_parent_is_the_champion_and_a_server_serves_the_champion_pointer(job, receiver, tmp_path, start_server):
+    from func.model import champion
+
+    assert job().returncode == 0
+    v2 = receiver.events[0].data["model"]
+    pointer = champion.move(v2, None)
+    assert pointer == (job.store / "breast-cancer-rf" / "champion.json").as_uri()
+
+    srv = start_server({"MODEL_PATH": pointer, "MODEL_CACHE_DIR": str(tmp_path / "serving-cache")})
+    resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
+    assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "2"
+
+    # MODEL_PATH still names version 1: the store's champion, version 2, is the parent
+    later = job(K_EVENT_PATH=second_event(tmp_path))
+    assert later.returncode == 0, later.stdout + later.stderr
+    trained = receiver.events[-1].data
+    assert trained["parent"] == {"version": "2", "sha256": v2["sha256"]} and trained["model"]["version"] == "3"
+
+
+def test_the_parent_is_the_registrys_champion_alias(job, receiver, mlflow_url, tmp_path):
+    from func.model import champion
+
+    env = {"MODEL_STORE": "models:/champion-test", "MLFLOW_TRACKING_URI": mlflow_url}
+    assert job(**env).returncode == 0
+    first = receiver.events[0].data["model"]
+    assert champion.move(first, mlflow_url) == "models:/champion-test@champion"
+    alias = requests.get(
+        mlflow_url + "/api/2.0/mlflow/registered-models/alias",
+        params={"name": "champion-test", "alias": "champion"},
+        timeout=30,
+    ).json()
+    assert alias["model_version"]["version"] == first["version"]
+
+    later = job(K_EVENT_PATH=second_event(tmp_path), **env)
+    assert later.returncode == 0, later.stdout + later.stderr
+    trained = receiver.events[-1].data
+    assert trained["parent"] == {"version": first["version"], "sha256": first["sha256"]}

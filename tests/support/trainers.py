@@ -29,3 +29,14 @@ def forest_regressor(x: np.ndarray, y: np.ndarray) -> Any:
     from sklearn.ensemble import RandomForestRegressor
 
     return RandomForestRegressor(n_estimators=30, max_depth=6, random_state=0).fit(x, y)
+
+
+def slow_forest(x: np.ndarray, y: np.ndarray) -> Any:
+    """The default trainer after a pause: a candidate in flight long enough for another
+    job to start meanwhile."""
+    import time
+
+    from func.retrain.training import default_trainer
+
+    time.sleep(8)
+    return default_trainer(x, y)
