@@ -94,11 +94,12 @@ def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha25
     if named is None:
         raise FetchError(f"MODEL_PATH={location}: no such champion pointer; a promotion writes it")
     target, digest = named["uri"], sha256 or named["sha256"].lower()
+    required_by = "MODEL_SHA256" if sha256 else "the champion pointer"
     if is_pointer(target):
         raise FetchError(f"MODEL_PATH={location}: the pointer names another pointer, {target}; it must name a model")
     if target.startswith("models:/"):
         return _from_registry(target, cache_dir, tracking_uri, digest)
-    return _cached(f"{location} ({target})", target, cache_dir, digest, lambda: _open_fsspec(target))
+    return _cached(f"{location} ({target})", target, cache_dir, digest, lambda: _open_fsspec(target), required_by)
 
 
 def _model_file_in(registry: Any, folder: str) -> str:
@@ -123,8 +124,10 @@ def _cached(
     cache_dir: str,
     sha256: str | None,
     open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    required_by: str = "MODEL_SHA256",
 ) -> Path:
-    """The cached copy of `source`, fetched first if this pod has none."""
+    """The cached copy of `source`, fetched first if this pod has none; `required_by`
+    names where `sha256` came from, for the error."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rstrip("/").rsplit("/", 1)[-1] or "model"
     folder = Path(cache_dir)
@@ -134,14 +137,18 @@ def _cached(
         with (folder / f".{key}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not target.is_file():
-                _fetch(where, open_source, target, sha256)
+                _fetch(where, open_source, target, sha256, required_by)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
 
 
 def _fetch(
-    where: str, open_source: Callable[[], AbstractContextManager[IO[bytes]]], target: Path, sha256: str | None
+    where: str,
+    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    target: Path,
+    sha256: str | None,
+    required_by: str,
 ) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
@@ -171,7 +178,7 @@ def _fetch(
                 raise FetchError(f"MODEL_PATH={where}: cannot fetch ({first_line(exc)})", retryable=True) from None
         if sha256 and digest.hexdigest() != sha256:
             raise FetchError(
-                f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but MODEL_SHA256 requires {sha256}; "
+                f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but {required_by} requires {sha256}; "
                 "refusing to load it"
             )
         os.replace(tmp, target)

@@ -480,3 +480,28 @@ def test_the_parent_is_the_registrys_champion_alias(job, receiver, mlflow_url, t
     assert later.returncode == 0, later.stdout + later.stderr
     trained = receiver.events[-1].data
     assert trained["parent"] == {"version": first["version"], "sha256": first["sha256"]}
+
+
+def test_the_s3_stores_champion_pointer_names_the_parent_and_the_served_model(
+    job, receiver, s3_endpoint, start_server, tmp_path, monkeypatch
+):
+    from func.model import champion
+    from tests.support.services import S3_ENV
+
+    s3 = {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint}
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    requests.put(f"{s3_endpoint}/loop", timeout=10).raise_for_status()
+    env = {**s3, "MODEL_STORE": "s3://loop/models"}
+    assert job(**env).returncode == 0
+    v2 = receiver.events[0].data["model"]
+    assert v2["uri"] == "s3://loop/models/breast-cancer-rf/2/model.onnx"
+    assert champion.move(v2, None) == "s3://loop/models/breast-cancer-rf/champion.json"
+
+    srv = start_server({**s3, "MODEL_PATH": "s3://loop/models/breast-cancer-rf/champion.json"})
+    resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
+    assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "2"
+
+    later = job(K_EVENT_PATH=second_event(tmp_path), **env)
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert receiver.events[-1].data["parent"] == {"version": "2", "sha256": v2["sha256"]}
