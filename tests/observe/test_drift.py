@@ -29,6 +29,7 @@ class Sink(BaseHTTPRequestHandler):
     fail or hang."""
 
     events: list = []
+    arrived: list = []  # time.monotonic() of each event kept
     behaviour = "ok"
     hanging = threading.Event()
 
@@ -45,6 +46,7 @@ class Sink(BaseHTTPRequestHandler):
             time.sleep(4)
             return
         Sink.events.append(from_http(dict(self.headers), body))
+        Sink.arrived.append(time.monotonic())
         self.send_response(202)
         self.end_headers()
 
@@ -54,7 +56,7 @@ class Sink(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def sink():
-    Sink.events, Sink.behaviour = [], "ok"
+    Sink.events, Sink.arrived, Sink.behaviour = [], [], "ok"
     Sink.hanging.clear()
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -198,6 +200,17 @@ def test_events_a_sink_cannot_take_are_bounded_and_the_oldest_dropped(start_serv
 
     assert wait_for(lambda: dropped() >= 400 - 100 - 1, timeout=20), dropped()
     assert "dropped: 100 events wait for" in srv.log()
+
+
+def test_events_leave_ten_at_once_then_one_a_second(start_server, sink, training_rows):
+    """With no cooldown every drifted window is an episode: 14 events at once. The first
+    ten go out together, the rest no closer than the rate allows (a slower machine only
+    spaces them more)."""
+    srv = start_server({"DRIFT_WINDOW": "10", "DRIFT_COOLDOWN": "0", "K_SINK": sink})
+    send_rows(srv, training_rows[:140] * 3.0, per_request=140)
+    assert wait_for(lambda: len(Sink.events) == 14, timeout=30), len(Sink.events)
+    gaps = np.diff(Sink.arrived[9:])
+    assert len(gaps) == 4 and all(gap > 0.8 for gap in gaps), gaps
 
 
 @pytest.mark.parametrize("behaviour", ["fail", "hang", "absent"])
