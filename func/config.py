@@ -89,6 +89,8 @@ class Settings:
     k_sink: str | None = None
     drift_threshold: float = 0.2
     drift_window: int = 1000
+    # seconds a drift episode stays open (one event) while windows stay over the threshold
+    drift_cooldown_s: float = 3600.0
     # on by default when the model card has reference statistics; 0 turns it off
     drift: bool = True
     batch_allow: tuple[str, ...] = ("./data/",)
@@ -155,6 +157,7 @@ class Settings:
             k_sink=env.get("K_SINK") or None,
             drift_threshold=_float(env, "DRIFT_THRESHOLD", 0.2),
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
+            drift_cooldown_s=_float(env, "DRIFT_COOLDOWN", 3600.0, minimum=0),
             drift=_flag(env, "DRIFT", default=True),
             batch_allow=allow,
             batch_progress_s=_float(env, "BATCH_PROGRESS_S", 5.0, minimum=0),

@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
                 settings.shared_dir,
                 settings.drift_window,
                 settings.drift_threshold,
+                settings.drift_cooldown_s,
                 lambda event_id, data: emitter.send(DRIFT_EVENT, event_id, data, subject=card.name),
                 metrics.model_labels,
             )

@@ -11,8 +11,14 @@ shared folder's lock, splitting them where the pod's row count reaches the next 
 of DRIFT_WINDOW, and the worker whose rows complete a window closes it from every
 worker's counts: PSI per feature and for the predictions against the reference, the
 share of values out of the training range, a status. So every window holds exactly
-DRIFT_WINDOW rows, and one 10,000-row request makes ten windows of 1,000. A window that
-crosses DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/observe/emit.py).
+DRIFT_WINDOW rows, and one 10,000-row request makes ten windows of 1,000.
+
+A window that crosses DRIFT_THRESHOLD opens a drift episode and sends one
+`warmstart.drift.detected.v1` event (func/observe/emit.py); the episode stays open, and
+sends nothing more, until a window falls back under the threshold, or for DRIFT_COOLDOWN
+seconds, after which a window still over it opens the next episode. One episode, one
+event, one retraining: before episodes, 20 requests of 10,000 out-of-range rows sent 200
+events, and each started a retraining Job.
 
 Rows are binned in batches, off the request: a request appends its rows and answers to
 a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
@@ -33,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -204,10 +211,12 @@ class Drift:
         shared_dir: str | None,
         window: int,
         threshold: float,
+        cooldown_s: float,
         on_drift: Callable[[str, dict[str, Any]], None],
         model_labels: Callable[[], tuple[str, str, str]],
     ) -> None:
         self.card, self.window, self.threshold = card, window, threshold
+        self.cooldown_s = cooldown_s
         self.layout = Layout.of(card)
         self._class_index = _class_indexer(card.class_labels)
         self._revision = revision
@@ -277,7 +286,7 @@ class Drift:
         # a line of slots per feature, then the predictions'
         slots = layout.slots(rows, layout.prediction_slots(labels, self._class_index))
         values = np.asarray(labels, dtype=np.float64) if layout.prediction_edges is not None else None
-        for report in self._add_in_windows(slots, values):
+        for report, opens in self._add_in_windows(slots, values):
             log.info(
                 "drift window %d closed: %s, largest feature PSI %.3f, prediction PSI %s",
                 report["window"]["index"],
@@ -285,14 +294,14 @@ class Drift:
                 report["top_features"][0]["psi"] if report["top_features"] else 0.0,
                 report["prediction_psi"],
             )
-            if report["status"] == "drift":
+            if opens:
                 self._on_drift(self.event_id(report["window"]["index"]), self.event_data(report))
 
-    def _add_in_windows(self, slots: np.ndarray, values: np.ndarray | None) -> list[dict[str, Any]]:
+    def _add_in_windows(self, slots: np.ndarray, values: np.ndarray | None) -> list[tuple[dict[str, Any], bool]]:
         """Add rows to the pod's counts under the pod's window lock, split at window
         boundaries: every window holds exactly DRIFT_WINDOW rows, whichever workers
         binned them and however large the request that brought them. Returns the
-        windows this closed."""
+        windows this closed, each with whether it opened a drift episode."""
         closed = []
         with self._state.locked() as state:
             total = self.tallies.total()  # exact: every worker adds under this lock
@@ -313,14 +322,20 @@ class Drift:
                 done += take
         return closed
 
-    def _close_window(self, state: dict[str, Any], total: np.ndarray) -> dict[str, Any]:
+    def _close_window(self, state: dict[str, Any], total: np.ndarray) -> tuple[dict[str, Any], bool]:
         report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
+        episode, now = state.get("episode"), time.time()
+        opens = report["status"] == "drift" and (episode is None or now - episode["opened_at"] >= self.cooldown_s)
+        if opens:
+            state["episode"] = {"window": state["index"], "opened_at": now}
+        elif report["status"] != "drift":
+            state["episode"] = None
         state["index"] += 1
         state["start"] = total.tolist()
         state["close_at"] = (total[0] // self.window + 1) * self.window
         state["last"] = report
         state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
-        return report
+        return report, opens
 
     def _report(self, counts: np.ndarray, index: int) -> dict[str, Any]:
         layout = self.layout
@@ -400,6 +415,8 @@ class Drift:
             "current": self._report(current, state["index"]),
             "last_complete": state["last"],
             "windows": state["windows"],
+            # the drift episode open now: the window that opened it (and sent its event)
+            "episode": state.get("episode"),
         }
 
     def collect(self) -> Iterator[Any]:
@@ -504,7 +521,7 @@ class _WindowState:
 
     @staticmethod
     def _empty(window: int) -> dict[str, Any]:
-        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}}
+        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}, "episode": None}
 
     @property
     def _path(self) -> Path:

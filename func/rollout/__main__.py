@@ -4,7 +4,7 @@
   start     create the canary revision (0 %), smoke-test its tag URL, give it the first step
   analyse   every interval, compare canary and stable in Prometheus (counted since the step
             began); step up, promote or roll back
-  promote   100 % to the canary, retagged stable
+  promote   100 % to the canary, retagged stable; the champion of its store moves to it
   rollback  100 % back to stable, canary tag dropped
 
 Exit codes: 0 promoted, in progress (start) or done (promote, rollback by hand); 2 a
@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..model import champion
 from ..observe.logs import JsonFormatter
 from . import analysis, service
 from .analysis import Thresholds
@@ -181,6 +182,7 @@ class Rollout:
             results = [c.as_dict() for c in checks or []]
             events.emit(decision.verdict, decision.percent, decision.reason, results, numbers=numbers)
             if decision.verdict == PROMOTE:
+                self.crown()
                 return PROMOTED
             if decision.verdict == ROLLBACK:
                 return ROLLED_BACK
@@ -189,10 +191,36 @@ class Rollout:
         now = service.split(self.store.get())
         if now.canary is None:
             log.info("no canary to promote; %s serves as stable", now.stable)
+            if self.store.get()["spec"]["template"].get("metadata", {}).get("name") == now.stable:
+                self.crown()  # a promotion whose champion did not move: move it now
             return PROMOTED
         self.store.patch(service.promote_patch(now.canary))
         self.events(now, now.canary).emit(PROMOTE, 100, self.args.reason or "promoted by hand")
+        self.crown()
         return PROMOTED
+
+    def crown(self) -> None:
+        """Move the champion (func/model/champion.py) to the model the promoted revision
+        serves: the pointer or registry alias that serving and the next retraining name."""
+        model = service.template_model(self.store.get())
+        if model is None:
+            log.warning("the Service's template sets no MODEL_PATH: no champion to move")
+            return
+        if self.args.dry_run:
+            log.info("dry run: the champion of the store holding %s is not moved", model.uri)
+            return
+        name = self.model.name if self.model else ""
+        fields = {"name": name, "version": model.version, "uri": model.uri, "sha256": model.sha256}
+        try:
+            moved = champion.move(fields, os.environ.get("MLFLOW_TRACKING_URI"))
+        except champion.ChampionError as exc:
+            raise RolloutError(
+                f"promoted, but the champion was not moved: {exc}; `python -m func.rollout promote` moves it"
+            ) from None
+        if moved is None:
+            log.info("%s was not published by the retraining job: no champion to move", model.uri)
+        else:
+            log.info("champion moved: %s names version %s (%s)", moved, model.version, model.uri)
 
     def rollback(self) -> int:
         now = service.split(self.store.get())

@@ -815,3 +815,60 @@ def test_without_labels_the_mix_passes_near_its_own_card_or_the_stables_and_fail
     # a card without a prediction reference: the stable's mix is the only yardstick
     check = _judged({"classes": {"0": 370.0, "1": 630.0}}, STALE)
     assert not check.passed and "canary vs its card none" in check.basis
+
+
+def serving(doc: dict, model_uri: str, sha: str) -> dict:
+    """The Service with its template (the canary's revision) serving `model_uri`."""
+    from func.rollout.service import _with_env
+
+    out = json.loads(json.dumps(doc))
+    container = out["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = _with_env(container["env"], {"MODEL_PATH": model_uri, "MODEL_SHA256": sha})
+    return out
+
+
+@needs_kubectl
+@needs_schemas
+def test_a_promotion_moves_the_folder_stores_champion_pointer(tmp_path, canary_service):
+    import shutil
+
+    doc, service_file = canary_service
+    version = tmp_path / "store" / "breast-cancer-rf" / "2"
+    version.mkdir(parents=True)
+    shutil.copy(DEFAULT_MODEL, version / "model.onnx")
+    (version / "trained.json").write_text("{}")  # published by the retraining job
+    uri = (version / "model.onnx").as_uri()
+    service_file.write_text(json.dumps(serving(doc, uri, sha256(DEFAULT_MODEL))))
+
+    done = rollout("promote", "--service-file", str(service_file))
+    assert done.returncode == 0, done.stderr
+    pointer = json.loads((tmp_path / "store" / "breast-cancer-rf" / "champion.json").read_text())
+    assert {k: pointer[k] for k in ("name", "version", "uri", "sha256")} == {
+        "name": "breast-cancer-rf",
+        "version": "2",
+        "uri": uri,
+        "sha256": sha256(DEFAULT_MODEL),
+    }
+    assert "champion moved" in done.stderr
+    assert list((tmp_path / "store" / "breast-cancer-rf").glob(".*.part")) == [], "written whole"
+
+
+@needs_kubectl
+@needs_schemas
+def test_a_promotion_moves_the_registrys_champion_alias(tmp_path, canary_service, mlflow_url):
+    from tests.support.services import register_in_mlflow
+
+    doc, service_file = canary_service
+    register_in_mlflow(mlflow_url, "rollout-champion", DEFAULT_MODEL, alias="champion")
+    second = register_in_mlflow(mlflow_url, "rollout-champion", DEFAULT_MODEL)
+    uri = f"models:/rollout-champion/{second}"
+    service_file.write_text(json.dumps(serving(doc, uri, sha256(DEFAULT_MODEL))))
+
+    done = rollout("promote", "--service-file", str(service_file), env={"MLFLOW_TRACKING_URI": mlflow_url})
+    assert done.returncode == 0, done.stderr
+    alias = requests.get(
+        mlflow_url + "/api/2.0/mlflow/registered-models/alias",
+        params={"name": "rollout-champion", "alias": "champion"},
+        timeout=30,
+    ).json()
+    assert alias["model_version"]["version"] == second
