@@ -58,6 +58,8 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
 COPY --from=deps /venv /venv
 WORKDIR /app
 COPY func/ func/
+# func's bytecode now: the read-only root cannot cache it, so each start would compile it
+RUN python -m compileall -q func/
 COPY --from=train /src/models/model.onnx models/model.onnx
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
