@@ -86,6 +86,8 @@ base_is_fresh() {
 make_debootstrap_base() {
   local rootfs mirror
   command -v debootstrap >/dev/null 2>&1 || die "debootstrap is missing: run scripts/build_images.sh --install as root"
+  [ "$(id -u)" = 0 ] || die "python:3.11-slim cannot be pulled, and making its stand-in (debootstrap) needs root;
+run as root, or set WARMSTART_BASE to a Python 3.11 image you have"
   rootfs="$(mktemp -d /var/tmp/warmstart-rootfs.XXXXXX)"
   # shellcheck disable=SC2064  # the path is fixed now
   trap "rm -rf '$rootfs'" RETURN

@@ -33,7 +33,7 @@ FORMATS = (".csv", ".jsonl", ".parquet")
 def podman_problem() -> str | None:
     """Why the image tests cannot run here, or None."""
     if shutil.which("podman") is None:
-        return "podman is not installed: run scripts/build_images.sh as root (it installs podman) or install it"
+        return "podman is not installed: run scripts/build_images.sh --install as root (Debian), or install podman"
     return None
 
 
