@@ -69,7 +69,7 @@ class Container:
                 break
             time.sleep(0.2)
         answer = status.text if status is not None else "no answer"
-        raise AssertionError(f"not ready after {timeout}s: {answer}\n{self.logs()}")
+        raise AssertionError(f"not ready (waited up to {timeout}s): {answer}\n{self.logs()}")
 
 
 @pytest.fixture(scope="module")
