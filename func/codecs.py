@@ -32,11 +32,79 @@ def parse_json(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
-            return json.loads(body)
+            value = json.loads(body)
         # RecursionError: orjson stops at 1,024 levels of nesting, and json's recursive
         # parser would overflow the stack on the same body.
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        _refuse_what_orjson_would(value)
+        return value
+
+
+def _refuse_what_orjson_would(value: Any) -> None:
+    """json.loads reads two things orjson refuses, and no later step can use either: an
+    integer past a float64's range (2^1024 and more, where every conversion to a number
+    fails) and a string holding a lone UTF-16 surrogate ("\\ud800", which no encoder can
+    write back). Find the first one and name where it is."""
+    # (value, parent entry, key): the path is built only for the message
+    stack: list[tuple[Any, Any, Any]] = [(value, None, None)]
+    while stack:
+        entry = stack.pop()
+        item = entry[0]
+        if isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if not key.isascii() and _lone_surrogate(key):
+                    raise MalformedRequest(
+                        f"{_json_path(entry)}: the key {_shown(key)} holds a lone UTF-16 surrogate, "
+                        "which is not a character; JSON text must be Unicode"
+                    )
+                stack.append((child, entry, key))
+        elif isinstance(item, list):
+            stack.extend((child, entry, i) for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str):
+            if not item.isascii() and _lone_surrogate(item):
+                raise MalformedRequest(
+                    f"{_json_path(entry)}: the string {_shown(item)} holds a lone UTF-16 surrogate, "
+                    "which is not a character; JSON text must be Unicode"
+                )
+        elif isinstance(item, int) and item.bit_length() > _FLOAT_BITS:
+            try:
+                float(item)
+            except OverflowError:
+                digits = str(abs(item))
+                raise InvalidInput(
+                    f"{_json_path(entry)}: the integer {'-' if item < 0 else ''}{digits[:12]}... "
+                    f"({len(digits)} digits) is too large for a number; the largest is about 1.8e308"
+                ) from None
+
+
+# Integers of up to 1,023 bits always convert to a float64; longer ones may not.
+_FLOAT_BITS = 1023
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown(text: str) -> str:
+    """A string in quotes, its surrogates escaped as they were sent, at most 40 characters."""
+    escaped = text.encode("utf-8", "backslashreplace").decode()
+    return f'"{escaped}"' if len(escaped) <= 38 else f'"{escaped[:35]}..."'
+
+
+def _json_path(entry: tuple[Any, Any, Any]) -> str:
+    """Where an entry of _refuse_what_orjson_would's walk sits: `instances[0][29]`, `data.id`."""
+    parts = []
+    while entry[1] is not None:
+        key = entry[2]
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+        entry = entry[1]
+    path = "".join(reversed(parts)).lstrip(".")
+    return path or "request body"
 
 
 def dump_json(body: Any) -> bytes:
