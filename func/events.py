@@ -26,6 +26,7 @@ from . import batch, codecs
 from .errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType, WarmstartError
 from .observe import current
 from .serving import Serving
+from .tracing import is_traceparent
 
 PREDICT = "warmstart.predict.v1"
 PREDICTION = "warmstart.prediction.v1"
@@ -140,7 +141,10 @@ class EventHandler:
         for name in TRACE_EXTENSIONS:
             if event.get(name) is not None:
                 attributes[name] = event[name]
-        incoming = request.headers.get("traceparent") or event.get("traceparent")
+        # An invalid traceparent header is ignored, as W3C Trace Context asks; the event's
+        # own traceparent was checked with its other attributes.
+        header = request.headers.get("traceparent")
+        incoming = header if is_traceparent(header) else event.get("traceparent")
         traceparent = self.serving.tracing.reply_traceparent(record, incoming)
         if traceparent is not None:
             attributes["traceparent"] = traceparent
@@ -185,6 +189,13 @@ def _checked(attributes: dict[str, Any], where: str) -> dict[str, Any]:
                 f"got {codecs.short(value)}"
             )
         checked[name] = value
+    # A reply passes it on, in a header of its own.
+    traceparent = checked.get("traceparent")
+    if traceparent is not None and not is_traceparent(traceparent):
+        raise MalformedRequest(
+            f"not a valid CloudEvent: {where.format('traceparent')} must be a W3C traceparent "
+            f"(00-<32 hex digits>-<16 hex digits>-<2 hex digits>), got {codecs.short(traceparent)}"
+        )
     return checked
 
 
