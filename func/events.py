@@ -9,6 +9,7 @@ busy gets 503 (Knative retries).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -124,6 +125,7 @@ class EventHandler:
         if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
+        started = time.perf_counter()
         try:
             result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id, self.serving.observe_batch)
         except Exception as exc:
@@ -132,6 +134,7 @@ class EventHandler:
         finally:
             self._batch_slot.release()
         metrics.batch_job("completed", result["rows"])
+        self.serving.record_model_call(started, result["rows"])
         return result
 
     def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:

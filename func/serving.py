@@ -59,16 +59,21 @@ class Serving:
     def predict(self, model: Model, rows: np.ndarray) -> Prediction:
         """The one model call of every request, coalesced with concurrent ones when
         ADAPTIVE_BATCH_ROWS is set; the request's record gets its rows and timing."""
-        record = current()
         started = time.perf_counter()
         prediction = self._call(model, rows)
         drift = self.drift
         if drift is not None:
             drift.add(rows, prediction)
+        self.record_model_call(started, len(rows))
+        return prediction
+
+    def record_model_call(self, started: float, rows: int) -> None:
+        """The request's record (access log, metrics, trace) gets the rows and timing of
+        its model call, which started at `started`: a predict call, or a whole batch job."""
+        record = current()
         if record is not None:
             record.infer_start, record.infer_end = started, time.perf_counter()
-            record.rows += len(rows)
-        return prediction
+            record.rows += rows
 
     def observe_batch(self, rows: np.ndarray, prediction: Prediction) -> None:
         """A batch job's chunk: drift sees every k-th row, BATCH_DRIFT_ROWS of a chunk at
