@@ -11,6 +11,7 @@ from flask import Response, request
 
 from . import codecs
 from .batching import Batcher
+from .card import CardError, check_identity
 from .config import Settings
 from .drift import Drift
 from .errors import NotFound, PayloadTooLarge, UnsupportedMediaType
@@ -22,6 +23,18 @@ from .tracing import Tracing
 
 # Of a batch job's chunk of 65,536 rows, drift sees about this many (1.5%).
 BATCH_DRIFT_ROWS = 1000
+
+
+def _configured(value: str | None, field: str, default: str) -> str:
+    """MODEL_NAME or MODEL_VERSION for the headers before the model has loaded, if a
+    header can carry it (else the load fails on it, and says so in the log)."""
+    if value is None:
+        return default
+    try:
+        check_identity(value, field)
+    except CardError:
+        return default
+    return value
 
 
 class Serving:
@@ -42,7 +55,10 @@ class Serving:
                 # Built once: every response carries them, and the card does not change.
                 self._loaded_headers = self._headers(model.card.name, model.card.version)
             return self._loaded_headers
-        return self._headers(self.settings.model_name or "model", self.settings.model_version or "1")
+        return self._headers(
+            _configured(self.settings.model_name, "name", "model"),
+            _configured(self.settings.model_version, "version", "1"),
+        )
 
     def _headers(self, name: str, version: str) -> dict[str, str]:
         return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}

@@ -80,6 +80,11 @@ class ServingState:
         started = time.perf_counter()
         try:
             model = load_model(self.settings)
+            seconds = time.perf_counter() - started
+            # Inside the try: a failure here too must leave a reason, not a loader thread
+            # dead and readiness "still loading" for good.
+            if self._on_loaded is not None:
+                self._on_loaded(model, seconds)
         except ModelLoadError as exc:
             self.load_error = str(exc)
             log.error("model not loaded, readiness stays 503: %s", exc)
@@ -87,9 +92,6 @@ class ServingState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model not loaded, readiness stays 503: %s", self.load_error)
         else:
-            seconds = time.perf_counter() - started
-            if self._on_loaded is not None:
-                self._on_loaded(model, seconds)
             self._model = model
             log.info(
                 "model %s version %s (%s) ready in %.3f s", model.card.name, model.card.version, model.format, seconds
