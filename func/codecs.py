@@ -4,8 +4,10 @@ through `rows_from_json` / `check_rows`, and every answer is built from one Pred
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -31,21 +33,55 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        too_large: list[str] = []
         try:
-            value = json.loads(body)
+            # Strict UTF-8 (a byte order mark allowed, as json.loads allows it): json.loads
+            # would let encoded surrogates through, and guess UTF-16 or UTF-32.
+            text = body.decode("utf-8-sig")
+            value = json.loads(text, parse_int=functools.partial(_integer, too_large))
         # RecursionError: orjson stops at 1,024 levels of nesting, and json's recursive
         # parser would overflow the stack on the same body.
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
-        _refuse_what_orjson_would(value)
+        if too_large or _SURROGATE_ESCAPE.search(body):
+            _refuse_unusable(value)
         return value
 
 
-def _refuse_what_orjson_would(value: Any) -> None:
-    """json.loads reads two things orjson refuses, and no later step can use either: an
-    integer past a float64's range (2^1024 and more, where every conversion to a number
-    fails) and a string holding a lone UTF-16 surrogate ("\\ud800", which no encoder can
-    write back). Find the first one and name where it is."""
+# An escaped UTF-16 surrogate, paired or lone: only then can a string hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Integer literals of up to 308 digits always convert to a float64; of 310 or more never.
+_FLOAT_DIGITS = 309
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Where json.loads read an integer literal past a float64's range."""
+
+    literal: str
+
+
+def _integer(too_large: list[str], literal: str) -> int | _TooLarge:
+    """json.loads's reading of an integer literal. Past a float64's range (2^1024 and
+    more) no step after the parse could use it (every conversion to a number fails): it
+    is kept as a _TooLarge, and noted, for _refuse_unusable to find."""
+    digits = len(literal) - literal.startswith("-")
+    if digits < _FLOAT_DIGITS:
+        return int(literal)
+    if digits == _FLOAT_DIGITS:
+        try:
+            float(int(literal))
+            return int(literal)
+        except OverflowError:
+            pass
+    too_large.append(literal)
+    return _TooLarge(literal)
+
+
+def _refuse_unusable(value: Any) -> None:
+    """Name where json.loads read what orjson refuses and no later step can use: an
+    integer past a float64's range, or a string holding a lone UTF-16 surrogate ("\\ud800",
+    which no encoder can write back). Walked only when the parse saw one may be there."""
     # (value, parent entry, key): the path is built only for the message
     stack: list[tuple[Any, Any, Any]] = [(value, None, None)]
     while stack:
@@ -53,36 +89,35 @@ def _refuse_what_orjson_would(value: Any) -> None:
         item = entry[0]
         if isinstance(item, dict):
             for key, child in reversed(item.items()):
-                if not key.isascii() and _lone_surrogate(key):
+                if _lone_surrogate(key):
                     raise MalformedRequest(
                         f"{_json_path(entry)}: the key {_shown(key)} holds a lone UTF-16 surrogate, "
                         "which is not a character; JSON text must be Unicode"
                     )
                 stack.append((child, entry, key))
         elif isinstance(item, list):
-            stack.extend((child, entry, i) for i, child in reversed(list(enumerate(item))))
+            if not _PLAIN.issuperset(map(type, item)):  # rows of numbers: nothing to find
+                stack.extend((child, entry, i) for i, child in reversed(list(enumerate(item))))
         elif isinstance(item, str):
-            if not item.isascii() and _lone_surrogate(item):
+            if _lone_surrogate(item):
                 raise MalformedRequest(
                     f"{_json_path(entry)}: the string {_shown(item)} holds a lone UTF-16 surrogate, "
                     "which is not a character; JSON text must be Unicode"
                 )
-        elif isinstance(item, int) and item.bit_length() > _FLOAT_BITS:
-            try:
-                float(item)
-            except OverflowError:
-                digits = str(abs(item))
-                raise InvalidInput(
-                    f"{_json_path(entry)}: the integer {'-' if item < 0 else ''}{digits[:12]}... "
-                    f"({len(digits)} digits) is too large for a number; the largest is about 1.8e308"
-                ) from None
+        elif isinstance(item, _TooLarge):
+            digits = item.literal.lstrip("-")
+            raise InvalidInput(
+                f"{_json_path(entry)}: the integer {item.literal[: len(item.literal) - len(digits) + 12]}... "
+                f"({len(digits)} digits) is too large for a number; the largest is about 1.8e308"
+            )
 
 
-# Integers of up to 1,023 bits always convert to a float64; longer ones may not.
-_FLOAT_BITS = 1023
+_PLAIN = frozenset({float, int, bool, type(None)})
 
 
 def _lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
     try:
         text.encode()
     except UnicodeEncodeError:
@@ -97,7 +132,7 @@ def _shown(text: str) -> str:
 
 
 def _json_path(entry: tuple[Any, Any, Any]) -> str:
-    """Where an entry of _refuse_what_orjson_would's walk sits: `instances[0][29]`, `data.id`."""
+    """Where an entry of _refuse_unusable's walk sits: `instances[0][29]`, `data.id`."""
     parts = []
     while entry[1] is not None:
         key = entry[2]

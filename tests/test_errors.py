@@ -279,3 +279,12 @@ def test_a_lone_surrogate_is_400_naming_where(server, path, headers, body, where
     message = resp.json()["error"] if path.startswith("/v2/") else error_of(resp)["message"]
     assert message.startswith(f"{where}: the ")
     assert "holds a lone UTF-16 surrogate, which is not a character" in message
+
+
+def test_a_surrogate_encoded_in_utf8_bytes_is_400(server):
+    # json.loads reads these bytes as a lone surrogate, which no answer could echo back
+    body = b'{"id": "r-\xed\xa0\x80", "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [NaN'
+    body += b"".join([b", 1"] * 29) + b"]}]}"
+    resp = post(server, body, "/v2/models/breast-cancer-rf/infer")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"].startswith("request body is not valid JSON: ")
