@@ -11,7 +11,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"warmstart: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .server import run
+    from .server.application import run
 
     run(settings)
     return 0

@@ -120,7 +120,7 @@ class Settings:
     # Where the server makes the folder its workers share (a writable emptyDir on a pod
     # with a read-only root filesystem); the system's temporary folder by default.
     shared_dir_base: str | None = None
-    # Set by the server for its workers (func/shared_dir.py), not by the environment.
+    # Set by the server for its workers (func/server/shared_dir.py), not by the environment.
     shared_dir: str | None = None
 
     @classmethod

@@ -46,7 +46,7 @@ CONFIGS = {
 
 
 def request_cost(rounds: int, requests: int) -> dict[str, float]:
-    from func.app import create_app
+    from func.api.app import create_app
     from func.config import Settings
 
     model = ROOT / "models" / "model.onnx"
@@ -88,10 +88,10 @@ def request_cost(rounds: int, requests: int) -> dict[str, float]:
 
 
 def drift_cost() -> dict[str, float]:
-    from func.card import ModelCard
     from func.config import Settings
-    from func.drift import Drift
-    from func.model import Prediction, load_model
+    from func.model.card import ModelCard
+    from func.model.runtime import Prediction, load_model
+    from func.observe.drift import Drift
 
     model = load_model(Settings(model_path=str(ROOT / "models" / "model.onnx")))
     card: ModelCard = model.card

@@ -26,8 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from func.card import CardError, ModelCard, sidecar_path  # noqa: E402
-from func.export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes  # noqa: E402
+from func.model.card import CardError, ModelCard, sidecar_path  # noqa: E402
+from func.model.export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes  # noqa: E402
 
 
 def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> float:

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.server import ROOT
+from tests.support.server import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 

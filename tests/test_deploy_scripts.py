@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.server import ROOT
+from tests.support.server import ROOT
 
 SCRIPTS = ["deploy.sh", "prewarm.sh", "rollout.sh"]
 

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.server import ROOT
+from tests.support.server import ROOT
 
 SCHEMA_DIR = Path(os.environ.get("KNATIVE_SCHEMA_DIR", ROOT.parent / "shared" / "schemas"))
 KNATIVE_GROUPS = ("serving.knative.dev", "eventing.knative.dev", "sources.knative.dev", "sinks.knative.dev")
@@ -206,7 +206,7 @@ def test_triggers_follow_the_eventing_webhook_rules():
 def test_the_jobsink_runs_the_retraining_job_as_a_valid_kubernetes_job():
     import kubernetes_validate
 
-    from func.retrain import EXIT_PERMANENT
+    from func.retrain.job import EXIT_PERMANENT
 
     docs = {(d["kind"], d["metadata"]["name"]): d for d in render("retrain")}
     job = docs["JobSink", "warmstart-retrain"]["spec"]["job"]

@@ -17,7 +17,7 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 
-from tests.server import DEFAULT_MODEL, ROOT, ServerProcess
+from tests.support.server import DEFAULT_MODEL, ROOT, ServerProcess
 
 PIP_TIMEOUT_S = 900
 

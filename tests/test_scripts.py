@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import requests
 
-from tests.server import ROOT, ServerProcess
+from tests.support.server import ROOT, ServerProcess
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess[str]:

@@ -23,8 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..logs import JsonFormatter
-from ..smoke import Smoke, SmokeFailure
+from ..observe.logs import JsonFormatter
 from . import analysis, service
 from .analysis import Thresholds
 from .cluster import FileService, KubernetesService, Recorded, ServiceStore
@@ -32,6 +31,7 @@ from .events import RolloutEvents
 from .policy import PROMOTE, ROLLBACK, STARTED, STEP, Policy, Progress, decide
 from .prometheus import MetricsUnavailable, Prometheus
 from .service import Model, RolloutError, Split
+from .smoke import Smoke, SmokeFailure
 from .trigger import model_by_hand, model_from_event
 
 log = logging.getLogger("warmstart.rollout")

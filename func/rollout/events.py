@@ -19,7 +19,7 @@ import logging
 import uuid
 from typing import Any
 
-from ..emit import Emitter
+from ..observe.emit import Emitter
 
 log = logging.getLogger("warmstart.rollout")
 
