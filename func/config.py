@@ -92,7 +92,8 @@ class Settings:
     # on by default when the model card has reference statistics; 0 turns it off
     drift: bool = True
     batch_allow: tuple[str, ...] = ("./data/",)
-    batch_wait_s: float = 30.0
+    # a job running longer logs its rows so far this often
+    batch_progress_s: float = 5.0
     adaptive_batch_rows: int = 0
     adaptive_batch_delay_ms: float = 2.0
     k_service: str | None = None
@@ -156,7 +157,7 @@ class Settings:
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
             drift=_flag(env, "DRIFT", default=True),
             batch_allow=allow,
-            batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
+            batch_progress_s=_float(env, "BATCH_PROGRESS_S", 5.0, minimum=0),
             adaptive_batch_rows=_int(env, "ADAPTIVE_BATCH_ROWS", 0),
             adaptive_batch_delay_ms=_float(env, "ADAPTIVE_BATCH_DELAY_MS", 2.0),
             k_service=k_service,

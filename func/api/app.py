@@ -12,7 +12,7 @@ from werkzeug.routing import BaseConverter
 
 from ..codecs import rows as codecs
 from ..config import Settings
-from ..errors import NotReady, WarmstartError
+from ..errors import NotReady, WarmstartError, body_too_large
 from ..explain.explainers import Explainers, explanation_body, usage
 from ..model.runtime import Model
 from ..model.state import ServingState
@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         message = exc.description or exc.name
         headers = None
         if status == 413:
-            message = f"request body is larger than MAX_REQUEST_BYTES={settings.max_request_bytes} bytes"
+            message = body_too_large(settings.max_request_bytes).message
         elif status == 404:
             message = f"no route {request.method} {request.path}; see /openapi.json"
         elif status == 405:
@@ -213,6 +213,8 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         return respond(openapi.document(model.card if model else None))
 
     v2.register(app, serving)
-    if load:
+    if metrics.problem:
+        state.refuse(metrics.problem)
+    elif load:
         state.start_loading()
     return app

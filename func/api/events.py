@@ -48,8 +48,9 @@ class EventHandler:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
         # One batch job per process at a time: a job saturates a core for seconds, and a
-        # second one would only slow both. The next one waits BATCH_WAIT_S for its turn,
-        # then gets 503, which Knative retries (possibly on another pod).
+        # second one would only slow both. The next one gets 503 at once, which Knative
+        # retries (possibly on another pod): waiting for the slot would hold one of the
+        # worker's few threads, and predictions would queue behind it.
         self._batch_slot = threading.BoundedSemaphore(1)
 
     def handle(self) -> Response:
@@ -117,12 +118,15 @@ class EventHandler:
     def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
-        if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
+        if not self._batch_slot.acquire(blocking=False):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
         started = time.perf_counter()
         try:
-            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id, self.serving.observe_batch)
+            settings = self.serving.settings
+            result = batch.run_job(
+                job, model, settings.batch_allow, event_id, self.serving.observe_batch, settings.batch_progress_s
+            )
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
             raise

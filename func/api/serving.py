@@ -11,7 +11,7 @@ from flask import Response, request
 
 from ..codecs import rows as codecs
 from ..config import Settings
-from ..errors import NotFound, PayloadTooLarge, UnsupportedMediaType
+from ..errors import NotFound, UnsupportedMediaType, body_too_large
 from ..model.batching import Batcher
 from ..model.card import CardError, check_identity
 from ..model.runtime import Model, Prediction
@@ -62,6 +62,15 @@ class Serving:
 
     def _headers(self, name: str, version: str) -> dict[str, str]:
         return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}
+
+    @staticmethod
+    def error_body(path: str, code: str, message: str) -> dict[str, Any]:
+        """An error in the words of the route at `path`, for errors found before routing
+        (func/server/worker.py): the Open Inference Protocol (/v2) has a bare message,
+        every other route a code and a message."""
+        if path == "/v2" or path.startswith("/v2/"):
+            return {"error": message}
+        return {"error": {"code": code, "message": message}}
 
     def respond(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         """A JSON response carrying the model headers."""
@@ -133,7 +142,7 @@ class Serving:
             # byte past the limit to tell "exactly at" from "over".
             data = request.environ["wsgi.input"].read(limit + 1)
             if len(data) > limit:
-                raise PayloadTooLarge(f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
+                raise body_too_large(limit)
             return data
         return request.get_data(cache=False)
 

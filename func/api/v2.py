@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..codecs import fast_rows
 from ..codecs import rows as codecs
-from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError
+from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError, body_too_large
 from ..model.runtime import Model, Prediction
 from .serving import Serving
 
@@ -287,7 +287,7 @@ def register(app: Flask, serving: Serving) -> None:
     @v2.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return v2_error(413, f"request body is larger than MAX_REQUEST_BYTES={serving.settings.max_request_bytes}")
+            return v2_error(413, body_too_large(serving.settings.max_request_bytes).message)
         return v2_error(exc.code or 500, exc.description or exc.name)
 
     @v2.get("")

@@ -119,11 +119,68 @@ def _resolve(uri: str) -> str:
 
 
 def run_job(
-    job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str, observe: Observe | None = None
+    job: BatchJob,
+    model: Model,
+    allow: tuple[str, ...],
+    job_id: str,
+    observe: Observe | None = None,
+    progress_s: float = 5.0,
 ) -> dict[str, Any]:
     """Run a batch job and return the completion event's data; `observe` sees each
-    chunk's rows and predictions (drift takes a sample of them)."""
+    chunk's rows and predictions (drift takes a sample of them). The log says when the
+    job starts, every `progress_s` seconds how far it is, and how it ended."""
     started = time.perf_counter()
+    log.info("batch job %s started: %s -> %s", job_id, job.input, job.output)
+    progress = _Progress(job_id, started, progress_s)
+    try:
+        result = _run(job, model, allow, job_id, observe, progress)
+    except Exception as exc:
+        log.warning(
+            "batch job %s failed after %d rows in %.2f s: %s",
+            job_id,
+            progress.rows,
+            time.perf_counter() - started,
+            getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    log.info(
+        "batch job %s completed: %d rows in %.2f s (%.0f rows/s) -> %s",
+        job_id,
+        result["rows"],
+        result["duration_s"],
+        result["rows"] / max(result["duration_s"], 1e-3),
+        job.output,
+    )
+    return result
+
+
+class _Progress:
+    """Rows written so far, logged every `every_s` seconds of a long job."""
+
+    def __init__(self, job_id: str, started: float, every_s: float) -> None:
+        self.job_id, self.started, self.every_s = job_id, started, every_s
+        self.rows = 0
+        self._next = started + every_s
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now >= self._next:
+            self._next = now + self.every_s
+            seconds = now - self.started
+            log.info(
+                "batch job %s: %d rows in %.1f s (%.0f rows/s)",
+                self.job_id,
+                self.rows,
+                seconds,
+                self.rows / max(seconds, 1e-3),
+            )
+
+
+def _run(
+    job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str, observe: Observe | None, progress: _Progress
+) -> dict[str, Any]:
+    started = progress.started
     source = resolve_allowed(job.input, allow, "input")
     target = resolve_allowed(job.output, allow, "output")
     if target == source:
@@ -155,7 +212,8 @@ def run_job(
                     )
                     # Parsing text costs about what inference does, so it keeps a core and
                     # inference takes the other; Parquet decodes cheaply, so inference takes both.
-                    rows = _predict_all(chunks, model, job.input, writer, input_format != "parquet", observe)
+                    one_thread = input_format != "parquet"
+                    rows = _predict_all(chunks, model, job.input, writer, one_thread, observe, progress.add)
                 finally:
                     writer.close()
             out_fs.mv(partial, out_path)
@@ -183,9 +241,16 @@ def _output_error(exc: OSError, output: str, folder: str) -> Exception:
 
 
 def _predict_all(
-    chunks: Iterator[Any], model: Model, uri: str, writer: Any, one_thread: bool, observe: Observe | None
+    chunks: Iterator[Any],
+    model: Model,
+    uri: str,
+    writer: Any,
+    one_thread: bool,
+    observe: Observe | None,
+    written: Callable[[int], None],
 ) -> int:
-    """Predict and write every chunk; returns the row count.
+    """Predict and write every chunk, telling `written` each chunk's rows; returns the
+    row count.
 
     Chunk k is predicted on a second thread while this one reads and decodes chunk k+1
     (pyarrow and onnxruntime both release the GIL), so the two overlap; at most two
@@ -202,7 +267,7 @@ def _predict_all(
                 predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe)
                 rows += chunk.num_rows
                 if pending is not None:
-                    writer.write(pending.result())
+                    _write(writer, pending.result(), written)
                 pending = predicted
         except BaseException:
             # A bad row in the chunk being predicted comes before whatever went wrong
@@ -212,8 +277,13 @@ def _predict_all(
                 raise earlier from None
             raise
         if pending is not None:
-            writer.write(pending.result())
+            _write(writer, pending.result(), written)
     return rows
+
+
+def _write(writer: Any, chunk: Any, written: Callable[[int], None]) -> None:
+    writer.write(chunk)
+    written(chunk.num_rows)
 
 
 def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:

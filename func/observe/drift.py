@@ -19,7 +19,10 @@ a queue (a fraction of a microsecond, no lock), and a thread bins what queued ev
 FLUSH_S, counting the bin edges each value reaches for every feature and row at once,
 and takes the window lock once per batch. Binning row by row on the request, even in plain Python (8 us a row),
 cost more under load than this. /drift and /metrics bin what their own worker has
-queued before they answer; the other workers' rows arrive within FLUSH_S.
+queued before they answer; the other workers' rows arrive within FLUSH_S. A worker that
+stops on SIGTERM bins its queue as it exits; one that is killed (SIGKILL, the OOM
+killer) loses what it queued since its last batch, at most FLUSH_S of its rows (or
+QUEUE_ROWS), while the rows it binned before stay counted.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ FLUSH_S = 0.5
 # early, so the queue's memory stays bounded.
 QUEUE_ROWS = 65_536
 TOP_FEATURES = 5
+# Rows reach drift as the model reads them, float32 (func/codecs.py validates every
+# protocol's rows into float32), so the card's edges and training range are compared in
+# float32 too: compared in float64, a discrete feature's training maximum (0.0507 of
+# diabetes' `sex`) rounds up past the card's float64 maximum and counts as above_max.
+ROW_DTYPE = np.float32
 SPECIAL_BINS = ("missing", "below_min", "above_max")
 _ONE = np.array([0])  # psi_per_group's offsets for a single group
 
@@ -105,12 +113,12 @@ class Layout:
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
         return cls(
             features=card.feature_names,
-            edges=_padded([r["bin_edges"] for r in refs]),
+            edges=_padded([r["bin_edges"] for r in refs]).astype(ROW_DTYPE),
             starts=np.array(starts),
             widths=np.array(widths),
             reference=np.concatenate(shares),
-            mins=np.array([r["min"] for r in refs]),
-            maxs=np.array([r["max"] for r in refs]),
+            mins=np.array([r["min"] for r in refs], dtype=ROW_DTYPE),
+            maxs=np.array([r["max"] for r in refs], dtype=ROW_DTYPE),
             prediction_start=slot,
             prediction_edges=prediction_edges,
             prediction_reference=pred_ref,
@@ -121,7 +129,7 @@ class Layout:
     def slots(self, rows: np.ndarray, prediction_slots: np.ndarray) -> np.ndarray:
         """The slot each value of `rows` counts in, one line per feature, and the last
         line the slots of the rows' predictions: (features + 1, rows)."""
-        columns = rows.T.astype(np.float64, order="C")  # the edges' dtype: values on an edge bin alike
+        columns = rows.T.astype(ROW_DTYPE, order="C")  # the edges' dtype: values on an edge bin alike
         # Reference bin k holds edges[k-1] <= x < edges[k]: a value's bin is how many edges
         # it reaches, counted one edge rank at a time for every feature at once. 4x faster
         # than a binary search per feature for 10,000 rows, 2.5x for one (+inf padding is
@@ -246,7 +254,12 @@ class Drift:
         """Bin what is queued, then close the pod's windows that are complete."""
         pop = self._queue.popleft
         self._queued_rows = 0
-        queue = [pop() for _ in range(len(self._queue))]
+        queue = []
+        try:
+            for _ in range(len(self._queue)):
+                queue.append(pop())
+        except IndexError:  # a flush on another thread (a scrape, /drift) took the rest
+            pass
         if not queue:
             return
         layout = self.layout
@@ -406,6 +419,15 @@ class Drift:
             for i, label in enumerate(self.card.class_labels):
                 predictions.add_metric([*model, str(label)], total[start + i])
             yield predictions
+            if layout is not None and layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_reference_fraction",
+                    "Share of each class in the model's answers on its card's data (the canary analysis' yardstick)",
+                    labels=[*names, "class"],
+                )
+                for label, share in zip(self.card.class_labels, layout.prediction_reference.tolist()):
+                    expected.add_metric([*model, str(label)], share)
+                yield expected
         elif layout is not None and layout.prediction_edges is not None:
             counts = total[layout.prediction_start : layout.size - 1].cumsum()
             bounds = [*(repr(float(e)) for e in layout.prediction_edges), "+Inf"]
@@ -416,6 +438,16 @@ class Drift:
             )
             values.add_metric(model, list(zip(bounds, counts.tolist())), float(total[-1]))
             yield values
+            if layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_value_reference_fraction",
+                    "Share of what the model answered on its card's data at or below each of "
+                    "warmstart_prediction_value's bounds (the canary analysis' yardstick)",
+                    labels=[*names, "le"],
+                )
+                for bound, share in zip(bounds, layout.prediction_reference.cumsum().tolist()):
+                    expected.add_metric([*model, bound], share)
+                yield expected
         if layout is None:
             return
         rows = CounterMetricFamily(

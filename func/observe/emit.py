@@ -53,11 +53,20 @@ class Emitter:
         self._counted = counted
         self._timeout, self._delays = timeout_s, retry_delays_s
         self._sender: ThreadPoolExecutor | None = None
+        self._told_no_sink = False
 
     def send(self, kind: str, event_id: str, data: dict[str, Any], subject: str | None = None) -> Future[str] | None:
         """Queue one event; the future says how it ended ("sent", "failed", "no_sink")."""
         if not self.sink:
-            log.warning("%s %s not sent: K_SINK is not set (a SinkBinding sets it)", kind, event_id)
+            # Said once: without a sink (a local run) every drift window would repeat it.
+            if not self._told_no_sink:
+                self._told_no_sink = True
+                log.warning(
+                    "%s %s not sent: K_SINK is not set (a SinkBinding sets it); events are not sent "
+                    'and not logged again, warmstart_events_sent_total{outcome="no_sink"} counts them',
+                    kind,
+                    event_id,
+                )
             self._counted(kind, "no_sink")
             return None
         if self._sender is None:

@@ -255,9 +255,12 @@ def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
     assert error_of(resp)["message"] == f"input {str(src)!r}: missing feature column(s) 'worst area'"
 
 
-def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_server, tmp_path, dataset):
+def test_batch_events_that_find_a_job_running_get_503_at_once_and_hold_no_thread(start_server, tmp_path, dataset, card):
+    """The job slot taken, the next events are answered 503 with Retry-After (Knative
+    retries them) at once: none waits on one of the worker's threads, so predictions are
+    still served meanwhile."""
     x, names = dataset
-    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1", "BATCH_WAIT_S": "0.2"})
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1", "THREADS": "2"})
     big = write(tmp_path / "big.parquet", table(x, names, 400_000, shuffle_columns=False))
     first = threading.Thread(
         target=send, args=(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "a.parquet")}, "a"))
@@ -266,10 +269,17 @@ def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_serve
     deadline = time.monotonic() + 20
     while not list(tmp_path.glob(".a.parquet.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    resp = send(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "b.parquet")}, "b"))
+    busy = [
+        send(srv.url, batch_event({"input": str(big), "output": str(tmp_path / f"{i}.parquet")}, str(i)), timeout=5)
+        for i in range(3)
+    ]
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    predicted = requests.post(srv.url + "/predict", json={"features": row}, timeout=5)
     first.join(60)
-    assert resp.status_code == 503
-    assert resp.headers["Retry-After"] == "5"
+    assert [r.status_code for r in busy] == [503] * 3
+    assert {r.headers["Retry-After"] for r in busy} == {"5"}
+    assert error_of(busy[0])["message"] == "a batch job is already running in this instance; retry later"
+    assert predicted.status_code == 200
 
 
 def test_job_killed_half_way_leaves_no_output_and_redelivery_completes_it(start_server, tmp_path, dataset):
@@ -577,3 +587,24 @@ def test_the_access_log_counts_the_rows_a_batch_job_predicted(batch_server, jobs
         return [e for e in lines if e["logger"] == "warmstart.access" and e["route"] == "/" and e["rows"] == 1000]
 
     assert wait_for(batch_lines), batch_server.log()[-2000:]
+
+
+def test_a_job_logs_its_start_its_progress_and_its_end_with_rows_and_seconds(start_server, tmp_path, dataset):
+    x, names = dataset
+    # BATCH_PROGRESS_S=0: a progress line after every chunk written, however fast
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "BATCH_PROGRESS_S": "0"})
+    src = write(tmp_path / "in.csv", table(x, names, 200_000, shuffle_columns=False))
+    out = tmp_path / "out.csv"
+    assert send(srv.url, batch_event({"input": str(src), "output": str(out)}, "job-log")).status_code == 200
+    bad = send(srv.url, batch_event({"input": str(tmp_path / "none.csv"), "output": str(out)}, "job-bad"))
+    assert bad.status_code == 422
+
+    messages = [json.loads(line)["message"] for line in srv.log().splitlines() if '"warmstart.batch"' in line]
+    started, *progress, completed = [m for m in messages if m.startswith("batch job job-log")]
+    assert started == f"batch job job-log started: {src} -> {out}"
+    rows = [int(m.split(": ", 1)[1].split(" rows")[0]) for m in progress]
+    assert len(rows) >= 2 and rows == sorted(rows) and rows[-1] == 200_000
+    assert all(" s (" in m and "rows/s)" in m for m in progress)
+    assert completed.startswith("batch job job-log completed: 200000 rows in ") and completed.endswith(f"-> {out}")
+    failed = [m for m in messages if m.startswith("batch job job-bad failed after 0 rows in ")]
+    assert len(failed) == 1 and "no such file" in failed[0]

@@ -93,8 +93,9 @@ def test_psi_per_feature_matches_the_reference_bins(start_server, training_rows,
     last = wait_for(lambda: drift(srv)["last_complete"])
     for f, name in enumerate(card["feature_names"]):
         ref = card["reference"][name]
-        edges, column = np.array(ref["bin_edges"]), shifted[:, f].astype(np.float32).astype(np.float64)
-        below, above = column < ref["min"], column > ref["max"]
+        # compared as the model reads the rows: float32
+        edges, column = np.array(ref["bin_edges"], dtype=np.float32), shifted[:, f].astype(np.float32)
+        below, above = column < np.float32(ref["min"]), column > np.float32(ref["max"])
         inside = np.bincount(np.searchsorted(edges, column[~below & ~above], side="right"), minlength=len(edges) + 1)
         live = np.array([0, below.sum(), *inside, above.sum()]) / len(column)
         expected = np.array([0, 0, *ref["fractions"], 0])
@@ -174,6 +175,58 @@ def test_a_failing_slow_or_absent_sink_never_fails_a_prediction(start_server, si
     outcome = 'outcome="failed"'
     assert wait_for(lambda: outcome in requests.get(srv.url + "/metrics").text, timeout=20)
     assert "not sent to" in srv.log()
+
+
+def test_a_model_served_its_own_training_rows_sees_no_drift(start_server, sink, tmp_path):
+    """Diabetes' `sex` takes two values: its training maximum, read as the float32 the
+    model predicts on, must count in the card's top bin, not above the training range."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from func.model.export import build_card, to_onnx_bytes
+
+    data = load_diabetes()
+    names = [str(n) for n in data.feature_names]
+    model = GradientBoostingRegressor(random_state=0).fit(data.data, data.target)
+    path = tmp_path / "diabetes.onnx"
+    path.write_bytes(to_onnx_bytes(model, build_card(model, data.data, names, "diabetes", "1")))
+    srv = start_server({"MODEL_PATH": str(path), "DRIFT_WINDOW": "200", "K_SINK": sink})
+    rows = np.random.default_rng(0).permutation(data.data)[:400]
+    send_rows(srv, rows, per_request=20)
+    report = wait_for(lambda: (r := drift(srv))["rows_seen"] == 400 and r)
+    assert sum(report["windows"].values()) == 2
+    assert "drift" not in report["windows"], report["last_complete"]["top_features"]
+    assert report["last_complete"]["out_of_range_rate"] == 0
+    assert Sink.events == []
+
+
+def test_without_a_sink_the_log_says_so_once_and_metrics_count_every_event(start_server, training_rows):
+    srv = start_server({"DRIFT_WINDOW": "50"})
+    send_rows(srv, training_rows[:150] * 1.7, per_request=50)  # three drifted windows
+
+    def not_sent() -> list[str]:
+        lines = requests.get(srv.url + "/metrics").text.splitlines()
+        return [line.rsplit(" ", 1)[1] for line in lines if "no_sink" in line and line.startswith("warmstart_events")]
+
+    assert wait_for(lambda: not_sent() == ["3.0"]), not_sent()
+    assert srv.log().count("K_SINK is not set") == 1
+
+
+def test_a_worker_stopped_by_sigterm_bins_the_rows_it_queued_first(start_server, training_rows):
+    """Rows wait up to FLUSH_S (0.5 s) in their worker's queue; a worker told to stop
+    (SIGTERM: a scale-down, a max-requests recycle) bins them before it exits."""
+    import os
+    import signal
+
+    from tests.observe.test_observability import children
+
+    srv = start_server({"WORKERS": "1", "DRAIN_S": "0"})
+    send_rows(srv, training_rows[:200], per_request=200)
+    (worker,) = children(srv.proc.pid)
+    os.kill(worker, signal.SIGTERM)  # at once: its drift thread waits 0.5 s for a batch
+    assert wait_for(lambda: set(children(srv.proc.pid)) - {worker}, timeout=20)
+    srv.wait_ready()
+    assert drift(srv)["rows_seen"] == 200
 
 
 def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, training_rows, card):
