@@ -163,7 +163,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     @app.get("/explain")
     def explain_page() -> Response:
         if pages.wants_html(request.accept_mimetypes):
-            return serving.respond_bytes(pages.page("explain"), pages.HTML_HEADERS)
+            return serving.respond_bytes(*pages.page("explain"))
         return respond(usage(state.model.card), headers=pages.VARY)
 
     @app.post("/v1/models/<model:name>:explain")
@@ -201,7 +201,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     @app.get("/drift")
     def drift() -> Response:
         if pages.wants_html(request.accept_mimetypes):
-            return serving.respond_bytes(pages.page("drift"), pages.HTML_HEADERS)
+            return serving.respond_bytes(*pages.page("drift"))
         if state.loaded is None:
             raise NotReady(state.not_ready_reason())
         if serving.drift is None:

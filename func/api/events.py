@@ -9,6 +9,7 @@ busy gets 503 (Knative retries).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -20,6 +21,7 @@ from ..codecs import rows as codecs
 from ..errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType, WarmstartError
 from ..observe.emit import CloudEvent, to_binary, to_structured
 from ..observe.observer import current
+from ..observe.tracing import is_traceparent
 from .serving import Serving
 
 PREDICT = "warmstart.predict.v1"
@@ -119,6 +121,7 @@ class EventHandler:
         if not self._batch_slot.acquire(blocking=False):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
+        started = time.perf_counter()
         try:
             settings = self.serving.settings
             result = batch.run_job(
@@ -130,6 +133,7 @@ class EventHandler:
         finally:
             self._batch_slot.release()
         metrics.batch_job("completed", result["rows"])
+        self.serving.record_model_call(started, result["rows"])
         return result
 
     def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:
@@ -139,7 +143,10 @@ class EventHandler:
         for name in TRACE_EXTENSIONS:
             if event.get(name) is not None:
                 attributes[name] = event[name]
-        incoming = request.headers.get("traceparent") or event.get("traceparent")
+        # An invalid traceparent header is ignored, as W3C Trace Context asks; the event's
+        # own traceparent was checked with its other attributes.
+        header = request.headers.get("traceparent")
+        incoming = header if is_traceparent(header) else event.get("traceparent")
         traceparent = self.serving.tracing.reply_traceparent(record, incoming)
         if traceparent is not None:
             attributes["traceparent"] = traceparent
@@ -184,6 +191,13 @@ def _checked(attributes: dict[str, Any], where: str) -> dict[str, Any]:
                 f"got {codecs.short(value)}"
             )
         checked[name] = value
+    # A reply passes it on, in a header of its own.
+    traceparent = checked.get("traceparent")
+    if traceparent is not None and not is_traceparent(traceparent):
+        raise MalformedRequest(
+            f"not a valid CloudEvent: {where.format('traceparent')} must be a W3C traceparent "
+            f"(00-<32 hex digits>-<16 hex digits>-<2 hex digits>), got {codecs.short(traceparent)}"
+        )
     return checked
 
 

@@ -13,6 +13,7 @@ from ..codecs import rows as codecs
 from ..config import Settings
 from ..errors import NotFound, UnsupportedMediaType, body_too_large
 from ..model.batching import Batcher
+from ..model.card import CardError, check_identity
 from ..model.runtime import Model, Prediction
 from ..model.state import ServingState
 from ..observe.drift import Drift
@@ -22,6 +23,18 @@ from ..observe.tracing import Tracing
 
 # Of a batch job's chunk of 65,536 rows, drift sees about this many (1.5%).
 BATCH_DRIFT_ROWS = 1000
+
+
+def _configured(value: str | None, field: str, default: str) -> str:
+    """MODEL_NAME or MODEL_VERSION for the headers before the model has loaded, if a
+    header can carry it (else the load fails on it, and says so in the log)."""
+    if value is None:
+        return default
+    try:
+        check_identity(value, field)
+    except CardError:
+        return default
+    return value
 
 
 class Serving:
@@ -42,7 +55,10 @@ class Serving:
                 # Built once: every response carries them, and the card does not change.
                 self._loaded_headers = self._headers(model.card.name, model.card.version)
             return self._loaded_headers
-        return self._headers(self.settings.model_name or "model", self.settings.model_version or "1")
+        return self._headers(
+            _configured(self.settings.model_name, "name", "model"),
+            _configured(self.settings.model_version, "version", "1"),
+        )
 
     def _headers(self, name: str, version: str) -> dict[str, str]:
         return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}
@@ -68,16 +84,21 @@ class Serving:
     def predict(self, model: Model, rows: np.ndarray) -> Prediction:
         """The one model call of every request, coalesced with concurrent ones when
         ADAPTIVE_BATCH_ROWS is set; the request's record gets its rows and timing."""
-        record = current()
         started = time.perf_counter()
         prediction = self._call(model, rows)
         drift = self.drift
         if drift is not None:
             drift.add(rows, prediction)
+        self.record_model_call(started, len(rows))
+        return prediction
+
+    def record_model_call(self, started: float, rows: int) -> None:
+        """The request's record (access log, metrics, trace) gets the rows and timing of
+        its model call, which started at `started`: a predict call, or a whole batch job."""
+        record = current()
         if record is not None:
             record.infer_start, record.infer_end = started, time.perf_counter()
-            record.rows += len(rows)
-        return prediction
+            record.rows += rows
 
     def observe_batch(self, rows: np.ndarray, prediction: Prediction) -> None:
         """A batch job's chunk: drift sees every k-th row, BATCH_DRIFT_ROWS of a chunk at

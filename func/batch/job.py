@@ -10,6 +10,7 @@ delivered twice at once, leaves exactly one complete output.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import itertools
 import logging
@@ -27,6 +28,7 @@ import orjson
 
 from ..codecs import rows as codecs
 from ..errors import Forbidden, InsufficientStorage, InvalidInput
+from ..model.card import ModelCard
 from ..model.runtime import Model, Prediction
 from . import partials
 
@@ -188,7 +190,9 @@ def _run(
     out_fs, out_path = _filesystem(target, job.output, "output")
     if not in_fs.isfile(in_path):
         raise InvalidInput(f"input {job.input!r}: no such file")
-    if out_fs.isdir(out_path):
+    # "data/scored/" names a folder even where none exists yet: the resolved path has
+    # lost its trailing '/', and a file named data/scored would be written.
+    if out_fs.isdir(out_path) or posixpath.basename(urlsplit(job.output).path) in ("", ".", ".."):
         raise InvalidInput(f"output {job.output!r} is a folder; name a file in it")
     if not out_fs.isdir(posixpath.dirname(out_path)):
         raise InvalidInput(f"output {job.output!r}: its folder does not exist")
@@ -199,7 +203,13 @@ def _run(
             with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
                 writer = _writer(output_format, sink)
                 try:
-                    chunks = _read_chunks(reader, input_format, job.input, model.card.feature_names)
+                    chunks = _read_chunks(
+                        reader,
+                        input_format,
+                        job.input,
+                        model.card.feature_names,
+                        lambda schema: _check_columns(schema, model.card, output_format, job.input),
+                    )
                     # Parsing text costs about what inference does, so it keeps a core and
                     # inference takes the other; Parquet decodes cheaply, so inference takes both.
                     one_thread = input_format != "parquet"
@@ -288,8 +298,11 @@ def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
         raise InvalidInput(f"{field} {uri!r}: {exc}") from None
 
 
-def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str]) -> Iterator[Any]:
-    """Record batches of the input, whatever its format, decoded with pyarrow."""
+def _read_chunks(
+    stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str], check: Callable[[Any], None]
+) -> Iterator[Any]:
+    """Record batches of the input, whatever its format, decoded with pyarrow; `check`
+    sees the input's schema before the first batch is predicted."""
     import pyarrow as pa
 
     try:
@@ -310,6 +323,7 @@ def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | li
 
             parquet = pq.ParquetFile(stream, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
             batches, schema = parquet.iter_batches(batch_size=CHUNK_ROWS), parquet.schema_arrow
+        check(schema)
         empty = True
         for batch in batches:
             empty = False
@@ -320,6 +334,80 @@ def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | li
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_columns(schema: Any, card: ModelCard, output_format: str, uri: str) -> None:
+    """The input's columns, before any row is predicted: each named once, in UTF-8 text;
+    none named like a column the output adds (it would be overwritten); and the columns
+    that pass through to the output of types the output format can hold."""
+    names = []
+    for i in range(len(schema)):
+        try:
+            names.append(schema.field(i).name)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {uri!r}: the name of column {i} is not UTF-8 text (byte {exc.object[exc.start]:#x} "
+                f"at position {exc.start}); save the file as UTF-8"
+            ) from None
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} appears twice (columns {first[name]} and {i}); name each column once"
+            )
+        first[name] = i
+    features = set(card.feature_names)
+    for i, name in enumerate(names):
+        if name in features:
+            continue
+        if _added_column(name, card):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} has the name of a column the output adds, and would be "
+                "overwritten; rename it"
+            )
+        kind = schema.field(i).type
+        if not _holds(output_format, kind):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} is of type {kind}, which a {output_format} output cannot hold; "
+                "drop the column or write a Parquet output"
+            )
+
+
+def _added_column(name: str, card: ModelCard) -> bool:
+    """Whether the output adds a column of this name: `prediction`, and a classifier's
+    probability_<class> (probability_0, probability_1, ... where the card names no classes)."""
+    if name == "prediction":
+        return True
+    if not card.is_classifier or not name.startswith("probability_"):
+        return False
+    suffix = name.removeprefix("probability_")
+    return suffix in {str(label) for label in card.class_labels} if card.class_labels else suffix.isdigit()
+
+
+def _holds(fmt: str, kind: Any) -> bool:
+    """Whether an output of format `fmt` can hold a column of arrow type `kind`: Parquet
+    any; CSV text, numbers, booleans and times, but no nested values and no bytes (which
+    need not be text); JSON lines what JSON has a form for, nested or not, but no bytes,
+    decimals or durations."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_dictionary(kind):
+        return _holds(fmt, kind.value_type)
+    if fmt == "parquet":
+        return True
+    simple = (t.is_null, t.is_boolean, t.is_integer, t.is_floating, t.is_string, t.is_large_string, t.is_temporal)
+    if any(test(kind) for test in simple) and not t.is_interval(kind):
+        return fmt == "csv" or not t.is_duration(kind)
+    if fmt == "csv":
+        return t.is_decimal(kind)
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return _holds(fmt, kind.value_type)
+    if t.is_struct(kind):
+        return all(_holds(fmt, kind.field(i).type) for i in range(kind.num_fields))
+    if t.is_map(kind):
+        return _holds(fmt, kind.key_type) and _holds(fmt, kind.item_type)
+    return t.is_string_view(kind)
 
 
 def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[Iterator[Any], Any]:
@@ -394,10 +482,18 @@ class _JsonLinesWriter:
 
     def write(self, batch: Any) -> None:
         option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-        self.sink.write(b"".join(orjson.dumps(row, option=option) for row in batch.to_pylist()))
+        self.sink.write(b"".join(orjson.dumps(row, default=_iso_time, option=option) for row in batch.to_pylist()))
 
     def close(self) -> None:
         pass
+
+
+def _iso_time(value: Any) -> str:
+    """A nanosecond timestamp, which pyarrow hands over as a pandas Timestamp (a datetime
+    that orjson does not take), in ISO 8601 as orjson writes other datetimes."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class _ArrowWriter:

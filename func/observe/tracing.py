@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,15 @@ from ..config import Settings
 log = logging.getLogger("warmstart.tracing")
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# W3C Trace Context: version-traceid-parentid-flags in lowercase hex, neither id all
+# zeros; version 00 is exactly that, a later version may add fields after a '-'.
+_IDS = r"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+_TRACEPARENT = re.compile(rf"00{_IDS}|(?!00|ff)[0-9a-f]{{2}}{_IDS}(?:-[\x21-\x7e]*)?")
+
+
+def is_traceparent(value: Any) -> bool:
+    """Whether `value` is a W3C `traceparent` (https://www.w3.org/TR/trace-context/)."""
+    return isinstance(value, str) and _TRACEPARENT.fullmatch(value) is not None
 
 
 def wanted(env: Mapping[str, str]) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import os
 import threading
@@ -17,7 +19,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +403,9 @@ def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
         assert "holds a NUL character" in error_of(resp)["message"]
 
 
-@pytest.mark.parametrize("output", ["{jobs}", "{jobs}/", "{jobs}/sub", "{jobs}/in-place.csv"])
+@pytest.mark.parametrize(
+    "output", ["{jobs}", "{jobs}/", "{jobs}/sub", "{jobs}/in-place.csv", "{jobs}/scored/", "{jobs}/scored/."]
+)
 def test_an_output_that_is_a_folder_or_the_input_is_422_and_nothing_is_written(batch_server, jobs, dataset, output):
     x, names = dataset
     (jobs / "sub").mkdir(exist_ok=True)
@@ -414,6 +418,7 @@ def test_an_output_that_is_a_folder_or_the_input_is_422_and_nothing_is_written(b
     assert src.read_bytes() == before
     assert sorted(jobs.parent.iterdir()) == around
     assert not list(jobs.glob(".*.partial"))
+    assert not (jobs / "scored").exists()  # a folder that does not exist yet is still a folder
 
 
 def test_refusals_name_the_input_but_not_the_server_paths(batch_server, jobs):
@@ -486,6 +491,102 @@ def test_an_empty_csv_cell_is_reported_as_empty_and_a_nan_as_not_finite(batch_se
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
     assert resp.status_code == 422
     assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): nan is not a finite number")
+
+
+@pytest.mark.parametrize(
+    "column, suffix",
+    [
+        (pa.array([[1, 2]] * 5), ".csv"),
+        (pa.array([{"a": 1}] * 5), ".csv"),
+        (pa.array([b"\xff\x00"] * 5), ".csv"),
+        (pa.array([b"\xff\x00"] * 5), ".jsonl"),
+        (pa.array([decimal.Decimal("1.5")] * 5), ".jsonl"),
+        (pa.array([datetime.timedelta(seconds=1)] * 5), ".jsonl"),
+    ],
+    ids=["list-csv", "struct-csv", "binary-csv", "binary-jsonl", "decimal-jsonl", "duration-jsonl"],
+)
+def test_a_column_the_output_format_cannot_hold_is_422_naming_it(batch_server, jobs, dataset, column, suffix):
+    x, names = dataset
+    src = write(jobs / "typed.parquet", table(x, names, 5).append_column("extra", column))
+    out = jobs / f"typed-out{suffix}"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column 'extra' is of type {pq.read_schema(src).field('extra').type}, "
+        f"which a {suffix[1:]} output cannot hold; "
+        "drop the column or write a Parquet output"
+    )
+    assert not out.exists()
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "typed-out.parquet")}))
+    assert resp.status_code == 200, resp.text
+    assert read(jobs / "typed-out.parquet").column("extra").to_pylist() == column.to_pylist()
+
+
+def test_nanosecond_timestamps_with_a_time_zone_pass_through_to_json_lines(batch_server, jobs, dataset):
+    x, names = dataset
+    when = pa.array([1_600_000_000_000_000_001] * 5, type=pa.timestamp("ns", tz="Europe/Paris"))
+    src = write(jobs / "when.parquet", table(x, names, 5).append_column("when", when))
+    out = jobs / "when-out.jsonl"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 200, resp.text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {row["when"] for row in rows} == {"2020-09-13T14:26:40.000000001+02:00"}
+
+
+def test_a_csv_header_that_is_not_utf8_is_422_naming_the_column(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "latin1.csv", table(x, names, 5))
+    src.write_bytes(src.read_bytes().replace(b'"patient_id"', b'"caf\xe9"', 1))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "latin1-out.csv")}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: the name of column 0 is not UTF-8 text (byte 0xe9 at position 3); save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize("name", ["prediction", "probability_0", "probability_1"])
+def test_an_input_column_named_like_an_output_column_is_422_naming_it(batch_server, jobs, dataset, name):
+    x, names = dataset
+    src = write(jobs / "clash.csv", table(x, names, 5).append_column(name, pa.array(["mine"] * 5)))
+    out = jobs / "clash-out.csv"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column {name!r} has the name of a column the output adds, and would be overwritten; "
+        "rename it"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("duplicate", ["mean radius", "patient_id"])
+def test_a_column_given_twice_is_422_naming_it(batch_server, jobs, dataset, duplicate):
+    x, names = dataset
+    tab = table(x, names, 5, shuffle_columns=False)
+    src = jobs / "twice.csv"
+    src.write_text(
+        ",".join([*tab.column_names, duplicate])
+        + "\n"
+        + "".join(",".join(map(str, [*row.values(), row[duplicate]])) + "\n" for row in tab.to_pylist())
+    )
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "twice-out.csv")}))
+    assert resp.status_code == 422, resp.text
+    first = tab.column_names.index(duplicate)
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column {duplicate!r} appears twice (columns {first} and 31); name each column once"
+    )
+
+
+def test_the_access_log_counts_the_rows_a_batch_job_predicted(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "counted.parquet", table(x, names, 1000))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "counted-out.parquet")}, "n"))
+    assert resp.status_code == 200, resp.text
+
+    def batch_lines() -> list[dict]:
+        lines = [json.loads(line) for line in batch_server.log().splitlines() if line.startswith("{")]
+        return [e for e in lines if e["logger"] == "warmstart.access" and e["route"] == "/" and e["rows"] == 1000]
+
+    assert wait_for(batch_lines), batch_server.log()[-2000:]
 
 
 def test_a_job_logs_its_start_its_progress_and_its_end_with_rows_and_seconds(start_server, tmp_path, dataset):
