@@ -18,10 +18,11 @@ test: $(INSTALLED) $(MODEL)
 # The fuzzers of `make test` with a large budget: FUZZ_SEED=<seed> replays a run.
 FUZZ_EXAMPLES ?= 300
 fuzz: $(INSTALLED) $(MODEL)
-	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_PHASES=examples,coverage,fuzzing,stateful $(PY) -m pytest -q tests/test_fuzz.py
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_PHASES=examples,coverage,fuzzing,stateful $(PY) -m pytest -q tests/api/test_fuzz.py
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check func scripts tests loadtests
+	$(VENV)/bin/lint-imports
 
 model: $(INSTALLED)
 	$(PY) scripts/train.py --out $(MODEL)

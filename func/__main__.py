@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"warmstart: configuration error: {exc}", file=sys.stderr)
         return 2
-    from .server import run
+    from .server.application import run
 
     run(settings)
     return 0

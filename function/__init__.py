@@ -12,7 +12,7 @@ from typing import Any
 
 from a2wsgi import WSGIMiddleware
 
-from func.app import create_app
+from func.api.app import create_app
 from func.config import Settings
 
 log = logging.getLogger("warmstart.function")

@@ -45,7 +45,7 @@ sys.path.insert(0, str(LOADTESTS))
 import bench_rows  # noqa: E402
 import results_file  # noqa: E402
 
-from tests.server import free_port  # noqa: E402
+from tests.support.server import free_port  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ONNX = ROOT / "models" / "model.onnx"
@@ -352,7 +352,7 @@ def cold_starts(runs: int, with_peers: bool) -> dict[str, dict]:
 
 def import_breakdown() -> list[dict]:
     """Cumulative import time of the modules `python -m func` loads, largest first."""
-    code = "import func.server, onnxruntime"
+    code = "import func.server.application, onnxruntime"
     out = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, cwd=ROOT)
     rows = []
     for line in out.stderr.splitlines():

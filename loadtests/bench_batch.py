@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 
 import results_file  # noqa: E402
 
-from tests.server import ServerProcess  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 MODEL = ROOT / "models" / "model.onnx"
 

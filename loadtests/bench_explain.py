@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "loadtests"))
 
 import results_file  # noqa: E402
 
-from tests.server import DEFAULT_MODEL, ServerProcess  # noqa: E402
+from tests.support.server import DEFAULT_MODEL, ServerProcess  # noqa: E402
 
 GOAL_MS = 10.0
 JSON = {"Content-Type": "application/json"}
@@ -57,8 +57,8 @@ def over_http(session: requests.Session, url: str, path: str, x: np.ndarray, n: 
 
 def in_process(x: np.ndarray) -> Callable[[], None]:
     from func.config import Settings
-    from func.explain import build_explainer
-    from func.model import load_model
+    from func.explain.explainers import build_explainer
+    from func.model.runtime import load_model
 
     model = load_model(Settings(model_path=str(DEFAULT_MODEL)))
     explainer = build_explainer(model)

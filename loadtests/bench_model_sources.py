@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_file  # noqa: E402
 
-from tests.server import DEFAULT_MODEL, ServerProcess, free_port  # noqa: E402
-from tests.services import MLFLOW_VENV, S3_ENV, mlflow_server_command, register_in_mlflow  # noqa: E402
+from tests.support.server import DEFAULT_MODEL, ServerProcess, free_port  # noqa: E402
+from tests.support.services import MLFLOW_VENV, S3_ENV, mlflow_server_command, register_in_mlflow  # noqa: E402
 
 
 def start(cmd: list[str], url: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen | None:

@@ -30,8 +30,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.prometheus import Prometheus  # noqa: E402
-from tests.server import ServerProcess  # noqa: E402
+from tests.support.prometheus import Prometheus  # noqa: E402
+from tests.support.server import ServerProcess  # noqa: E402
 
 DASHBOARD = ROOT / "knative" / "observability" / "dashboard.json"
 # Prometheus scrapes every second here, so a shorter rate window than Grafana's default

@@ -40,7 +40,7 @@ sys.path.insert(0, str(LOADTESTS))
 
 import results_file  # noqa: E402
 
-from tests.server import free_port  # noqa: E402
+from tests.support.server import free_port  # noqa: E402
 
 CONNECTIONS = 16
 THREADS = 2

@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from func.atomic_file import write_atomically  # noqa: E402
-from func.card import ModelCard, sidecar_path  # noqa: E402
-from func.export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes  # noqa: E402
+from func.model.card import CardError, ModelCard, sidecar_path  # noqa: E402
+from func.model.export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes  # noqa: E402
 
 
 def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> float:
@@ -71,6 +71,14 @@ def read_sample(csv_path: Path, target: str | None) -> tuple[np.ndarray, list[st
     return x, names
 
 
+def card_or_exit(estimator: Any, x: np.ndarray, names: list[str], name: str, version: str) -> ModelCard:
+    """build_card, or exit naming what the card cannot hold (a name with '/', say)."""
+    try:
+        return build_card(estimator, x, names, name, version)
+    except CardError as exc:
+        raise SystemExit(f"error: model card: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a joblib file holding a fitted scikit-learn estimator")
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.sample}: the feature columns are {', '.join(names)}; the model was fitted on "
             f"{', '.join(map(str, fitted))}, in that order"
         )
-    card = build_card(estimator, x, names, args.name or args.out.stem, args.version)
+    card = card_or_exit(estimator, x, names, args.name or args.out.stem, args.version)
     try:
         diff = write_model(estimator, card, x, args.out)
     except ExportError as exc:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.server import DEFAULT_MODEL, ROOT, ServerProcess
+from tests.support.server import DEFAULT_MODEL, ROOT, ServerProcess
 
 # fixtures of real outside services, here so session-scoped ones start once per session
-from tests.services import file_server, mlflow_url, receiver, s3_endpoint  # noqa: F401
+from tests.support.services import file_server, mlflow_url, receiver, s3_endpoint  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import pytest
 
 from func.config import Settings
 from func.cpus import available_cpus, cgroup_cpu_quota
-from tests.server import ServerProcess
+from tests.support.server import ServerProcess
 
 AFFINITY = len(os.sched_getaffinity(0))
 

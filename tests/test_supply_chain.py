@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import ROOT
+from tests.support.server import ROOT
 
 ACCEPTED = ROOT / ".ci" / "vulnerabilities-accepted.txt"
 

@@ -1,0 +1,523 @@
+"""Batch jobs: read a table in chunks, predict each chunk, write the output atomically.
+
+Input and output are URIs opened through fsspec (local paths and file:// always; s3://,
+gs://, http(s):// when their backend package is installed). Only URIs under a BATCH_ALLOW
+prefix are touched, after `..` and symbolic links are resolved. The output is written to
+a temporary name beside it and renamed into place when complete (func/batch/partials.py), so a
+job killed half-way leaves nothing under the output name and a re-delivered job, even one
+delivered twice at once, leaves exactly one complete output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import itertools
+import logging
+import os
+import posixpath
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+
+from ..codecs import rows as codecs
+from ..errors import Forbidden, InsufficientStorage, InvalidInput
+from ..model.card import ModelCard
+from ..model.runtime import Model, Prediction
+from . import partials
+
+Observe = Callable[[np.ndarray, Prediction], None]
+
+FORMATS = ("csv", "jsonl", "parquet")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+# 64k rows of 30 float64 features is 15 MB per chunk: large enough that per-chunk overhead
+# vanishes next to inference, small enough that memory stays flat whatever the input size.
+CHUNK_ROWS = 65_536
+# pyarrow's CSV and JSON readers work in blocks of bytes, not rows. 1 MB (~4k rows of 30
+# features) keeps peak memory flat: with 8 MB blocks the allocator's footprint grew with
+# the input (183 MB at 100k rows, 431 MB at 1M), with 1 MB it stays ~110 MB.
+TEXT_BLOCK_BYTES = 1 << 20
+# Parquet: read column chunks through a 1 MB buffer instead of whole row groups, which
+# writers make as large as 1M rows.
+PARQUET_BUFFER_BYTES = 1 << 20
+
+log = logging.getLogger("warmstart.batch")
+
+
+@dataclass(frozen=True)
+class BatchJob:
+    input: str
+    output: str
+    format: str | None = None
+
+    @classmethod
+    def from_event_data(cls, data: Any) -> BatchJob:
+        """Validate a warmstart.batch.v1 event's data: {"input", "output", "format"?}."""
+        if not isinstance(data, dict):
+            raise InvalidInput('event data: expected an object {"input": URI, "output": URI, "format": ...}')
+        for key in ("input", "output"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise InvalidInput(f"event data: {key!r} must be a non-empty URI string")
+            if "\x00" in data[key]:
+                raise InvalidInput(f"event data: {key!r} holds a NUL character, which no path or URL may hold")
+        fmt = data.get("format")
+        if fmt is not None and fmt not in FORMATS:
+            raise InvalidInput(f"event data: format {codecs.short(fmt)} is not one of {', '.join(FORMATS)}")
+        return cls(data["input"], data["output"], fmt)
+
+    def formats(self) -> tuple[str, str]:
+        """(input format, output format): `format` or the input's extension; the output's
+        own extension, else the input format."""
+        input_format = self.format or _format_from_extension(self.input, "input")
+        return input_format, _format_from_extension(self.output, "output", default=input_format)
+
+
+def _format_from_extension(uri: str, field: str, default: str | None = None) -> str:
+    ext = posixpath.splitext(urlsplit(uri).path)[1].lower()
+    if ext in _EXTENSIONS:
+        return _EXTENSIONS[ext]
+    if default is not None:
+        return default
+    raise InvalidInput(
+        f"event data: cannot tell the format of {field} {uri!r} from its extension; "
+        f'set "format" to one of {", ".join(FORMATS)}'
+    )
+
+
+def resolve_allowed(uri: str, allow: tuple[str, ...], field: str) -> str:
+    """The URI with `..` and links resolved, if it lies under an allowed prefix; else 403."""
+    resolved = _resolve(uri)
+    for prefix in allow:
+        root = _resolve(prefix)
+        if resolved == root or resolved.startswith(root.rstrip("/") + "/"):
+            return resolved
+    # The caller learns which input broke which rule; where the server's files live and
+    # what it allows are the operator's business, so they go to the log only.
+    log.warning("batch %s %r resolves to %r, outside BATCH_ALLOW=%s", field, uri, resolved, ",".join(allow))
+    raise Forbidden(f"{field} {uri!r} is outside BATCH_ALLOW, the locations this function may read and write")
+
+
+def _resolve(uri: str) -> str:
+    parts = urlsplit(uri)
+    if parts.scheme in ("", "file"):
+        path = parts.path if parts.scheme == "file" else uri
+        return os.path.realpath(path)
+    return f"{parts.scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path)}"
+
+
+def run_job(
+    job: BatchJob,
+    model: Model,
+    allow: tuple[str, ...],
+    job_id: str,
+    observe: Observe | None = None,
+    progress_s: float = 5.0,
+) -> dict[str, Any]:
+    """Run a batch job and return the completion event's data; `observe` sees each
+    chunk's rows and predictions (drift takes a sample of them). The log says when the
+    job starts, every `progress_s` seconds how far it is, and how it ended."""
+    started = time.perf_counter()
+    log.info("batch job %s started: %s -> %s", job_id, job.input, job.output)
+    progress = _Progress(job_id, started, progress_s)
+    try:
+        result = _run(job, model, allow, job_id, observe, progress)
+    except Exception as exc:
+        log.warning(
+            "batch job %s failed after %d rows in %.2f s: %s",
+            job_id,
+            progress.rows,
+            time.perf_counter() - started,
+            getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    log.info(
+        "batch job %s completed: %d rows in %.2f s (%.0f rows/s) -> %s",
+        job_id,
+        result["rows"],
+        result["duration_s"],
+        result["rows"] / max(result["duration_s"], 1e-3),
+        job.output,
+    )
+    return result
+
+
+class _Progress:
+    """Rows written so far, logged every `every_s` seconds of a long job."""
+
+    def __init__(self, job_id: str, started: float, every_s: float) -> None:
+        self.job_id, self.started, self.every_s = job_id, started, every_s
+        self.rows = 0
+        self._next = started + every_s
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now >= self._next:
+            self._next = now + self.every_s
+            seconds = now - self.started
+            log.info(
+                "batch job %s: %d rows in %.1f s (%.0f rows/s)",
+                self.job_id,
+                self.rows,
+                seconds,
+                self.rows / max(seconds, 1e-3),
+            )
+
+
+def _run(
+    job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str, observe: Observe | None, progress: _Progress
+) -> dict[str, Any]:
+    started = progress.started
+    source = resolve_allowed(job.input, allow, "input")
+    target = resolve_allowed(job.output, allow, "output")
+    if target == source:
+        raise InvalidInput(f"output {job.output!r} is the input; name another file, so the input survives the job")
+    input_format, output_format = job.formats()
+    in_fs, in_path = _filesystem(source, job.input, "input")
+    out_fs, out_path = _filesystem(target, job.output, "output")
+    if not in_fs.isfile(in_path):
+        raise InvalidInput(f"input {job.input!r}: no such file")
+    # "data/scored/" names a folder even where none exists yet: the resolved path has
+    # lost its trailing '/', and a file named data/scored would be written.
+    if out_fs.isdir(out_path) or posixpath.basename(urlsplit(job.output).path) in ("", ".", ".."):
+        raise InvalidInput(f"output {job.output!r} is a folder; name a file in it")
+    if not out_fs.isdir(posixpath.dirname(out_path)):
+        raise InvalidInput(f"output {job.output!r}: its folder does not exist")
+
+    rows = 0
+    try:
+        with partials.partial_file(out_fs, out_path, job_id) as partial:
+            with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
+                writer = _writer(output_format, sink)
+                try:
+                    chunks = _read_chunks(
+                        reader,
+                        input_format,
+                        job.input,
+                        model.card.feature_names,
+                        lambda schema: _check_columns(schema, model.card, output_format, job.input),
+                    )
+                    # Parsing text costs about what inference does, so it keeps a core and
+                    # inference takes the other; Parquet decodes cheaply, so inference takes both.
+                    one_thread = input_format != "parquet"
+                    rows = _predict_all(chunks, model, job.input, writer, one_thread, observe, progress.add)
+                finally:
+                    writer.close()
+            out_fs.mv(partial, out_path)
+    except OSError as exc:
+        raise _output_error(exc, job.output, posixpath.dirname(out_path)) from None
+    return {
+        "input": job.input,
+        "output": job.output,
+        "rows": rows,
+        "duration_s": round(time.perf_counter() - started, 3),
+        "model": {"name": model.card.name, "version": model.card.version},
+    }
+
+
+def _output_error(exc: OSError, output: str, folder: str) -> Exception:
+    """What a full or read-only output location means for the job (the partial file is
+    gone by now): 507, which Knative retries (another pod, or later, may have room), or
+    422, which it does not (the job must name another place). Anything else as it was."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage(f"output {output!r}: no space left on its file system; nothing was written")
+    in_output = exc.filename is None or str(exc.filename).startswith(folder)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and in_output:
+        return InvalidInput(f"output {output!r}: its folder is not writable ({exc.strerror}); nothing was written")
+    return exc
+
+
+def _predict_all(
+    chunks: Iterator[Any],
+    model: Model,
+    uri: str,
+    writer: Any,
+    one_thread: bool,
+    observe: Observe | None,
+    written: Callable[[int], None],
+) -> int:
+    """Predict and write every chunk, telling `written` each chunk's rows; returns the
+    row count.
+
+    Chunk k is predicted on a second thread while this one reads and decodes chunk k+1
+    (pyarrow and onnxruntime both release the GIL), so the two overlap; at most two
+    chunks are in memory at once. 1M rows, in process: CSV 2.12 s one after the other
+    (parse 1.1 s, inference 0.9 s on both cores), 2.21 s overlapped with inference on
+    both cores, 1.87 s overlapped with inference on one; Parquet 1.17 s one after the
+    other, 1.08 s overlapped with inference on both cores, 1.71 s on one.
+    """
+    rows = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-predict") as pool:
+        pending: Future[Any] | None = None
+        try:
+            for chunk in chunks:
+                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe)
+                rows += chunk.num_rows
+                if pending is not None:
+                    _write(writer, pending.result(), written)
+                pending = predicted
+        except BaseException:
+            # A bad row in the chunk being predicted comes before whatever went wrong
+            # reading the next one: report the first problem in the file.
+            earlier = pending.exception() if pending is not None else None
+            if earlier is not None:
+                raise earlier from None
+            raise
+        if pending is not None:
+            _write(writer, pending.result(), written)
+    return rows
+
+
+def _write(writer: Any, chunk: Any, written: Callable[[int], None]) -> None:
+    writer.write(chunk)
+    written(chunk.num_rows)
+
+
+def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
+    """fsspec's filesystem and path for `resolved`; messages name `uri`, as the job gave it."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(resolved)
+    except ImportError as exc:
+        raise InvalidInput(f"{field} {uri!r}: this scheme needs a package that is not installed ({exc})") from None
+    except ValueError as exc:
+        raise InvalidInput(f"{field} {uri!r}: {exc}") from None
+
+
+def _read_chunks(
+    stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str], check: Callable[[Any], None]
+) -> Iterator[Any]:
+    """Record batches of the input, whatever its format, decoded with pyarrow; `check`
+    sees the input's schema before the first batch is predicted."""
+    import pyarrow as pa
+
+    try:
+        if fmt == "csv":
+            batches, schema = _csv_batches(stream, features)
+        elif fmt == "jsonl":
+            import pyarrow.json as pajson
+
+            try:
+                reader = pajson.open_json(stream, read_options=pajson.ReadOptions(block_size=TEXT_BLOCK_BYTES))
+            except pa.ArrowInvalid as exc:
+                if "Empty JSON" in str(exc):
+                    return  # no lines in, no lines out
+                raise
+            batches, schema = iter(reader), reader.schema
+        else:
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(stream, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
+            batches, schema = parquet.iter_batches(batch_size=CHUNK_ROWS), parquet.schema_arrow
+        check(schema)
+        empty = True
+        for batch in batches:
+            empty = False
+            yield batch
+        if empty:
+            # A header-only CSV or a Parquet file of no rows still gets an output with its
+            # columns (a Parquet file of no bytes is not a Parquet file).
+            yield pa.RecordBatch.from_pylist([], schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_columns(schema: Any, card: ModelCard, output_format: str, uri: str) -> None:
+    """The input's columns, before any row is predicted: each named once, in UTF-8 text;
+    none named like a column the output adds (it would be overwritten); and the columns
+    that pass through to the output of types the output format can hold."""
+    names = []
+    for i in range(len(schema)):
+        try:
+            names.append(schema.field(i).name)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {uri!r}: the name of column {i} is not UTF-8 text (byte {exc.object[exc.start]:#x} "
+                f"at position {exc.start}); save the file as UTF-8"
+            ) from None
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} appears twice (columns {first[name]} and {i}); name each column once"
+            )
+        first[name] = i
+    features = set(card.feature_names)
+    for i, name in enumerate(names):
+        if name in features:
+            continue
+        if _added_column(name, card):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} has the name of a column the output adds, and would be "
+                "overwritten; rename it"
+            )
+        kind = schema.field(i).type
+        if not _holds(output_format, kind):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} is of type {kind}, which a {output_format} output cannot hold; "
+                "drop the column or write a Parquet output"
+            )
+
+
+def _added_column(name: str, card: ModelCard) -> bool:
+    """Whether the output adds a column of this name: `prediction`, and a classifier's
+    probability_<class> (probability_0, probability_1, ... where the card names no classes)."""
+    if name == "prediction":
+        return True
+    if not card.is_classifier or not name.startswith("probability_"):
+        return False
+    suffix = name.removeprefix("probability_")
+    return suffix in {str(label) for label in card.class_labels} if card.class_labels else suffix.isdigit()
+
+
+def _holds(fmt: str, kind: Any) -> bool:
+    """Whether an output of format `fmt` can hold a column of arrow type `kind`: Parquet
+    any; CSV text, numbers, booleans and times, but no nested values and no bytes (which
+    need not be text); JSON lines what JSON has a form for, nested or not, but no bytes,
+    decimals or durations."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_dictionary(kind):
+        return _holds(fmt, kind.value_type)
+    if fmt == "parquet":
+        return True
+    simple = (t.is_null, t.is_boolean, t.is_integer, t.is_floating, t.is_string, t.is_large_string, t.is_temporal)
+    if any(test(kind) for test in simple) and not t.is_interval(kind):
+        return fmt == "csv" or not t.is_duration(kind)
+    if fmt == "csv":
+        return t.is_decimal(kind)
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return _holds(fmt, kind.value_type)
+    if t.is_struct(kind):
+        return all(_holds(fmt, kind.field(i).type) for i in range(kind.num_fields))
+    if t.is_map(kind):
+        return _holds(fmt, kind.key_type) and _holds(fmt, kind.item_type)
+    return t.is_string_view(kind)
+
+
+def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[Iterator[Any], Any]:
+    """CSV record batches with the feature columns read as float64.
+
+    Declaring the types parses 1.7x faster than letting pyarrow infer them (0.58 s
+    against 0.97 s for 1M rows of 30 features), and a column whose first block holds
+    only integers no longer fails on a later "1.5". When the first block has a feature
+    column that is not numbers (text, true/false), the read starts over with inferred
+    types, so such files read as before and bad values get the usual message.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    read_options = pacsv.ReadOptions(block_size=TEXT_BLOCK_BYTES)
+    # Only an empty cell is missing: pyarrow would also read "nan", "NA" or "NULL" as
+    # null, and a message would then call a cell holding "nan" empty.
+    nulls = {"null_values": [""], "strings_can_be_null": True}
+    typed = pacsv.ConvertOptions(column_types={name: pa.float64() for name in features}, **nulls)
+    try:
+        reader = pacsv.open_csv(stream, read_options=read_options, convert_options=typed)
+        first = reader.read_next_batch()
+    except StopIteration:
+        return iter(()), reader.schema
+    except pa.ArrowInvalid:
+        stream.seek(0)
+        reader = pacsv.open_csv(stream, read_options=read_options, convert_options=pacsv.ConvertOptions(**nulls))
+        return iter(reader), reader.schema
+    return itertools.chain([first], reader), reader.schema
+
+
+def _predict_chunk(
+    chunk: Any, model: Model, uri: str, first_row: int, one_thread: bool, observe: Observe | None
+) -> Any:
+    """Predict a record batch; the output keeps every non-feature column (ids, keys)
+    and adds `prediction` and, for classifiers, one `probability_<class>` per class."""
+    import pyarrow as pa
+
+    card = model.card
+    names = chunk.schema.names
+    columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
+    rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
+    prediction = model.predict(rows, one_thread=one_thread)
+    if observe is not None:
+        observe(rows, prediction)
+    features = set(card.feature_names)
+    out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
+    out["prediction"] = pa.array(prediction.labels)
+    if prediction.probabilities is not None:
+        for j, label in enumerate(card.class_labels or range(prediction.probabilities.shape[1])):
+            out[f"probability_{label}"] = pa.array(prediction.probabilities[:, j])
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _column_values(column: Any) -> np.ndarray:
+    import pyarrow as pa
+
+    if column.null_count:
+        # Python objects, so the None of an empty cell stays apart from a NaN in the file;
+        # a feature column with nulls is refused anyway, so speed does not matter here.
+        return np.asarray(column.to_pylist(), dtype=object)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+        return column.to_numpy(zero_copy_only=False)
+    if pa.types.is_null(column.type):
+        return np.full(len(column), np.nan)
+    return np.asarray(column.to_pylist(), dtype=object)
+
+
+class _JsonLinesWriter:
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def write(self, batch: Any) -> None:
+        option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        self.sink.write(b"".join(orjson.dumps(row, default=_iso_time, option=option) for row in batch.to_pylist()))
+
+    def close(self) -> None:
+        pass
+
+
+def _iso_time(value: Any) -> str:
+    """A nanosecond timestamp, which pyarrow hands over as a pandas Timestamp (a datetime
+    that orjson does not take), in ISO 8601 as orjson writes other datetimes."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+class _ArrowWriter:
+    """Opens the pyarrow CSV or Parquet writer on the first batch, when the schema is known."""
+
+    def __init__(self, fmt: str, sink: Any) -> None:
+        self.fmt, self.sink, self.writer = fmt, sink, None
+
+    def write(self, batch: Any) -> None:
+        if self.writer is None:
+            if self.fmt == "csv":
+                import pyarrow.csv as pacsv
+
+                self.writer = pacsv.CSVWriter(self.sink, batch.schema)
+            else:
+                import pyarrow.parquet as pq
+
+                self.writer = pq.ParquetWriter(self.sink, batch.schema)
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _writer(fmt: str, sink: Any) -> Any:
+    return _JsonLinesWriter(sink) if fmt == "jsonl" else _ArrowWriter(fmt, sink)

@@ -1,0 +1,44 @@
+"""Logs as JSON lines on stdout, labelled with the Knative service and revision."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+from ..config import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, labels: dict[str, str]) -> None:
+        super().__init__()
+        self.labels = labels
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **self.labels,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def labels(settings: Settings) -> dict[str, str]:
+    found = {"service": settings.k_service, "revision": settings.k_revision, "configuration": settings.k_configuration}
+    return {k: v for k, v in found.items() if v}
+
+
+def configure(settings: Settings, level: str = "info") -> logging.Handler:
+    """Send every logger's records of `level` and above to stdout as JSON lines; return
+    the handler."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(labels(settings)))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    return handler

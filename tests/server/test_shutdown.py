@@ -1,0 +1,164 @@
+"""SIGTERM: readiness turns 503, every request that reached the server is answered, the
+process exits 0."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import socket
+import threading
+import time
+
+
+def test_sigterm_finishes_the_request_in_flight_and_exits_zero(start_server, card):
+    srv = start_server()
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    body = json.dumps({"instances": [row] * 200}).encode()
+
+    kept_alive = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    kept_alive.request("GET", "/health/readiness")
+    ready = kept_alive.getresponse()
+    assert ready.status == 200
+    ready.read()
+
+    # a request whose body is still arriving when SIGTERM comes
+    slow = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    slow.sendall(head + body[: len(body) // 2])
+    time.sleep(0.5)
+    srv.proc.send_signal(15)
+    time.sleep(0.3)
+
+    kept_alive.request("GET", "/health/readiness")
+    draining = kept_alive.getresponse()
+    assert draining.status == 503
+    assert json.loads(draining.read())["error"]["message"].startswith("the server is shutting down")
+
+    slow.sendall(body[len(body) // 2 :])
+    response = b""
+    while b'"model"' not in response:
+        chunk = slow.recv(65536)
+        if not chunk:
+            break
+        response += chunk
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+    assert b'"predictions":[' in response
+    assert srv.proc.wait(30) == 0
+    assert "shutdown started" in srv.log()
+
+
+def _request(port: int, raw: bytes) -> bytes:
+    """Send one request on a new connection; the whole response, read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(raw)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        return data
+
+
+def test_sigterm_under_load_answers_every_connection_that_reached_the_server(start_server, card):
+    """16 clients on kept-alive connections, reconnecting when told `Connection: close`:
+    requests in flight, on kept-alive connections, queued on a listening socket or sent
+    just after SIGTERM are all answered (served, or 503 with Retry-After); none is reset."""
+    srv = start_server({"WORKERS": "2"})
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    body = json.dumps({"features": row})
+    statuses: list[int] = []
+    failures: list[str] = []
+
+    def client() -> None:
+        conn = None
+        while True:
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+                try:
+                    conn.connect()
+                except ConnectionRefusedError:
+                    return  # nothing listens any more: the request never reached the server
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+            except OSError as exc:
+                failures.append(repr(exc))
+                conn.close()
+                conn = None
+                continue
+            statuses.append(resp.status)
+            if resp.status not in (200, 503) or (resp.status == 503 and not resp.getheader("Retry-After")):
+                failures.append(f"{resp.status} {resp.headers}")
+            if resp.getheader("Connection") == "close":
+                conn.close()
+                conn = None
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(16)]
+    for thread in clients:
+        thread.start()
+    time.sleep(1)
+    served_before = len(statuses)
+    srv.proc.send_signal(signal.SIGTERM)
+    for thread in clients:
+        thread.join(30)
+    assert srv.proc.wait(30) == 0
+    assert not failures, failures[:5]
+    assert served_before > 0 and len(statuses) > served_before
+
+
+def test_readiness_right_after_sigterm_is_503_on_a_new_connection(start_server):
+    srv = start_server({"WORKERS": "2", "DRAIN_S": "2"})
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    for _ in range(10):
+        response = _request(srv.port, b"GET /health/readiness HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 503"), response[:200]
+        assert b"Connection: close" in response and b"Retry-After: 1" in response
+    assert srv.proc.wait(30) == 0
+
+
+def test_a_kept_alive_connection_is_told_to_close_once_shutdown_starts(start_server):
+    srv = start_server()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/health/liveness")
+    first = conn.getresponse()
+    first.read()
+    assert first.getheader("Connection") == "keep-alive"
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    conn.request("GET", "/health/liveness")
+    second = conn.getresponse()
+    second.read()
+    assert second.status == 200 and second.getheader("Connection") == "close"
+    assert srv.proc.wait(30) == 0
+
+
+def test_a_closing_listener_takes_no_new_handshake_but_keeps_its_queued_connections():
+    """What closes the window between a worker's last accept and its close(): once
+    filtered, a listening socket completes no new handshake (the SYN is dropped, so no
+    client believes it is connected), while a connection already queued still works."""
+    from func.server.listener import refuse_new_handshakes
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert refuse_new_handshakes(listener)
+        late = socket.socket()
+        late.settimeout(0.3)
+        try:
+            late.connect(("127.0.0.1", port))
+            connected = True
+        except TimeoutError:
+            connected = False
+        finally:
+            late.close()
+        assert not connected, "a new handshake completed on a listener that refuses them"
+
+        accepted, _ = listener.accept()
+        with accepted, queued:
+            queued.sendall(b"ping")
+            assert accepted.recv(4) == b"ping"
+            accepted.sendall(b"pong")
+            assert queued.recv(4) == b"pong"

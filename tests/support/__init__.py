@@ -1,0 +1,1 @@
+"""What the tests share: real servers, services and models to run against."""

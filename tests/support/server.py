@@ -1,0 +1,109 @@
+"""Start real warmstart server processes on free loopback ports for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MODEL = ROOT / "models" / "model.onnx"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m func` (or another command) in its own process, stdout captured to a file."""
+
+    def __init__(self, env: dict[str, str] | None = None, cmd: list[str] | None = None, log_dir: Path | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "MODEL_PATH": str(DEFAULT_MODEL),
+            "WORKERS": "1",
+            "THREADS": "4",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.cmd = cmd or [sys.executable, "-m", "func"]
+        self.log_path = (log_dir or Path("/tmp")) / f"warmstart-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.cwd = ROOT
+
+    def start(self) -> ServerProcess:
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        return self
+
+    def wait_listening(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                requests.get(self.url + "/health/liveness", timeout=1)
+                return
+            except (requests.ConnectionError, requests.Timeout):  # a busy machine starts slowly
+                time.sleep(0.05)
+        raise TimeoutError(f"server not listening after {timeout}s:\n{self.log()}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Wait for readiness 200, which `python -m func` answers once every worker can predict."""
+        self.wait_listening(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if requests.get(self.url + "/health/readiness", timeout=2).status_code == 200:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        """SIGKILL the server and every worker it forked, as a node failure would."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def wait_for(check, timeout: float = 10.0):
+    """Call `check` until it returns something true or `timeout` passes; its last result.
+    For what a server does off the request path (batched counts, sends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.05)
