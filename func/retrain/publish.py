@@ -68,8 +68,26 @@ class Ledger(ABC):
     """What both stores keep besides versions: rejections and claims on a parent, as
     small JSON notes under a key, and the records of published versions."""
 
+    # the corrupt records this run has logged already: each is named once per run
+    skipped: set[str]
+
     @abstractmethod
     def _records(self) -> Iterator[dict[str, Any]]: ...
+
+    def _record(self, raw: bytes | str, where: str) -> dict[str, Any] | None:
+        """A published version's record, or None (with a log line) if it is not one: a
+        corrupt file in the store must not fail every later run."""
+        try:
+            record = json.loads(raw)
+            problem = "" if _is_record(record) else "not a trained-model record (no model.version)"
+        except (ValueError, RecursionError) as exc:
+            record, problem = None, f"not JSON ({first_line(exc)})"
+        if not problem:
+            return record
+        if where not in self.skipped:
+            self.skipped.add(where)
+            log.warning("skipping %s: %s", where, problem)
+        return None
 
     @abstractmethod
     def _note(self, key: str) -> dict[str, Any] | None: ...
@@ -137,6 +155,7 @@ class FileStore(Ledger):
         self.prefix = prefix.rstrip("/")
         self.root = f"{root}/{name}"
         self.name = name
+        self.skipped = set()
 
     def uri(self, version: str) -> str:
         return f"{self.prefix}/{self.name}/{version}/{MODEL_FILE}"
@@ -151,7 +170,7 @@ class FileStore(Ledger):
 
     def _records(self) -> Iterator[dict[str, Any]]:
         for path in self._io("list", self.fs.glob, f"{self.root}/*/{RECORD_FILE}"):
-            record = _record(self._io("read", self.fs.cat_file, path), path)
+            record = self._record(self._io("read", self.fs.cat_file, path), path)
             if record is not None:
                 yield record
 
@@ -197,6 +216,7 @@ class RegistryStore(Ledger):
         except RegistryError as exc:
             raise BadInput(f"MODEL_STORE=models:/{name}: {exc}") from None
         self.name = name
+        self.skipped = set()
 
     def uri(self, version: str) -> str:
         return f"models:/{self.name}/{version}"
@@ -216,7 +236,7 @@ class RegistryStore(Ledger):
         for version in self._call(self.registry.versions, self.name):
             if RECORD_TAG not in version.tags:
                 continue
-            record = _record(version.tags[RECORD_TAG], f"{self.uri(version.version)} tag {RECORD_TAG}")
+            record = self._record(version.tags[RECORD_TAG], f"{self.uri(version.version)} tag {RECORD_TAG}")
             # a version numbered otherwise than its card (see publish) does not count
             if record is not None and record["model"]["version"] == version.version:
                 yield record
@@ -254,19 +274,9 @@ class RegistryStore(Ledger):
             raise (Unreachable if exc.retryable else BadInput)(f"MODEL_STORE=models:/{self.name}: {exc}") from None
 
 
-def _record(raw: bytes | str, where: str) -> dict[str, Any] | None:
-    """A published version's record, or None (with a log line) if it is not one: a corrupt
-    file in the store must not fail every later run."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        log.warning("skipping %s: not JSON (%s)", where, first_line(exc))
-        return None
+def _is_record(record: Any) -> bool:
     model = record.get("model") if isinstance(record, dict) else None
-    if not isinstance(model, dict) or not isinstance(model.get("version"), str):
-        log.warning("skipping %s: not a trained-model record (no model.version)", where)
-        return None
-    return record
+    return isinstance(model, dict) and isinstance(model.get("version"), str)
 
 
 def open_store(store: str, name: str, tracking_uri: str | None) -> FileStore | RegistryStore:
