@@ -266,7 +266,7 @@ def test_a_corrupt_record_in_the_store_is_skipped_with_a_log_line(job, receiver,
     corrupt.parent.mkdir(parents=True)
     corrupt.write_text('{"model": {"version": "7"')
     for event_id in ("drift-1", "drift-2"):  # it must not poison later runs either
-        result = job(K_EVENT_PATH=str(drift_event(tmp_path / event_id, event_id)))
+        result = job(K_EVENT_PATH=str(drift_event(tmp_path / event_id, event_id)), RETRAIN_COOLDOWN="0")
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         (warning,) = [w for w in log_lines(result, "warning") if "skipping" in w]
         assert f"skipping {corrupt}: not JSON" in warning
