@@ -26,6 +26,8 @@ PREDICT = "warmstart.predict.v1"
 PREDICTION = "warmstart.prediction.v1"
 BATCH = "warmstart.batch.v1"
 BATCH_COMPLETED = "warmstart.batch.completed.v1"
+FEEDBACK = "warmstart.feedback.v1"
+FEEDBACK_ACCEPTED = "warmstart.feedback.accepted.v1"
 STRUCTURED = "application/cloudevents+json"
 BATCHED = "application/cloudevents-batch+json"
 SPECVERSION = "1.0"
@@ -76,9 +78,13 @@ class EventHandler:
         if kind == PREDICT:
             reply_type, data = PREDICTION, self._predict(event.data)
         elif kind == BATCH:
-            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
+            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"], record)
+        elif kind == FEEDBACK:
+            reply_type, data = FEEDBACK_ACCEPTED, self.serving.take_feedback(event.data)
         else:
-            raise UnknownEventType(f"event type {kind!r} is not handled here; send {PREDICT!r} or {BATCH!r}")
+            raise UnknownEventType(
+                f"event type {kind!r} is not handled here; send {PREDICT!r}, {BATCH!r} or {FEEDBACK!r}"
+            )
         return self._reply(event, reply_type, data, record)
 
     def _parse(self) -> CloudEvent:
@@ -109,24 +115,32 @@ class EventHandler:
 
     def _predict(self, data: Any) -> dict[str, Any]:
         model = self.serving.state.model
-        rows, single = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
-        return codecs.prediction_body(self.serving.predict(model, rows), model.card, single)
+        rows, single, request_id = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
+        return codecs.prediction_body(self.serving.predict(model, rows, request_id), model.card, single)
 
-    def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
+    def _batch(self, data: Any, event_id: str, record: Any) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
         if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
+        prediction_id = self.serving.batch_id(event_id)
+        if record is not None:
+            record.prediction_id = prediction_id
+
+        def observe(first_row: int, rows: Any, prediction: Any) -> None:
+            self.serving.observe_batch(prediction_id, first_row, rows, prediction)
+
         try:
-            result = batch.run_job(job, model, self.serving.settings.batch_allow, event_id, self.serving.observe_batch)
+            allow = self.serving.settings.batch_allow
+            result = batch.run_job(job, model, allow, event_id, observe, prediction_id)
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
             raise
         finally:
             self._batch_slot.release()
         metrics.batch_job("completed", result["rows"])
-        return result
+        return {**result, "prediction_id": prediction_id}
 
     def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:
         attributes = {"type": reply_type, "source": self.serving.settings.ce_source, "causationid": event["id"]}

@@ -495,6 +495,9 @@ class Worker(ThreadWorker):
             self._drop(conn)
         for conn in list(self.lingering):
             self._end_linger(conn)
+        # Every accepted request has been answered: what the prediction log holds goes out
+        # now, within the grace period (after it, the master kills the worker).
+        self.serving.close()
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()

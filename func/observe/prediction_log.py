@@ -1,0 +1,322 @@
+"""The prediction log: what was predicted and, later, what really happened, as Parquet
+parts under a URI prefix (PREDICTION_LOG) opened through fsspec (a folder, s3://...).
+
+    <prefix>/predictions/date=YYYY-MM-DD/<part>.parquet   a row per predicted row
+    <prefix>/feedback/date=YYYY-MM-DD/<part>.parquet      a row per label received
+
+A prediction row holds its id (`id`: `<request id>` for a one-row request, else
+`<request id>/<row>`, with `request_id` and `row` beside it), the time, the model's name,
+version and digest, the revision, the features (a struct column, one field per feature
+name) and the answer (`prediction`, and `probabilities` for a classifier). A feedback row
+holds the id as the client sent it, `request_id` and `row` read from it, the label, the
+time it arrived, the revision that received it and whether that pod matched it.
+
+Off the request path: a request appends its rows to its worker's buffer (no I/O, no
+Arrow), and a thread writes what is buffered every PREDICTION_LOG_FLUSH_S, or sooner when
+a quarter of PREDICTION_LOG_BUFFER rows wait. A full buffer drops the request's rows and
+counts them; a prediction never waits for the log. A part that cannot be written (a
+read-only or full store, a network fault) is counted as lost, with a warning in the log.
+
+Every part is written under a temporary name beginning with `_` (which readers skip) and
+renamed when complete, so a reader never sees half a part. Each worker names its parts
+with a token of its own and a sequence number, so no two workers write one name and no
+row is written twice; on SIGTERM the worker writes what it holds before it exits
+(func/server/worker.py), within the grace period. A batch job's parts are named after the
+job and its chunk, so a re-delivered job rewrites its own parts instead of adding rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from ..model.card import ModelCard
+from ..model.runtime import Prediction
+
+log = logging.getLogger("warmstart.prediction_log")
+
+PREDICTIONS = "predictions"
+FEEDBACK = "feedback"
+# A part is written when this share of the buffer waits, without waiting for the timer.
+EARLY_SHARE = 4
+# One warning a minute at most about parts that could not be written.
+WARN_EVERY_S = 60.0
+
+Count = Callable[[str, str, int], None]  # (kind, outcome, rows)
+
+
+def log_filesystem(uri: str) -> tuple[Any, str]:
+    """(the fsspec filesystem, the root path in it) of PREDICTION_LOG; ValueError naming
+    the variable when the scheme has no backend here."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise ValueError(f"PREDICTION_LOG={uri!r}: no fsspec backend for it ({exc})") from None
+    return fs, root.rstrip("/")
+
+
+def row_ids(request_id: str, n: int) -> list[str]:
+    """The id of each row: the request's own for one row, `<id>/<r>` for several."""
+    return [request_id] if n == 1 else [f"{request_id}/{r}" for r in range(n)]
+
+
+def split_id(row_id: str) -> tuple[str, int]:
+    """(request id, row) of a row id: `<id>/<r>` names row r, a bare `<id>` row 0."""
+    head, slash, tail = row_id.rpartition("/")
+    if slash and tail.isdigit() and tail.isascii():
+        return head, int(tail)
+    return row_id, 0
+
+
+class _Buffer:
+    """One kind's rows waiting for the writer: bounded, never blocking."""
+
+    def __init__(self, kind: str, capacity: int) -> None:
+        self.kind, self.capacity = kind, capacity
+        self.items: list[tuple[Any, ...]] = []
+        self.rows = 0  # buffered and being written
+        self.lock = threading.Lock()
+
+    def add(self, item: tuple[Any, ...], rows: int) -> bool:
+        with self.lock:
+            if self.rows + rows > self.capacity:
+                return False
+            self.items.append(item)
+            self.rows += rows
+            return True
+
+    def take(self) -> list[tuple[Any, ...]]:
+        with self.lock:
+            items, self.items = self.items, []
+            return items
+
+    def release(self, rows: int) -> None:
+        with self.lock:
+            self.rows -= rows
+
+
+class PredictionLog:
+    """A worker's log writer: `predictions` and `feedback` append, a thread writes parts."""
+
+    def __init__(
+        self,
+        uri: str,
+        card: ModelCard,
+        model_sha256: str,
+        revision: str | None,
+        sample: float,
+        capacity: int,
+        flush_s: float,
+        count: Count,
+    ) -> None:
+        self.uri = uri
+        self.fs, self.root = log_filesystem(uri)
+        self.card, self.sample, self.flush_s = card, sample, flush_s
+        self._model = (card.name, card.version, model_sha256, revision or "")
+        self._count = count
+        self._buffers = {PREDICTIONS: _Buffer(PREDICTIONS, capacity), FEEDBACK: _Buffer(FEEDBACK, capacity)}
+        self._early = max(capacity // EARLY_SHARE, 1)
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._token = ""
+        self._sequence = 0
+        self._warned_at = -WARN_EVERY_S
+
+    # -- the request path --------------------------------------------------------------
+
+    def predictions(self, request_id: str, rows: np.ndarray, prediction: Prediction) -> None:
+        """Buffer a request's predicted rows (a sampled share of requests)."""
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return
+        self._add(PREDICTIONS, (request_id, time.time(), rows, prediction), len(rows))
+
+    def feedback(self, ids: list[str], labels: list[Any], matched: np.ndarray) -> None:
+        """Buffer received labels, as sent (the latest of an id wins in the dataset)."""
+        self._add(FEEDBACK, (ids, labels, matched, time.time()), len(ids))
+
+    def _add(self, kind: str, item: tuple[Any, ...], rows: int) -> None:
+        buffer = self._buffers[kind]
+        if not buffer.add(item, rows):
+            self._count(kind, "dropped", rows)
+            return
+        if self._thread is None:
+            self._start()
+        if buffer.rows >= self._early:
+            self._wake.set()
+
+    def _start(self) -> None:
+        # Started in the serving process: a thread would not survive gunicorn's fork, and
+        # the token must be this process's own.
+        with self._start_lock:
+            if self._thread is None:
+                self._token = secrets.token_hex(8)
+                self._thread = threading.Thread(target=self._write_every, name="prediction-log", daemon=True)
+                self._thread.start()
+
+    # -- the writer --------------------------------------------------------------------
+
+    def _write_every(self) -> None:
+        while not self._stopping:
+            self._wake.wait(self.flush_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered, a part per kind."""
+        with self._write_lock:
+            for buffer in self._buffers.values():
+                items = buffer.take()
+                if items:
+                    self._write(buffer, items)
+
+    def close(self) -> None:
+        """Write everything buffered and stop the thread (the worker's last step)."""
+        self._stopping = True
+        self._wake.set()
+        self.flush()
+
+    def _write(self, buffer: _Buffer, items: list[tuple[Any, ...]]) -> None:
+        rows = sum(self._rows_of(buffer.kind, item) for item in items)
+        try:
+            table = self._predictions_table(items) if buffer.kind == PREDICTIONS else self._feedback_table(items)
+            self._sequence += 1
+            day = datetime.now(UTC).strftime("%Y-%m-%d")
+            name = f"{int(time.time() * 1000)}-{self._token}-{self._sequence:06d}"
+            self.write_part(f"{buffer.kind}/date={day}", name, table)
+        except Exception as exc:  # the log must never take the server down
+            self._count(buffer.kind, "failed", rows)
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_S:
+                self._warned_at = now
+                log.warning("prediction log: %d %s rows lost, a part could not be written: %s", rows, buffer.kind, exc)
+        else:
+            self._count(buffer.kind, "written", rows)
+        finally:
+            buffer.release(rows)
+
+    @staticmethod
+    def _rows_of(kind: str, item: tuple[Any, ...]) -> int:
+        return len(item[2]) if kind == PREDICTIONS else len(item[0])
+
+    def batch_chunk(self, job_key: str, first_row: int, rows: np.ndarray, prediction: Prediction) -> None:
+        """Log a batch job's chunk, every k-th row of the job (k = 1 / PREDICTION_LOG_SAMPLE),
+        as a part named after the job and the chunk: a re-delivered job rewrites it.
+        Written by the job's own thread; a part that cannot be written is counted as lost."""
+        if self.sample <= 0.0:
+            return
+        step = max(round(1 / self.sample), 1)
+        keep = np.flatnonzero((first_row + np.arange(len(rows))) % step == 0)
+        ids = [f"{job_key}/{first_row + int(i)}" for i in keep]
+        probabilities = prediction.probabilities
+        sampled = Prediction(
+            np.asarray(prediction.labels)[keep], None if probabilities is None else probabilities[keep]
+        )
+        try:
+            table = self.predictions_table(ids, np.full(len(ids), time.time()), rows[keep], sampled)
+            self.write_part(f"{PREDICTIONS}/batch", f"{job_key}-{first_row:012d}", table)
+        except Exception as exc:  # a batch job's answers do not depend on its log
+            self._count(PREDICTIONS, "failed", len(ids))
+            log.warning("prediction log: %d rows of batch job %s lost: %s", len(ids), job_key, exc)
+        else:
+            self._count(PREDICTIONS, "written", len(ids))
+
+    def write_part(self, where: str, name: str, table: Any) -> str:
+        """Write `table` as the part `name` in the folder `where` under the prefix, under
+        a temporary name first."""
+        import pyarrow.parquet as pq
+
+        folder = f"{self.root}/{where}"
+        path, temporary = f"{folder}/{name}.parquet", f"{folder}/_{name}.parquet.tmp"
+        self.fs.makedirs(folder, exist_ok=True)
+        try:
+            with self.fs.open(temporary, "wb") as fh:
+                pq.write_table(table, fh)
+            self.fs.mv(temporary, path)
+        except BaseException:
+            try:
+                self.fs.rm(temporary)
+            except Exception:
+                pass  # nothing was written, or the store refuses even that
+            raise
+        return path
+
+    # -- tables --------------------------------------------------------------------------
+
+    def predictions_table(self, ids: list[str], times: np.ndarray, rows: np.ndarray, prediction: Prediction) -> Any:
+        """The log's table of predicted rows: `ids` are the rows' ids, `times` seconds."""
+        import pyarrow as pa
+
+        request_ids, row_numbers = zip(*map(split_id, ids)) if ids else ((), ())
+        n = len(ids)
+        name, version, sha256, revision = self._model
+        columns: dict[str, Any] = {
+            "id": pa.array(ids, pa.string()),
+            "request_id": pa.array(request_ids, pa.string()),
+            "row": pa.array(row_numbers, pa.int32()),
+            "time": pa.array((np.asarray(times) * 1e6).astype("int64"), pa.timestamp("us", tz="UTC")),
+            "model_name": pa.array([name] * n, pa.string()),
+            "model_version": pa.array([version] * n, pa.string()),
+            "model_sha256": pa.array([sha256] * n, pa.string()),
+            "revision": pa.array([revision] * n, pa.string()),
+            "features": pa.StructArray.from_arrays(
+                [pa.array(column) for column in np.asarray(rows, dtype=np.float32).T],
+                names=list(self.card.feature_names),
+            ),
+            "prediction": pa.array(np.asarray(prediction.labels).reshape(-1)),
+        }
+        if prediction.probabilities is not None:
+            probabilities = np.asarray(prediction.probabilities, dtype=np.float32)
+            columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(probabilities.reshape(-1)), probabilities.shape[1]
+            )
+        return pa.table(columns)
+
+    def _predictions_table(self, items: list[tuple[Any, ...]]) -> Any:
+        ids: list[str] = []
+        times = []
+        for request_id, at, rows, _ in items:
+            ids += row_ids(request_id, len(rows))
+            times.append(np.full(len(rows), at))
+        rows = np.concatenate([item[2] for item in items])
+        labels = np.concatenate([np.asarray(item[3].labels).reshape(-1) for item in items])
+        probabilities = [item[3].probabilities for item in items]
+        joined = Prediction(labels, None if probabilities[0] is None else np.concatenate(probabilities))
+        return self.predictions_table(ids, np.concatenate(times), rows, joined)
+
+    def _feedback_table(self, items: list[tuple[Any, ...]]) -> Any:
+        import pyarrow as pa
+
+        ids = [i for item in items for i in item[0]]
+        labels = [label for item in items for label in item[1]]
+        request_ids, row_numbers = zip(*map(split_id, ids))
+        times = np.concatenate([np.full(len(item[0]), item[3]) for item in items])
+        if not self.card.is_classifier:
+            label_type = pa.float64()
+        elif any(isinstance(c, str) for c in self.card.class_labels):
+            label_type = pa.string()
+        else:
+            label_type = pa.int64()
+        return pa.table(
+            {
+                "id": pa.array(ids, pa.string()),
+                "request_id": pa.array(request_ids, pa.string()),
+                "row": pa.array(row_numbers, pa.int32()),
+                "label": pa.array(labels, label_type),
+                "time": pa.array((times * 1e6).astype("int64"), pa.timestamp("us", tz="UTC")),
+                "revision": pa.array([self._model[3]] * len(ids), pa.string()),
+                "matched": pa.array(np.concatenate([item[2] for item in items]), pa.bool_()),
+            }
+        )
