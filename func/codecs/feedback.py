@@ -86,26 +86,40 @@ def _value(label: Any, where: str) -> float:
 
 
 class _Classes:
-    """The card's classes, and how a JSON label names one."""
+    """The card's classes, and how a JSON label names one: by a string, a boolean or a
+    number, as the classes are."""
 
     def __init__(self, class_labels: tuple[Any, ...]) -> None:
         self.labels = class_labels
-        self.index = {(type(c) is str, c): i for i, c in enumerate(class_labels)}
-        self.text = any(isinstance(c, str) for c in class_labels)
+        if any(isinstance(c, str) for c in class_labels):
+            self.kind = "strings"
+        elif class_labels and all(isinstance(c, (bool, np.bool_)) for c in class_labels):
+            self.kind = "booleans"
+        else:
+            self.kind = "numbers"
+        self.index = {c: i for i, c in enumerate(class_labels)}
         self.shown = ", ".join(short(c) for c in class_labels[:10]) + (", ..." if len(class_labels) > 10 else "")
 
     def code(self, label: Any, where: str) -> tuple[Any, int]:
         """(the card's class value, its index) of a label; 422 naming what is wrong."""
-        is_text = isinstance(label, str)
-        number = isinstance(label, (int, float)) and not isinstance(label, bool)
-        if (self.text and not is_text) or (not self.text and not number):
-            kind = "strings" if self.text else "numbers"
+        if _kind(label) != self.kind:
             raise InvalidInput(
-                f"{where}: expected a class of this model ({kind}: {self.shown}), got {json_type(label)} {short(label)}"
+                f"{where}: expected a class of this model ({self.kind}: {self.shown}), "
+                f"got {json_type(label)} {short(label)}"
             )
-        if number and isinstance(label, float) and label.is_integer() and abs(label) < 2**63:
+        if isinstance(label, float) and label.is_integer() and abs(label) < 2**63:
             label = int(label)
-        i = self.index.get((is_text, label))
+        i = self.index.get(label)
         if i is None:
             raise InvalidInput(f"{where}: {short(label)} is not a class of this model (classes: {self.shown})")
         return self.labels[i], i
+
+
+def _kind(label: Any) -> str:
+    if isinstance(label, str):
+        return "strings"
+    if isinstance(label, bool):
+        return "booleans"
+    if isinstance(label, (int, float)):
+        return "numbers"
+    return json_type(label)

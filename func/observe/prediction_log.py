@@ -307,6 +307,8 @@ class PredictionLog:
             label_type = pa.float64()
         elif any(isinstance(c, str) for c in self.card.class_labels):
             label_type = pa.string()
+        elif all(isinstance(c, bool) for c in self.card.class_labels):
+            label_type = pa.bool_()
         else:
             label_type = pa.int64()
         return pa.table(

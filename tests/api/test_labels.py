@@ -140,3 +140,33 @@ def test_batch_output_holds_the_trained_labels(served):
     assert resp.status_code == 200, resp.text
     lines = [json.loads(line) for line in (data / "out.jsonl").read_text().splitlines()]
     assert_labels([line["prediction"] for line in lines], model)
+
+
+def test_feedback_takes_labels_of_the_trained_type_and_scores_them(served):
+    """A label is a class as the model has it (a string, a number, a boolean) or, for a
+    regressor, a value: the scores on /metrics count it, and a label of another type is a 422."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, model, _ = served
+    resp = requests.post(server.url + "/predict", json={"instances": ROWS})
+    pid = resp.headers["X-Prediction-Id"]
+    truth = model.predict(np.array(ROWS)).tolist()
+    if isinstance(truth[0], float):
+        truth = [truth[0] + 0.5, truth[1] - 2.0]  # errors of 0.5 and 2
+    labels = [{"id": f"{pid}/{r}", "label": y} for r, y in enumerate(truth)]
+    answer = requests.post(server.url + "/feedback", json={"feedback": labels})
+    assert answer.json() == {"accepted": 2, "matched": 2, "unmatched": 0}, answer.text
+    text = requests.get(server.url + "/metrics").text
+    samples = {
+        (s.name, s.labels.get("class", "")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    if isinstance(truth[0], float):
+        assert samples[("warmstart_feedback_absolute_error_total", "")] == pytest.approx(2.5, rel=1e-5)
+        assert samples[("warmstart_feedback_squared_error_total", "")] == pytest.approx(4.25, rel=1e-5)
+        wrong = {"id": pid, "label": "1.5"}
+    else:
+        assert sum(v for (name, _), v in samples.items() if name == "warmstart_feedback_correct_total") == 2
+        assert samples[("warmstart_feedback_correct_total", str(truth[1]))] >= 1
+        wrong = {"id": pid, "label": [truth[0]]}
+    refused = requests.post(server.url + "/feedback", json={"feedback": [wrong]})
+    assert refused.status_code == 422 and refused.json()["error"]["message"].startswith("feedback[0].label: ")
