@@ -9,8 +9,8 @@ import shutil
 
 import requests
 
+from tests.model.test_model_loading import assert_not_ready_with_one_log_line
 from tests.support.services import S3_ENV, register_in_mlflow
-from tests.test_model_loading import assert_not_ready_with_one_log_line
 
 
 def predict(srv) -> requests.Response:

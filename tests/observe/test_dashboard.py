@@ -139,7 +139,7 @@ def traffic(stable: str, canary: str, benign: list, malignant: list, seconds: fl
 def test_every_dashboard_query_returns_data_from_two_revisions(start_server, tmp_path, dataset):
     from sklearn.datasets import load_breast_cancer
 
-    from tests.test_batch import batch_event, send, table, write
+    from tests.batch.test_batch import batch_event, send, table, write
 
     x, names = dataset
     y = load_breast_cancer().target

@@ -20,8 +20,8 @@ import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from tests.observe.test_observability import children
 from tests.support.server import ServerProcess
-from tests.test_observability import children
 
 
 def can_mount() -> bool:
