@@ -50,9 +50,10 @@ class Serving:
         self.recent: RecentPredictions | None = None
         self.scores: FeedbackScores | None = None
         self._codes: Any = None
-        self._id_pid = 0
         self._id_prefix = ""
         self._id_counter: Any = None
+        self._new_id_sequence()
+        os.register_at_fork(after_in_child=self._new_id_sequence)
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
         self._loaded_headers: dict[str, str] | None = None
         self._batcher: Batcher | None = None
@@ -108,10 +109,11 @@ class Serving:
 
     def new_id(self) -> str:
         """A prediction id no other process makes: its own random prefix, then a count."""
-        pid = os.getpid()
-        if pid != self._id_pid:  # a new process (a fork) starts its own sequence
-            self._id_pid, self._id_prefix, self._id_counter = pid, secrets.token_hex(8), itertools.count(1)
         return f"{self._id_prefix}-{next(self._id_counter):x}"
+
+    def _new_id_sequence(self) -> None:
+        """A process's own prefix; a forked child makes its own (os.register_at_fork)."""
+        self._id_prefix, self._id_counter = secrets.token_hex(8), itertools.count(1)
 
     def batch_id(self, event_id: str) -> str:
         """A batch job's prediction id, its rows `<id>/<r>`: the event's id when it is a
@@ -227,12 +229,8 @@ class Serving:
 
 def _answer_codes(class_labels: tuple[Any, ...] | None) -> Any:
     """labels -> what the recent index keeps: a class's index in the card (-1 for a label
-    the card does not list), or a regressor's value."""
+    the card does not list), or a regressor's value. Lists: one row is the common case."""
     if class_labels is None:
-        return lambda labels: np.asarray(labels, dtype=np.float64).reshape(-1)
-    index = {c: i for i, c in enumerate(class_labels)}
-
-    def codes(labels: np.ndarray) -> np.ndarray:
-        return np.array([index.get(v, -1) for v in np.asarray(labels).reshape(-1).tolist()], dtype=np.float64)
-
-    return codes
+        return lambda labels: np.asarray(labels, dtype=np.float64).reshape(-1).tolist()
+    index = {c: float(i) for i, c in enumerate(class_labels)}
+    return lambda labels: [index.get(v, -1.0) for v in np.asarray(labels).reshape(-1).tolist()]
