@@ -7,6 +7,7 @@ a regressor, a finite number.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ def decode_feedback(body: Any, card: ModelCard, max_rows: int) -> Feedback:
         raise InvalidInput(
             'request body: expected {"feedback": [{"id": ..., "label": ...}, ...]} or one {"id", "label"} object'
         )
-    classes = _Classes(card.class_labels) if card.is_classifier else None
+    classes = _classes(card.class_labels) if card.is_classifier else None
     ids, labels, codes = [], [], np.empty(len(items))
     for i, item in enumerate(items):
         at = f"{where}[{i}]" if where else "request body"
@@ -83,6 +84,12 @@ def _value(label: Any, where: str) -> float:
     if not math.isfinite(value):
         raise InvalidInput(f"{where}: {short(label)} is not a finite number")
     return value
+
+
+@functools.lru_cache(maxsize=8)
+def _classes(class_labels: tuple[Any, ...]) -> _Classes:
+    """One per model's classes, not one per request."""
+    return _Classes(class_labels)
 
 
 class _Classes:

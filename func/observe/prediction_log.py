@@ -65,11 +65,6 @@ def log_filesystem(uri: str) -> tuple[Any, str]:
     return fs, root.rstrip("/")
 
 
-def row_ids(request_id: str, n: int) -> list[str]:
-    """The id of each row: the request's own for one row, `<id>/<r>` for several."""
-    return [request_id] if n == 1 else [f"{request_id}/{r}" for r in range(n)]
-
-
 def split_id(row_id: str) -> tuple[str, int]:
     """(request id, row) of a row id: `<id>/<r>` names row r, a bare `<id>` row 0."""
     head, slash, tail = row_id.rpartition("/")
@@ -219,19 +214,21 @@ class PredictionLog:
             return
         step = max(round(1 / self.sample), 1)
         keep = np.flatnonzero((first_row + np.arange(len(rows))) % step == 0)
-        ids = [f"{job_key}/{first_row + int(i)}" for i in keep]
         probabilities = prediction.probabilities
         sampled = Prediction(
             np.asarray(prediction.labels)[keep], None if probabilities is None else probabilities[keep]
         )
+        numbers, n = first_row + keep, len(keep)
         try:
-            table = self.predictions_table(ids, np.full(len(ids), time.time()), rows[keep], sampled)
+            # a job's rows are `<job>/<r>`, as its output's prediction_id column names them
+            at = np.full(n, time.time())
+            table = self.predictions_table([job_key] * n, numbers, np.zeros(n, bool), at, rows[keep], sampled)
             self.write_part(f"{PREDICTIONS}/batch", f"{job_key}-{first_row:012d}", table)
         except Exception as exc:  # a batch job's answers do not depend on its log
-            self._count(PREDICTIONS, "failed", len(ids))
-            log.warning("prediction log: %d rows of batch job %s lost: %s", len(ids), job_key, exc)
+            self._count(PREDICTIONS, "failed", n)
+            log.warning("prediction log: %d rows of batch job %s lost: %s", n, job_key, exc)
         else:
-            self._count(PREDICTIONS, "written", len(ids))
+            self._count(PREDICTIONS, "written", n)
 
     def write_part(self, where: str, name: str, table: Any) -> str:
         """Write `table` as the part `name` in the folder `where` under the prefix, under
@@ -255,22 +252,36 @@ class PredictionLog:
 
     # -- tables --------------------------------------------------------------------------
 
-    def predictions_table(self, ids: list[str], times: np.ndarray, rows: np.ndarray, prediction: Prediction) -> Any:
-        """The log's table of predicted rows: `ids` are the rows' ids, `times` seconds."""
+    def predictions_table(
+        self,
+        request_ids: Any,
+        row_numbers: Any,
+        single: np.ndarray,
+        times: np.ndarray,
+        rows: np.ndarray,
+        prediction: Prediction,
+    ) -> Any:
+        """The log's table of predicted rows: each row's request id and number, whether it
+        is a one-row request's (its id is then the request's, else `<id>/<r>`), `times`
+        in seconds."""
         import pyarrow as pa
+        import pyarrow.compute as pc
 
-        request_ids, row_numbers = zip(*map(split_id, ids)) if ids else ((), ())
-        n = len(ids)
+        n = len(rows)
+        request_ids = pa.array(request_ids, pa.string())
+        row_numbers = pa.array(row_numbers, pa.int32())
+        text = pc.cast(row_numbers, pa.string())
+        ids = pc.if_else(pa.array(single, pa.bool_()), request_ids, pc.binary_join_element_wise(request_ids, text, "/"))
         name, version, sha256, revision = self._model
         columns: dict[str, Any] = {
-            "id": pa.array(ids, pa.string()),
-            "request_id": pa.array(request_ids, pa.string()),
-            "row": pa.array(row_numbers, pa.int32()),
+            "id": ids,
+            "request_id": request_ids,
+            "row": row_numbers,
             "time": pa.array((np.asarray(times) * 1e6).astype("int64"), pa.timestamp("us", tz="UTC")),
-            "model_name": pa.array([name] * n, pa.string()),
-            "model_version": pa.array([version] * n, pa.string()),
-            "model_sha256": pa.array([sha256] * n, pa.string()),
-            "revision": pa.array([revision] * n, pa.string()),
+            "model_name": pa.repeat(pa.scalar(name), n),
+            "model_version": pa.repeat(pa.scalar(version), n),
+            "model_sha256": pa.repeat(pa.scalar(sha256), n),
+            "revision": pa.repeat(pa.scalar(revision), n),
             "features": pa.StructArray.from_arrays(
                 [pa.array(column) for column in np.asarray(rows, dtype=np.float32).T],
                 names=list(self.card.feature_names),
@@ -285,16 +296,17 @@ class PredictionLog:
         return pa.table(columns)
 
     def _predictions_table(self, items: list[tuple[Any, ...]]) -> Any:
-        ids: list[str] = []
-        times = []
-        for request_id, at, rows, _ in items:
-            ids += row_ids(request_id, len(rows))
-            times.append(np.full(len(rows), at))
+        counts = np.array([len(item[2]) for item in items])
+        request_ids = np.repeat(np.array([item[0] for item in items], dtype=object), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        row_numbers = np.arange(len(request_ids)) - starts
+        times = np.repeat(np.array([item[1] for item in items]), counts)
         rows = np.concatenate([item[2] for item in items])
         labels = np.concatenate([np.asarray(item[3].labels).reshape(-1) for item in items])
         probabilities = [item[3].probabilities for item in items]
         joined = Prediction(labels, None if probabilities[0] is None else np.concatenate(probabilities))
-        return self.predictions_table(ids, np.concatenate(times), rows, joined)
+        single = np.repeat(counts == 1, counts)
+        return self.predictions_table(request_ids, row_numbers, single, times, rows, joined)
 
     def _feedback_table(self, items: list[tuple[Any, ...]]) -> Any:
         import pyarrow as pa

@@ -143,9 +143,9 @@ class RecentPredictions:
             matched[hits] = True
             answers[hits] = table.values[slot, 2]
             # The first of several labels for one row in this very request counts once.
-            unique_slot, first_index = np.unique(slot, return_index=True)
+            unique_slot, first_index = np.unique(slot, return_index=True) if len(slot) > 1 else (slot, [0])
             fresh = np.isnan(table.values[unique_slot, 3])
-            first[hits[first_index[fresh]]] = True
+            first[hits[np.asarray(first_index)[fresh]]] = True
             table.values[slot, 3] = labels[hits]
         return matched, answers, first
 

@@ -59,7 +59,9 @@ def test_the_join_is_exact_on_100k_rows_with_late_repeated_out_of_order_labels(t
         r += n
     bounds = np.linspace(0, ROWS, 26).astype(int)
     for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-        table = log.predictions_table(ids[a:b], times[a:b], x[a:b], Prediction(answers[a:b], None))
+        requests_, numbers = zip(*keys[a:b])
+        single = np.array([ids[i] == keys[i][0] for i in range(a, b)])
+        table = log.predictions_table(requests_, numbers, single, times[a:b], x[a:b], Prediction(answers[a:b], None))
         log.write_part(f"{PREDICTIONS}/date=part{p:02d}", f"part-{p:02d}", table)
 
     labelled = rng.choice(ROWS, int(ROWS * 0.6), replace=False)  # shuffled: out of order
@@ -117,7 +119,9 @@ def test_no_feedback_yet_says_so(tmp_path, card):
     log.write_part(
         f"{PREDICTIONS}/x",
         "one",
-        log.predictions_table(["a"], np.array([time.time()]), row, Prediction(np.array([1]), None)),
+        log.predictions_table(
+            ["a"], [0], np.array([True]), np.array([time.time()]), row, Prediction(np.array([1]), None)
+        ),
     )
     result = dataset_cli("--log", str(tmp_path / "log"), "--output", str(tmp_path / "out.csv"))
     assert result.returncode == 2 and "no feedback logged yet" in result.stderr
