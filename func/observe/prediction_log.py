@@ -74,12 +74,13 @@ def split_id(row_id: str) -> tuple[str, int]:
 
 
 class _Buffer:
-    """One kind's rows waiting for the writer: bounded, never blocking."""
+    """Feedback waiting for the writer: bounded, never blocking."""
 
     def __init__(self, kind: str, capacity: int) -> None:
         self.kind, self.capacity = kind, capacity
         self.items: list[tuple[Any, ...]] = []
-        self.rows = 0  # buffered and being written
+        self.queued = 0
+        self.rows = 0  # queued and being written: what the bound counts
         self.lock = threading.Lock()
 
     def add(self, item: tuple[Any, ...], rows: int) -> bool:
@@ -87,17 +88,78 @@ class _Buffer:
             if self.rows + rows > self.capacity:
                 return False
             self.items.append(item)
+            self.queued += rows
             self.rows += rows
             return True
 
-    def take(self) -> list[tuple[Any, ...]]:
+    def take(self) -> tuple[Any, int]:
+        """(what is queued, its rows), now being written."""
         with self.lock:
-            items, self.items = self.items, []
-            return items
+            items, rows, self.items, self.queued = self.items, self.queued, [], 0
+            return items, rows
 
     def release(self, rows: int) -> None:
         with self.lock:
             self.rows -= rows
+
+
+class _Columns(_Buffer):
+    """Predicted rows waiting for the writer, copied into arrays as they come: a request
+    leaves no Python objects behind it (the garbage collector would walk them on every
+    full collection), only its id in a list; the writer takes a copy of the filled rows."""
+
+    def __init__(self, kind: str, capacity: int, n_features: int) -> None:
+        super().__init__(kind, capacity)
+        self.features = np.empty((capacity, n_features), dtype=np.float32)  # pages touched as filled
+        self.times = np.empty(capacity)
+        self.labels: np.ndarray | None = None  # of the first answers' type
+        self.probabilities: np.ndarray | None = None
+        self.counts: list[int] = []
+
+    def add(self, item: tuple[Any, ...], rows: int) -> bool:
+        request_id, at, features, prediction = item
+        with self.lock:
+            n = self.queued
+            if self.rows + rows > self.capacity:
+                return False
+            if self.labels is None:
+                self._allocate(prediction)
+            end = n + rows
+            self.features[n:end] = features
+            self.labels[n:end] = prediction.labels  # type: ignore[index]
+            if self.probabilities is not None:
+                self.probabilities[n:end] = prediction.probabilities
+            self.times[n:end] = at
+            self.items.append(request_id)
+            self.counts.append(rows)
+            self.queued = end
+            self.rows += rows
+            return True
+
+    def _allocate(self, prediction: Prediction) -> None:
+        labels = np.asarray(prediction.labels)
+        # text labels as objects: a fixed-width string array would cut a longer one
+        self.labels = np.empty(self.capacity, dtype=object if labels.dtype.kind in "UOS" else labels.dtype)
+        if prediction.probabilities is not None:
+            self.probabilities = np.empty((self.capacity, prediction.probabilities.shape[1]), dtype=np.float32)
+
+    def take(self) -> tuple[Any, int]:
+        with self.lock:
+            n = self.queued
+            if not n:
+                return None, 0
+            assert self.labels is not None
+            taken = (
+                self.items,
+                self.counts,
+                self.times[:n].copy(),
+                self.features[:n].copy(),
+                Prediction(
+                    self.labels[:n].copy(), None if self.probabilities is None else self.probabilities[:n].copy()
+                ),
+            )
+            self.items, self.counts, self.queued = [], [], 0
+            return taken, n
 
 
 class PredictionLog:
@@ -119,7 +181,10 @@ class PredictionLog:
         self.card, self.sample, self.flush_s = card, sample, flush_s
         self._model = (card.name, card.version, model_sha256, revision or "")
         self._count = count
-        self._buffers = {PREDICTIONS: _Buffer(PREDICTIONS, capacity), FEEDBACK: _Buffer(FEEDBACK, capacity)}
+        self._buffers = {
+            PREDICTIONS: _Columns(PREDICTIONS, capacity, card.n_features),
+            FEEDBACK: _Buffer(FEEDBACK, capacity),
+        }
         self._early = max(capacity // EARLY_SHARE, 1)
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -173,9 +238,9 @@ class PredictionLog:
         """Write what is buffered, a part per kind."""
         with self._write_lock:
             for buffer in self._buffers.values():
-                items = buffer.take()
-                if items:
-                    self._write(buffer, items)
+                taken, rows = buffer.take()
+                if rows:
+                    self._write(buffer, taken, rows)
 
     def close(self) -> None:
         """Write everything buffered and stop the thread (the worker's last step)."""
@@ -183,10 +248,9 @@ class PredictionLog:
         self._wake.set()
         self.flush()
 
-    def _write(self, buffer: _Buffer, items: list[tuple[Any, ...]]) -> None:
-        rows = sum(self._rows_of(buffer.kind, item) for item in items)
+    def _write(self, buffer: _Buffer, taken: Any, rows: int) -> None:
         try:
-            table = self._predictions_table(items) if buffer.kind == PREDICTIONS else self._feedback_table(items)
+            table = self._predictions_table(*taken) if buffer.kind == PREDICTIONS else self._feedback_table(taken)
             self._sequence += 1
             day = datetime.now(UTC).strftime("%Y-%m-%d")
             name = f"{int(time.time() * 1000)}-{self._token}-{self._sequence:06d}"
@@ -201,10 +265,6 @@ class PredictionLog:
             self._count(buffer.kind, "written", rows)
         finally:
             buffer.release(rows)
-
-    @staticmethod
-    def _rows_of(kind: str, item: tuple[Any, ...]) -> int:
-        return len(item[2]) if kind == PREDICTIONS else len(item[0])
 
     def batch_chunk(self, job_key: str, first_row: int, rows: np.ndarray, prediction: Prediction) -> None:
         """Log a batch job's chunk, every k-th row of the job (k = 1 / PREDICTION_LOG_SAMPLE),
@@ -295,18 +355,14 @@ class PredictionLog:
             )
         return pa.table(columns)
 
-    def _predictions_table(self, items: list[tuple[Any, ...]]) -> Any:
-        counts = np.array([len(item[2]) for item in items])
-        request_ids = np.repeat(np.array([item[0] for item in items], dtype=object), counts)
-        starts = np.repeat(np.cumsum(counts) - counts, counts)
-        row_numbers = np.arange(len(request_ids)) - starts
-        times = np.repeat(np.array([item[1] for item in items]), counts)
-        rows = np.concatenate([item[2] for item in items])
-        labels = np.concatenate([np.asarray(item[3].labels).reshape(-1) for item in items])
-        probabilities = [item[3].probabilities for item in items]
-        joined = Prediction(labels, None if probabilities[0] is None else np.concatenate(probabilities))
-        single = np.repeat(counts == 1, counts)
-        return self.predictions_table(request_ids, row_numbers, single, times, rows, joined)
+    def _predictions_table(
+        self, request_ids: list[str], counts: list[int], times: np.ndarray, rows: np.ndarray, prediction: Prediction
+    ) -> Any:
+        sizes = np.array(counts)
+        repeated = np.repeat(np.array(request_ids, dtype=object), sizes)
+        row_numbers = np.arange(len(rows)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        single = np.repeat(sizes == 1, sizes)
+        return self.predictions_table(repeated, row_numbers, single, times, rows, prediction)
 
     def _feedback_table(self, items: list[tuple[Any, ...]]) -> Any:
         import pyarrow as pa

@@ -58,7 +58,8 @@ def served(request, tmp_path_factory) -> Iterator[tuple[ServerProcess, object, P
     assert result.returncode == 0, result.stderr
     data = folder / "data"
     data.mkdir()
-    server = ServerProcess({"MODEL_PATH": str(folder / "m.onnx"), "BATCH_ALLOW": str(data)}, log_dir=folder).start()
+    env = {"MODEL_PATH": str(folder / "m.onnx"), "BATCH_ALLOW": str(data), "PREDICTION_LOG": str(folder / "log")}
+    server = ServerProcess({**env, "PREDICTION_LOG_FLUSH_S": "0.1"}, log_dir=folder).start()
     try:
         server.wait_ready()
         yield server, model, data
@@ -170,3 +171,26 @@ def test_feedback_takes_labels_of_the_trained_type_and_scores_them(served):
         wrong = {"id": pid, "label": [truth[0]]}
     refused = requests.post(server.url + "/feedback", json={"feedback": [wrong]})
     assert refused.status_code == 422 and refused.json()["error"]["message"].startswith("feedback[0].label: ")
+
+
+def test_the_prediction_log_keeps_the_trained_labels(served):
+    import pyarrow.dataset as ds
+
+    from tests.support.server import wait_for
+
+    server, model, data = served
+    resp = requests.post(server.url + "/predict", json={"instances": ROWS, "id": "labels-in-the-log"})
+    assert resp.status_code == 200
+    log = data.parent / "log" / "predictions"
+
+    def logged() -> list:
+        if not log.exists():
+            return []
+        table = ds.dataset(log).to_table()
+        return [
+            p
+            for i, p in zip(table.column("id").to_pylist(), table.column("prediction").to_pylist())
+            if i.startswith("labels-in-the-log/")
+        ]
+
+    assert_labels(wait_for(logged, timeout=20), model)
