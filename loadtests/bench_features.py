@@ -27,6 +27,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import requests
@@ -50,6 +51,16 @@ VARIANTS = {
 # One label per request, for a row the server answered when the run started; its later
 # copies are matched and not scored again, as a broker's retries are.
 FEEDBACK_BODY = json.dumps({"feedback": [{"id": "bench-1", "label": 1}]})
+
+
+def answered_bench_1(url: str) -> None:
+    """The row the feedback run labels, answered (another worker may still be loading:
+    503 with Retry-After until it has)."""
+    deadline = time.monotonic() + 60
+    while requests.post(url, json={"id": "bench-1", "features": bench.row()}, timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: no prediction within 60 s")
+        time.sleep(0.1)
 
 
 def servers(truth: bool, log_dir: str) -> dict[str, bench.System]:
@@ -99,8 +110,7 @@ def main() -> int:
         for name, system in systems.items():
             system.start()
             if system.path == "/feedback":
-                predict = {"id": "bench-1", "features": bench.row()}
-                requests.post(system.url.replace("/feedback", "/predict"), json=predict, timeout=10).raise_for_status()
+                answered_bench_1(system.url.replace("/feedback", "/predict"))
             bodies[name] = Path(tempfile.mkstemp(suffix=".json")[1])
             bodies[name].write_text(system.body)
         for r in range(args.rounds):
