@@ -1,14 +1,20 @@
 # syntax=docker/dockerfile:1
 # warmstart: the function image. Build: docker build -t REGISTRY/warmstart:1 .
 # The retraining job's image: docker build --target trainer -t REGISTRY/warmstart-trainer:1 .
+# scripts/build_images.sh builds every target with podman (the image tests run them).
+
+# Every stage's base. scripts/build_images.sh passes an equivalent made from Debian's
+# packages where no registry is reachable (see its comment).
+ARG BASE=python:3.11-slim
 
 # --- train: the default model, made with the training libraries that never reach the image
-FROM python:3.11-slim AS train
+FROM ${BASE} AS train
 WORKDIR /src
 COPY requirements.txt requirements-sklearn.txt requirements-stores.txt requirements-train.txt ./
 RUN pip install --no-cache-dir -r requirements-train.txt
 COPY func/ func/
-COPY scripts/ scripts/
+# the two scripts training runs, so a change to another script keeps this stage's cache
+COPY scripts/train.py scripts/export_onnx.py scripts/
 RUN python scripts/train.py --out models/model.onnx
 
 # --- trainer: the retraining job a JobSink runs (knative/retrain); its parent model by
@@ -22,15 +28,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 USER 10001
 ENTRYPOINT ["python", "-m", "func.retrain"]
 
-# --- runtime deps in a venv, so the final stage copies one folder and no build tools
-FROM python:3.11-slim AS deps
+# --- runtime deps in a venv, so the final stage copies one folder and no build tools.
+# scripts/prune_venv.sh then removes what no serving process loads (measured by
+# loadtests/loaded_libs.py): pip, setuptools, tests, headers, Arrow Flight and pyarrow's
+# S3 client, onnxruntime's C API library and model tools, symbol tables (binutils' strip).
+FROM ${BASE} AS deps
+RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+COPY scripts/prune_venv.sh /tmp/prune_venv.sh
+RUN bash /tmp/prune_venv.sh /venv
 
 # --- the rollout job (knative/rollout/): python -m func.rollout, no model, no onnxruntime.
 # Build: docker build --target rollout -t REGISTRY/warmstart-rollout:1 .
-FROM python:3.11-slim AS rollout
+FROM ${BASE} AS rollout
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
 COPY requirements-rollout.txt /tmp/rollout-requirements.txt
 RUN pip install --no-cache-dir -r /tmp/rollout-requirements.txt
@@ -41,11 +53,13 @@ USER 10001
 ENTRYPOINT ["python", "-m", "func.rollout"]
 
 # --- the image: runtime deps, the function, the model; no compiler, no scikit-learn
-FROM python:3.11-slim
+FROM ${BASE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
 COPY --from=deps /venv /venv
 WORKDIR /app
 COPY func/ func/
+# func's bytecode now: the read-only root cannot cache it, so each start would compile it
+RUN python -m compileall -q func/
 COPY --from=train /src/models/model.onnx models/model.onnx
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -106,10 +106,13 @@ class Settings:
     k_sink: str | None = None
     drift_threshold: float = 0.2
     drift_window: int = 1000
+    # seconds a drift episode stays open (one event) while windows stay over the threshold
+    drift_cooldown_s: float = 3600.0
     # on by default when the model card has reference statistics; 0 turns it off
     drift: bool = True
     batch_allow: tuple[str, ...] = ("./data/",)
-    batch_wait_s: float = 30.0
+    # a job running longer logs its rows so far this often
+    batch_progress_s: float = 5.0
     adaptive_batch_rows: int = 0
     adaptive_batch_delay_ms: float = 2.0
     k_service: str | None = None
@@ -187,9 +190,10 @@ class Settings:
             k_sink=env.get("K_SINK") or None,
             drift_threshold=_float(env, "DRIFT_THRESHOLD", 0.2),
             drift_window=_int(env, "DRIFT_WINDOW", 1000, minimum=1),
+            drift_cooldown_s=_float(env, "DRIFT_COOLDOWN", 3600.0, minimum=0),
             drift=_flag(env, "DRIFT", default=True),
             batch_allow=allow,
-            batch_wait_s=_float(env, "BATCH_WAIT_S", 30.0),
+            batch_progress_s=_float(env, "BATCH_PROGRESS_S", 5.0, minimum=0),
             adaptive_batch_rows=_int(env, "ADAPTIVE_BATCH_ROWS", 0),
             adaptive_batch_delay_ms=_float(env, "ADAPTIVE_BATCH_DELAY_MS", 2.0),
             k_service=k_service,

@@ -61,6 +61,18 @@ class PayloadTooLarge(WarmstartError):
     code = "payload_too_large"
 
 
+def body_too_large(limit: int) -> PayloadTooLarge:
+    """The one 413 for a body over MAX_REQUEST_BYTES, whoever finds it."""
+    return PayloadTooLarge(f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
+
+
+class UnsupportedTransferCoding(WarmstartError):
+    """A Transfer-Encoding other than chunked: the server does not decode gzip or deflate."""
+
+    status = 501
+    code = "not_implemented"
+
+
 class UnsupportedMediaType(WarmstartError):
     status = 415
     code = "unsupported_media_type"

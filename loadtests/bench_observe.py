@@ -99,7 +99,7 @@ def drift_cost() -> dict[str, float]:
     means = np.array([card.reference[n]["mean"] for n in card.feature_names])
     out = {}
     for batch in (1, 64, 10_000):
-        drift = Drift(card, model.sha256, None, None, 10**9, 0.2, lambda *a: None, lambda: ("m", "1", ""))
+        drift = Drift(card, model.sha256, None, None, 10**9, 0.2, 3600.0, lambda *a: None, lambda: ("m", "1", ""))
         rows = (means * rng.uniform(0.5, 1.5, (batch, len(means)))).astype(np.float32)
         prediction = Prediction(np.zeros(batch, dtype=np.int64), None)
         repeats = max(20, 20_000 // batch)

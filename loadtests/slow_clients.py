@@ -1,11 +1,14 @@
-"""How long normal requests take while a few hostile clients hold connections (#11 item 12).
+"""How long normal requests take while a few hostile clients hold connections (#11 item 12,
+#20 items 4 and 10).
 
     .venv/bin/python loadtests/slow_clients.py [--clients 8] [--requests 20]
 
 Against `python -m func` with its default 2 workers x 4 threads, for each attack in
 turn: open the attacking connections, then time single-row predictions on fresh
 connections (2 s client timeout each). Attacks: half a request header; a silent
-connection (200 of them); a body trickled at 1 byte/s; a chunked body that never ends.
+connection (200 of them); a body trickled at 1 byte/s; a chunked body that never ends;
+64 KiB + 1 of a 100 KiB body, then nothing; `Expect: 100-continue` and no body (16 of
+them); 2,200 idle connections, past what the two workers hold (2 x MAX_CONNECTIONS).
 Prints the median and worst latency and how many requests timed out. Loopback only.
 """
 
@@ -46,11 +49,22 @@ def endless_chunks(s: socket.socket, stop: threading.Event) -> None:
         s.sendall(b"1\r\n \r\n")
 
 
+def stalled_body(s: socket.socket, stop: threading.Event) -> None:
+    s.sendall(f"{HEAD}Content-Length: 102400\r\n\r\n".encode() + b" " * (64 * 1024 + 1))
+
+
+def expect_no_body(s: socket.socket, stop: threading.Event) -> None:
+    s.sendall(f"{HEAD}Expect: 100-continue\r\nContent-Length: 100\r\n\r\n".encode())
+
+
 ATTACKS: dict[str, tuple[Callable[[socket.socket, threading.Event], None], int]] = {
     "half a header": (half_header, 1),
     "silent connection": (silent, 25),
     "1 byte/s upload": (trickle, 1),
     "endless chunked body": (endless_chunks, 1),
+    "stalled 100 KiB body": (stalled_body, 1),
+    "Expect, no body": (expect_no_body, 2),
+    "idle flood": (silent, 275),
 }
 
 

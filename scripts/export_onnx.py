@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from func.model.card import ModelCard, sidecar_path  # noqa: E402
+from func.model.card import CardError, ModelCard, sidecar_path  # noqa: E402
 from func.model.export import MAX_DIFFERENCE, build_card, max_difference, to_onnx_bytes  # noqa: E402
 
 
@@ -86,6 +86,14 @@ def read_sample(csv_path: Path, target: str | None) -> tuple[np.ndarray, list[st
     return x, names
 
 
+def card_or_exit(estimator: Any, x: np.ndarray, names: list[str], name: str, version: str) -> ModelCard:
+    """build_card, or exit naming what the card cannot hold (a name with '/', say)."""
+    try:
+        return build_card(estimator, x, names, name, version)
+    except CardError as exc:
+        raise SystemExit(f"error: model card: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a joblib file holding a fitted scikit-learn estimator")
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     n_in = getattr(estimator, "n_features_in_", len(names))
     if n_in != len(names):
         raise SystemExit(f"{args.sample}: {len(names)} feature columns, but the model takes {n_in}")
-    card = build_card(estimator, x, names, args.name or args.out.stem, args.version)
+    card = card_or_exit(estimator, x, names, args.name or args.out.stem, args.version)
     diff = write_model(estimator, card, x, args.out)
     if diff > MAX_DIFFERENCE:
         print(

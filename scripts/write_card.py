@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from export_onnx import build_card, read_sample, write_sidecar_card
+from export_onnx import card_or_exit, read_sample, write_sidecar_card
 
 
 def load(path: Path):  # -> a fitted estimator
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     n_in = getattr(estimator, "n_features_in_", len(names))
     if n_in != len(names):
         raise SystemExit(f"{args.sample}: {len(names)} feature columns, but the model takes {n_in}")
-    card = build_card(estimator, x, names, args.name or args.model.stem, args.version)
+    card = card_or_exit(estimator, x, names, args.name or args.model.stem, args.version)
     path = write_sidecar_card(card, args.model)
     print(f"wrote {path} ({card.task}, {card.n_features} features)")
     return 0

@@ -117,3 +117,21 @@ def test_plan_capacity_writes_nothing_unless_told_where(tmp_path):
     assert "recommended: min-scale" in result.stdout
     assert {p.name: p.read_bytes() for p in results.glob("capacity.*")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["traffic.csv"]
+
+
+def test_the_readme_example_prints_what_the_readme_shows():
+    """The README's plan for a spike from zero, run as written on the repository's own
+    bench.json: every line the README shows (but its `...`) is in the output."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("$ .venv/bin/python scripts/plan_capacity.py ", 1)[1].split("```", 1)[0]
+    command, *shown = block.splitlines()
+    result = subprocess.run(
+        [sys.executable, "scripts/plan_capacity.py", *command.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout.splitlines()
+    assert [line for line in shown if line.strip() != "..."] == [line for line in printed if line in shown]

@@ -36,6 +36,7 @@ def test_lists_and_flags_are_parsed():
         ({"MAX_ROWS": "0"}, "MAX_ROWS='0': must be at least 1"),
         ({"ALLOW_PICKLE": "maybe"}, "ALLOW_PICKLE='maybe': expected 0 or 1"),
         ({"DRIFT_THRESHOLD": "high"}, "DRIFT_THRESHOLD='high': expected a number"),
+        ({"DRIFT_COOLDOWN": "-1"}, "DRIFT_COOLDOWN='-1': must be at least 0"),
         ({"MODEL_SHA256": "abc"}, "MODEL_SHA256='abc': expected 64 hexadecimal digits"),
         ({"READ_TIMEOUT": "0"}, "READ_TIMEOUT='0': must be at least 0.1"),
         ({"CONNECTION_MAX_AGE": "-1"}, "CONNECTION_MAX_AGE='-1': must be at least 0"),

@@ -95,7 +95,7 @@ def test_every_rendered_object_validates(tree):
 
 @needs_schemas
 def test_strict_mode_catches_a_misspelt_field():
-    doc = render("base")[0]
+    (doc,) = [d for d in render("base") if d["kind"] == "Service"]
     doc["spec"]["template"]["spec"]["containerConcurency"] = 4
     assert any("containerConcurency" in e for e in schema_errors(doc))
 
@@ -221,7 +221,7 @@ def test_the_jobsink_runs_the_retraining_job_as_a_valid_kubernetes_job():
     (container,) = pod["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["K_EVENT_PATH"] == "/etc/jobsink-event/event"
-    assert {"TRAIN_DATA_URI", "MODEL_PATH", "MODEL_STORE"} <= env.keys()
+    assert {"TRAIN_DATA_URI", "MODEL_PATH"} <= env.keys()  # MODEL_STORE: the shared ConfigMap
     assert pod["restartPolicy"] == "Never", "podFailurePolicy needs it"
     (fail,) = [r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
     assert fail["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [EXIT_PERMANENT]}
@@ -260,3 +260,30 @@ def test_func_yaml_is_valid_for_the_functions_cli():
     scale = doc["deploy"]["options"]["scale"]
     (svc,) = [d for d in render("base") if d["kind"] == "Service"]
     assert str(scale["target"]) == svc["spec"]["template"]["metadata"]["annotations"]["autoscaling.knative.dev/target"]
+
+
+@needs_kubectl
+def test_serving_retraining_and_rollout_take_the_store_settings_from_one_place():
+    """A canary whose model lives in MLflow or S3 loads with the shipped manifests: the
+    Service, the retraining Job and the rollout Job all take one ConfigMap (MODEL_STORE,
+    MLFLOW_TRACKING_URI) and the store's credentials, defined once, in knative/base."""
+    configs = [(tree, d) for tree in [*TREES, "rollout"] for d in render(tree) if d["kind"] == "ConfigMap"]
+    defined = {(tree, d["metadata"]["name"]) for tree, d in configs if tree in ("base", "retrain", "rollout")}
+    assert defined == {("base", "warmstart-store")}
+    (config,) = [d for tree, d in configs if tree == "base"]
+    assert config["data"]["MODEL_STORE"] and config["data"]["MLFLOW_TRACKING_URI"].startswith("http")
+
+    (service,) = [d for d in render("base") if d["kind"] == "Service"]
+    retrain = {(d["kind"], d["metadata"]["name"]): d for d in render("retrain")}["JobSink", "warmstart-retrain"]
+    rollout = {(d["kind"], d["metadata"]["name"]): d for d in render("rollout")}["JobSink", "warmstart-rollout"]
+    containers = {
+        "serving": service["spec"]["template"]["spec"]["containers"][0],
+        "retraining": retrain["spec"]["job"]["spec"]["template"]["spec"]["containers"][0],
+        "rollout": rollout["spec"]["job"]["spec"]["template"]["spec"]["containers"][0],
+    }
+    for who, container in containers.items():
+        sources = container.get("envFrom", [])
+        assert {"configMapRef": {"name": "warmstart-store"}} in sources, who
+        assert {"secretRef": {"name": "warmstart-store-credentials", "optional": True}} in sources, who
+        named = {e["name"] for e in container.get("env", [])}
+        assert not named & {"MODEL_STORE", "MLFLOW_TRACKING_URI"}, f"{who} sets a store setting a second time"

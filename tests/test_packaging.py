@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import requests
+import yaml
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent, from_http
 
@@ -110,18 +111,31 @@ def test_knative_functions_host_build_serves_the_function(tmp_path, dataset):
     )
     python = fresh_venv(build / ".venv")
     pip(python, ".", "--target", "lib", cwd=build)
+    # The image copies func/ as a folder; `func build` installs the package pyproject.toml
+    # describes. Both must carry the same files, or one path serves a different app.
+    assert package_files(build / "lib" / "func") == package_files(ROOT / "func")
 
-    port_env = {"MODEL_PATH": str(DEFAULT_MODEL), "PYTHONPATH": str(build / "lib")}
-    server = ServerProcess(port_env, cmd=[str(python), "service/main.py"], log_dir=tmp_path)
+    # func.yaml's environment, relative paths and all, in the function's folder (the
+    # buildpack's working directory); the code comes from lib/, not from the checkout.
+    spec = yaml.safe_load((ROOT / "func.yaml").read_text())
+    env = {e["name"]: e["value"] for e in spec["run"]["envs"]}
+    assert not os.path.isabs(env["MODEL_PATH"])
+    server = ServerProcess(
+        {**env, "PYTHONPATH": str(build / "lib")},
+        cmd=[str(python), str(build / "service" / "main.py")],
+        log_dir=tmp_path,
+    )
     server.env["LISTEN_ADDRESS"] = f"127.0.0.1:{server.port}"
-    server.cwd = build
+    server.cwd = build / "f"
     server.start()
     try:
         server.wait_listening(60)
+        health = spec["deploy"]["healthEndpoints"]
         deadline = time.monotonic() + 30
-        while requests.get(server.url + "/health/readiness", timeout=5).status_code != 200:
+        while requests.get(server.url + health["readiness"], timeout=5).status_code != 200:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.05)
+        assert requests.get(server.url + health["liveness"], timeout=5).status_code == 200
         predict_and_event(server.url, x)
         assert requests.post(server.url + "/predict", json={"features": [1]}).status_code == 422
         # the pages are package data: the wheel must carry them
@@ -129,6 +143,10 @@ def test_knative_functions_host_build_serves_the_function(tmp_path, dataset):
     finally:
         server.kill()
     assert os.path.isdir(build / "lib" / "func_python")
+
+
+def package_files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
 def requirement_names(name: str) -> set[str]:

@@ -131,6 +131,19 @@ def test_export_rejects_a_sample_with_the_wrong_columns(tmp_path, dataset):
     assert "10 feature columns, but the model takes 30" in result.stderr
 
 
+def test_export_refuses_a_name_the_server_could_not_serve(tmp_path, dataset):
+    from sklearn.tree import DecisionTreeClassifier
+
+    x, names = dataset
+    joblib.dump(DecisionTreeClassifier(max_depth=2).fit(x, x[:, 0] > 14), tmp_path / "tree.joblib")
+    write_csv(tmp_path / "sample.csv", names, x[:20])
+    for script, out in (("scripts/export_onnx.py", [str(tmp_path / "t.onnx")]), ("scripts/write_card.py", [])):
+        result = run_script(script, str(tmp_path / "tree.joblib"), str(tmp_path / "sample.csv"), *out, "--name", "a/b")
+        assert result.returncode != 0
+        assert result.stderr == "error: model card: name 'a/b' holds '/', which the model's URLs cannot hold\n"
+    assert not (tmp_path / "t.onnx").exists() and not (tmp_path / "tree.card.json").exists()
+
+
 def test_write_card_gives_a_joblib_model_its_card(tmp_path, start_server, dataset):
     from sklearn.tree import DecisionTreeClassifier
 

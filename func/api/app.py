@@ -12,7 +12,7 @@ from werkzeug.routing import BaseConverter
 
 from ..codecs import rows as codecs
 from ..config import Settings
-from ..errors import NotReady, WarmstartError
+from ..errors import NotReady, WarmstartError, body_too_large
 from ..explain.explainers import Explainers, explanation_body, usage
 from ..model.runtime import Model
 from ..model.state import ServingState
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
                 settings.shared_dir,
                 settings.drift_window,
                 settings.drift_threshold,
+                settings.drift_cooldown_s,
                 lambda event_id, data: emitter.send(DRIFT_EVENT, event_id, data, subject=card.name),
                 metrics.model_labels,
             )
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         message = exc.description or exc.name
         headers = None
         if status == 413:
-            message = f"request body is larger than MAX_REQUEST_BYTES={settings.max_request_bytes} bytes"
+            message = body_too_large(settings.max_request_bytes).message
         elif status == 404:
             message = f"no route {request.method} {request.path}; see /openapi.json"
         elif status == 405:
@@ -167,7 +168,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     @app.get("/explain")
     def explain_page() -> Response:
         if pages.wants_html(request.accept_mimetypes):
-            return serving.respond_bytes(pages.page("explain"), pages.HTML_HEADERS)
+            return serving.respond_bytes(*pages.page("explain"))
         return respond(usage(state.model.card), headers=pages.VARY)
 
     @app.post("/v1/models/<model:name>:explain")
@@ -205,7 +206,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     @app.get("/drift")
     def drift() -> Response:
         if pages.wants_html(request.accept_mimetypes):
-            return serving.respond_bytes(pages.page("drift"), pages.HTML_HEADERS)
+            return serving.respond_bytes(*pages.page("drift"))
         if state.loaded is None:
             raise NotReady(state.not_ready_reason())
         if serving.drift is None:
@@ -218,6 +219,8 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         return respond(openapi.document(model.card if model else None))
 
     v2.register(app, serving)
-    if load:
+    if metrics.problem:
+        state.refuse(metrics.problem)
+    elif load:
         state.start_loading()
     return app

@@ -9,6 +9,7 @@ busy gets 503 (Knative retries).
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -20,6 +21,7 @@ from ..codecs import rows as codecs
 from ..errors import MalformedRequest, NotReady, UnknownEventType, UnsupportedMediaType, WarmstartError
 from ..observe.emit import CloudEvent, to_binary, to_structured
 from ..observe.observer import current
+from ..observe.tracing import is_traceparent
 from .serving import Serving
 
 PREDICT = "warmstart.predict.v1"
@@ -48,8 +50,9 @@ class EventHandler:
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
         # One batch job per process at a time: a job saturates a core for seconds, and a
-        # second one would only slow both. The next one waits BATCH_WAIT_S for its turn,
-        # then gets 503, which Knative retries (possibly on another pod).
+        # second one would only slow both. The next one gets 503 at once, which Knative
+        # retries (possibly on another pod): waiting for the slot would hold one of the
+        # worker's few threads, and predictions would queue behind it.
         self._batch_slot = threading.BoundedSemaphore(1)
 
     def handle(self) -> Response:
@@ -78,7 +81,7 @@ class EventHandler:
         if kind == PREDICT:
             reply_type, data = PREDICTION, self._predict(event.data)
         elif kind == BATCH:
-            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"], record)
+            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
         elif kind == FEEDBACK:
             reply_type, data = FEEDBACK_ACCEPTED, self.serving.take_feedback(event.data)
         else:
@@ -118,28 +121,30 @@ class EventHandler:
         rows, single, request_id = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
         return codecs.prediction_body(self.serving.predict(model, rows, request_id), model.card, single)
 
-    def _batch(self, data: Any, event_id: str, record: Any) -> dict[str, Any]:
+    def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
-        if not self._batch_slot.acquire(timeout=self.serving.settings.batch_wait_s):
+        if not self._batch_slot.acquire(blocking=False):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
         prediction_id = self.serving.batch_id(event_id)
-        if record is not None:
-            record.prediction_id = prediction_id
 
         def observe(first_row: int, rows: Any, prediction: Any) -> None:
             self.serving.observe_batch(prediction_id, first_row, rows, prediction)
 
+        started = time.perf_counter()
         try:
-            allow = self.serving.settings.batch_allow
-            result = batch.run_job(job, model, allow, event_id, observe, prediction_id)
+            settings = self.serving.settings
+            result = batch.run_job(
+                job, model, settings.batch_allow, event_id, observe, settings.batch_progress_s, prediction_id
+            )
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
             raise
         finally:
             self._batch_slot.release()
         metrics.batch_job("completed", result["rows"])
+        self.serving.record_model_call(started, result["rows"], prediction_id)
         return {**result, "prediction_id": prediction_id}
 
     def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:
@@ -149,7 +154,10 @@ class EventHandler:
         for name in TRACE_EXTENSIONS:
             if event.get(name) is not None:
                 attributes[name] = event[name]
-        incoming = request.headers.get("traceparent") or event.get("traceparent")
+        # An invalid traceparent header is ignored, as W3C Trace Context asks; the event's
+        # own traceparent was checked with its other attributes.
+        header = request.headers.get("traceparent")
+        incoming = header if is_traceparent(header) else event.get("traceparent")
         traceparent = self.serving.tracing.reply_traceparent(record, incoming)
         if traceparent is not None:
             attributes["traceparent"] = traceparent
@@ -194,6 +202,13 @@ def _checked(attributes: dict[str, Any], where: str) -> dict[str, Any]:
                 f"got {codecs.short(value)}"
             )
         checked[name] = value
+    # A reply passes it on, in a header of its own.
+    traceparent = checked.get("traceparent")
+    if traceparent is not None and not is_traceparent(traceparent):
+        raise MalformedRequest(
+            f"not a valid CloudEvent: {where.format('traceparent')} must be a W3C traceparent "
+            f"(00-<32 hex digits>-<16 hex digits>-<2 hex digits>), got {codecs.short(traceparent)}"
+        )
     return checked
 
 

@@ -5,6 +5,9 @@ host (a pod may have no internet)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 from functools import cache
 from pathlib import Path
 
@@ -14,7 +17,13 @@ FOLDER = Path(__file__).parent / "pages"
 # The answer depends on Accept: a cache in between must not give a browser's page to an
 # API client or the other way round.
 VARY = {"Vary": "Accept"}
-HTML_HEADERS = {**VARY, "Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-cache"}
+HTML_HEADERS = {
+    **VARY,
+    "Content-Type": "text/html; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+}
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
 def wants_html(accept: MIMEAccept) -> bool:
@@ -24,6 +33,27 @@ def wants_html(accept: MIMEAccept) -> bool:
 
 
 @cache
-def page(name: str) -> bytes:
-    """The page func/api/pages/<name>.html."""
-    return (FOLDER / f"{name}.html").read_bytes()
+def page(name: str) -> tuple[bytes, dict[str, str]]:
+    """The page func/api/pages/<name>.html and the headers it is sent with."""
+    body = (FOLDER / f"{name}.html").read_bytes()
+    return body, {**HTML_HEADERS, "Content-Security-Policy": policy(body)}
+
+
+def policy(body: bytes) -> str:
+    """The page's Content-Security-Policy: it runs its own inline script and style, known
+    by their digests, and nothing else; it fetches from the server that sent it; nothing
+    may frame it. Injected markup then runs nothing, and the page cannot be overlaid."""
+    digests: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for tag, text in _INLINE.findall(body):
+        digests[tag].append("'sha256-" + base64.b64encode(hashlib.sha256(text).digest()).decode() + "'")
+    return "; ".join(
+        [
+            "default-src 'none'",
+            "script-src " + " ".join(digests[b"script"] or ["'none'"]),
+            "style-src " + " ".join(digests[b"style"] or ["'none'"]),
+            "connect-src 'self'",
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ]
+    )

@@ -23,8 +23,9 @@ from flask import Response, request
 from ..codecs import rows as codecs
 from ..codecs.feedback import decode_feedback
 from ..config import Settings
-from ..errors import NotFound, NotReady, PayloadTooLarge, UnsupportedMediaType, WarmstartError
+from ..errors import NotFound, NotReady, UnsupportedMediaType, WarmstartError, body_too_large
 from ..model.batching import Batcher
+from ..model.card import CardError, check_identity
 from ..model.runtime import Model, Prediction
 from ..model.state import ServingState
 from ..observe.drift import Drift
@@ -36,6 +37,18 @@ from ..observe.tracing import Tracing
 
 # Of a batch job's chunk of 65,536 rows, drift sees about this many (1.5%).
 BATCH_DRIFT_ROWS = 1000
+
+
+def _configured(value: str | None, field: str, default: str) -> str:
+    """MODEL_NAME or MODEL_VERSION for the headers before the model has loaded, if a
+    header can carry it (else the load fails on it, and says so in the log)."""
+    if value is None:
+        return default
+    try:
+        check_identity(value, field)
+    except CardError:
+        return default
+    return value
 
 
 class Serving:
@@ -65,10 +78,22 @@ class Serving:
                 # Built once: every response carries them, and the card does not change.
                 self._loaded_headers = self._headers(model.card.name, model.card.version)
             return self._loaded_headers
-        return self._headers(self.settings.model_name or "model", self.settings.model_version or "1")
+        return self._headers(
+            _configured(self.settings.model_name, "name", "model"),
+            _configured(self.settings.model_version, "version", "1"),
+        )
 
     def _headers(self, name: str, version: str) -> dict[str, str]:
         return {"X-Model-Name": name, "X-Model-Version": version, **self._static_headers}
+
+    @staticmethod
+    def error_body(path: str, code: str, message: str) -> dict[str, Any]:
+        """An error in the words of the route at `path`, for errors found before routing
+        (func/server/worker.py): the Open Inference Protocol (/v2) has a bare message,
+        every other route a code and a message."""
+        if path == "/v2" or path.startswith("/v2/"):
+            return {"error": message}
+        return {"error": {"code": code, "message": message}}
 
     def respond(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         """A JSON response carrying the model headers (and the request's prediction id)."""
@@ -89,23 +114,29 @@ class Serving:
         """The one model call of every request, coalesced with concurrent ones when
         ADAPTIVE_BATCH_ROWS is set. The request gets its prediction id (`request_id`, the
         client's, or a new one); its record gets the id, its rows and timing."""
-        record = current()
         started = time.perf_counter()
         prediction = self._call(model, rows)
-        ended = time.perf_counter()
         prediction_id = request_id or self.new_id()
         drift = self.drift
         if drift is not None:
             drift.add(rows, prediction)
+        self.record_model_call(started, len(rows), prediction_id)
         if self.recent is not None:
             self.recent.add(prediction_id, self._codes(prediction.labels))
         if self.log is not None:
             self.log.predictions(prediction_id, rows, prediction)
-        if record is not None:
-            record.infer_start, record.infer_end = started, ended
-            record.rows += len(rows)
-            record.prediction_id = prediction_id
         return prediction
+
+    def record_model_call(self, started: float, rows: int, prediction_id: str | None = None) -> None:
+        """The request's record (access log, metrics, trace) gets the rows and timing of
+        its model call, which started at `started`: a predict call, or a whole batch job;
+        and the prediction id its answer names."""
+        record = current()
+        if record is not None:
+            record.infer_start, record.infer_end = started, time.perf_counter()
+            record.rows += rows
+            if prediction_id is not None:
+                record.prediction_id = prediction_id
 
     def new_id(self) -> str:
         """A prediction id no other process makes: its own random prefix, then a count."""
@@ -212,7 +243,7 @@ class Serving:
             # byte past the limit to tell "exactly at" from "over".
             data = request.environ["wsgi.input"].read(limit + 1)
             if len(data) > limit:
-                raise PayloadTooLarge(f"request body is larger than MAX_REQUEST_BYTES={limit} bytes")
+                raise body_too_large(limit)
             return data
         return request.get_data(cache=False)
 

@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .. import __version__
 from ..codecs import fast_rows
 from ..codecs import rows as codecs
-from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError
+from ..errors import InvalidInput, MalformedRequest, PayloadTooLarge, WarmstartError, body_too_large
 from ..model.runtime import Model, Prediction
 from .serving import Serving
 
@@ -131,19 +131,69 @@ def _tensor(tensor: dict[str, Any], binary: bytes, width: int) -> np.ndarray:
         return np.frombuffer(binary, dtype=dtype).reshape(shape)
     if "data" not in tensor:
         raise InvalidInput(f"inputs[0] ({name}): no 'data' and no binary_data_size parameter")
-    try:
-        flat = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-    except OverflowError:
-        # Only integer datatypes overflow; NumPy names the value but not the allowed range.
-        info = np.iinfo(dtype)
-        raise InvalidInput(
-            f"inputs[0] ({name}): data holds a value outside the range of {datatype} ({info.min} to {info.max})"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"inputs[0] ({name}): data is not a tensor of {datatype}: {exc}") from None
+    if dtype.kind in "biu":
+        flat = _exact_values(tensor["data"], dtype, datatype, f"inputs[0] ({name})")
+    else:
+        try:
+            flat = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(f"inputs[0] ({name}): data is not a tensor of {datatype}: {exc}") from None
     if flat.size != count:
         raise InvalidInput(f"inputs[0] ({name}): shape {shape} needs {count} values, data has {flat.size}")
     return flat.reshape(shape)
+
+
+def _exact_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """BOOL or integer data exactly as sent, flattened: JSON true and false for BOOL, JSON
+    integers within the datatype's range for the others. NumPy would take 2 for true, and
+    truncate 1.5 or a float that orjson made of an integer past 64 bits (-2^63-1 read as
+    -2^63), so anything else is refused, naming the first value that does not fit."""
+    try:
+        values: np.ndarray | None = np.asarray(data)
+    except ValueError:  # ragged nested lists: the values decide below, the count after
+        values = None
+    if values is not None and values.dtype.kind == dtype.kind == "b":
+        return values.reshape(-1)
+    if dtype.kind == "b":
+        wanted = "true or false"
+
+        def fits(value: Any) -> bool:
+            return isinstance(value, bool)
+    else:
+        info = np.iinfo(dtype)
+        if values is not None and values.dtype.kind in "iu" and values.size:
+            if info.min <= values.min() and values.max() <= info.max:
+                return values.reshape(-1).astype(dtype)
+        wanted = f"integers from {info.min} to {info.max}"
+
+        def fits(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and info.min <= value <= info.max
+
+    # NumPy reads integers of mixed widths as floats ([2**63, 1] for UINT64): the values
+    # themselves decide.
+    flat = _flatten(data)
+    for i, value in enumerate(flat):
+        if not fits(value):
+            raise InvalidInput(
+                f"{where}: data[{i}] is {codecs.json_type(value)} {codecs.short(value)}; "
+                f"{datatype} data must be {wanted}"
+            )
+    return np.array(flat, dtype=dtype)
+
+
+def _flatten(data: Any) -> list[Any]:
+    """Nested lists' values in row-major order (a value that is not a list: itself)."""
+    flat: list[Any] = []
+    stack = [iter([data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
 
 
 def _request_id(header: dict[str, Any]) -> str | None:
@@ -158,7 +208,7 @@ def _request_id(header: dict[str, Any]) -> str | None:
 def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers: JSON, or a JSON header plus raw tensors."""
     available = {name: (dtype, value) for (name, dtype, _), value in zip(_output_specs(model), _values(prediction))}
-    all_binary = bool(_parameters(header, "request").get("binary_data_output", False))
+    all_binary = _flag(_parameters(header, "request"), "binary_data_output", False, "request")
     requested = header.get("outputs")
     if requested is None:
         selection = [(name, all_binary) for name in available]
@@ -172,7 +222,8 @@ def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[by
                 raise InvalidInput(
                     f"outputs[{i}]: unknown output {codecs.short(name)}; this model outputs {', '.join(available)}"
                 )
-            selection.append((name, bool(_parameters(wanted, f"outputs[{i}] ({name})").get("binary_data", all_binary))))
+            where = f"outputs[{i}] ({name})"
+            selection.append((name, _flag(_parameters(wanted, where), "binary_data", all_binary, where)))
 
     outputs, blobs = [], []
     for name, binary in selection:
@@ -208,6 +259,14 @@ def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
     return parameters
 
 
+def _flag(parameters: dict[str, Any], key: str, default: bool, where: str) -> bool:
+    """A boolean parameter: JSON true or false, never a string or a number read as one."""
+    value = parameters.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}: parameter {key} must be true or false, got {codecs.short(value)}")
+    return value
+
+
 def _values(prediction: Prediction) -> list[np.ndarray]:
     if prediction.probabilities is None:
         return [np.asarray(prediction.labels, dtype=np.float32)]
@@ -237,7 +296,7 @@ def register(app: Flask, serving: Serving) -> None:
     @v2.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
         if exc.code == 413:
-            return v2_error(413, f"request body is larger than MAX_REQUEST_BYTES={serving.settings.max_request_bytes}")
+            return v2_error(413, body_too_large(serving.settings.max_request_bytes).message)
         return v2_error(exc.code or 500, exc.description or exc.name)
 
     @v2.get("")

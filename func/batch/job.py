@@ -10,6 +10,7 @@ delivered twice at once, leaves exactly one complete output.
 
 from __future__ import annotations
 
+import datetime
 import errno
 import itertools
 import logging
@@ -27,6 +28,7 @@ import orjson
 
 from ..codecs import rows as codecs
 from ..errors import Forbidden, InsufficientStorage, InvalidInput
+from ..model.card import ModelCard
 from ..model.runtime import Model, Prediction
 from . import partials
 
@@ -123,12 +125,72 @@ def run_job(
     allow: tuple[str, ...],
     job_id: str,
     observe: Observe | None = None,
+    progress_s: float = 5.0,
     prediction_id: str | None = None,
 ) -> dict[str, Any]:
     """Run a batch job and return the completion event's data; `observe` sees each
-    chunk's rows and predictions (drift and the prediction log take a sample of them).
-    With `prediction_id`, the output has a `prediction_id` column: `<id>/<r>` for row r."""
+    chunk's rows and predictions (drift and the prediction log take a sample of them). The
+    log says when the job starts, every `progress_s` seconds how far it is, and how it
+    ended. With `prediction_id`, the output has a `prediction_id` column: `<id>/<r>` for
+    row r."""
     started = time.perf_counter()
+    log.info("batch job %s started: %s -> %s", job_id, job.input, job.output)
+    progress = _Progress(job_id, started, progress_s)
+    try:
+        result = _run(job, model, allow, job_id, observe, progress, prediction_id)
+    except Exception as exc:
+        log.warning(
+            "batch job %s failed after %d rows in %.2f s: %s",
+            job_id,
+            progress.rows,
+            time.perf_counter() - started,
+            getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    log.info(
+        "batch job %s completed: %d rows in %.2f s (%.0f rows/s) -> %s",
+        job_id,
+        result["rows"],
+        result["duration_s"],
+        result["rows"] / max(result["duration_s"], 1e-3),
+        job.output,
+    )
+    return result
+
+
+class _Progress:
+    """Rows written so far, logged every `every_s` seconds of a long job."""
+
+    def __init__(self, job_id: str, started: float, every_s: float) -> None:
+        self.job_id, self.started, self.every_s = job_id, started, every_s
+        self.rows = 0
+        self._next = started + every_s
+
+    def add(self, rows: int) -> None:
+        self.rows += rows
+        now = time.perf_counter()
+        if now >= self._next:
+            self._next = now + self.every_s
+            seconds = now - self.started
+            log.info(
+                "batch job %s: %d rows in %.1f s (%.0f rows/s)",
+                self.job_id,
+                self.rows,
+                seconds,
+                self.rows / max(seconds, 1e-3),
+            )
+
+
+def _run(
+    job: BatchJob,
+    model: Model,
+    allow: tuple[str, ...],
+    job_id: str,
+    observe: Observe | None,
+    progress: _Progress,
+    prediction_id: str | None,
+) -> dict[str, Any]:
+    started = progress.started
     source = resolve_allowed(job.input, allow, "input")
     target = resolve_allowed(job.output, allow, "output")
     if target == source:
@@ -138,7 +200,9 @@ def run_job(
     out_fs, out_path = _filesystem(target, job.output, "output")
     if not in_fs.isfile(in_path):
         raise InvalidInput(f"input {job.input!r}: no such file")
-    if out_fs.isdir(out_path):
+    # "data/scored/" names a folder even where none exists yet: the resolved path has
+    # lost its trailing '/', and a file named data/scored would be written.
+    if out_fs.isdir(out_path) or posixpath.basename(urlsplit(job.output).path) in ("", ".", ".."):
         raise InvalidInput(f"output {job.output!r} is a folder; name a file in it")
     if not out_fs.isdir(posixpath.dirname(out_path)):
         raise InvalidInput(f"output {job.output!r}: its folder does not exist")
@@ -149,11 +213,19 @@ def run_job(
             with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
                 writer = _writer(output_format, sink)
                 try:
-                    chunks = _read_chunks(reader, input_format, job.input, model.card.feature_names)
+                    chunks = _read_chunks(
+                        reader,
+                        input_format,
+                        job.input,
+                        model.card.feature_names,
+                        lambda schema: _check_columns(schema, model.card, output_format, job.input),
+                    )
                     # Parsing text costs about what inference does, so it keeps a core and
                     # inference takes the other; Parquet decodes cheaply, so inference takes both.
                     one_thread = input_format != "parquet"
-                    rows = _predict_all(chunks, model, job.input, writer, one_thread, observe, prediction_id)
+                    rows = _predict_all(
+                        chunks, model, job.input, writer, one_thread, observe, progress.add, prediction_id
+                    )
                 finally:
                     writer.close()
             out_fs.mv(partial, out_path)
@@ -187,9 +259,11 @@ def _predict_all(
     writer: Any,
     one_thread: bool,
     observe: Observe | None,
+    written: Callable[[int], None],
     prediction_id: str | None,
 ) -> int:
-    """Predict and write every chunk; returns the row count.
+    """Predict and write every chunk, telling `written` each chunk's rows; returns the
+    row count.
 
     Chunk k is predicted on a second thread while this one reads and decodes chunk k+1
     (pyarrow and onnxruntime both release the GIL), so the two overlap; at most two
@@ -206,7 +280,7 @@ def _predict_all(
                 predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe, prediction_id)
                 rows += chunk.num_rows
                 if pending is not None:
-                    writer.write(pending.result())
+                    _write(writer, pending.result(), written)
                 pending = predicted
         except BaseException:
             # A bad row in the chunk being predicted comes before whatever went wrong
@@ -216,8 +290,13 @@ def _predict_all(
                 raise earlier from None
             raise
         if pending is not None:
-            writer.write(pending.result())
+            _write(writer, pending.result(), written)
     return rows
+
+
+def _write(writer: Any, chunk: Any, written: Callable[[int], None]) -> None:
+    writer.write(chunk)
+    written(chunk.num_rows)
 
 
 def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
@@ -232,8 +311,11 @@ def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
         raise InvalidInput(f"{field} {uri!r}: {exc}") from None
 
 
-def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str]) -> Iterator[Any]:
-    """Record batches of the input, whatever its format, decoded with pyarrow."""
+def _read_chunks(
+    stream: Any, fmt: str, uri: str, features: tuple[str, ...] | list[str], check: Callable[[Any], None]
+) -> Iterator[Any]:
+    """Record batches of the input, whatever its format, decoded with pyarrow; `check`
+    sees the input's schema before the first batch is predicted."""
     import pyarrow as pa
 
     try:
@@ -254,6 +336,7 @@ def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | li
 
             parquet = pq.ParquetFile(stream, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
             batches, schema = parquet.iter_batches(batch_size=CHUNK_ROWS), parquet.schema_arrow
+        check(schema)
         empty = True
         for batch in batches:
             empty = False
@@ -264,6 +347,80 @@ def _read_chunks(stream: Any, fmt: str, uri: str, features: tuple[str, ...] | li
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _check_columns(schema: Any, card: ModelCard, output_format: str, uri: str) -> None:
+    """The input's columns, before any row is predicted: each named once, in UTF-8 text;
+    none named like a column the output adds (it would be overwritten); and the columns
+    that pass through to the output of types the output format can hold."""
+    names = []
+    for i in range(len(schema)):
+        try:
+            names.append(schema.field(i).name)
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                f"input {uri!r}: the name of column {i} is not UTF-8 text (byte {exc.object[exc.start]:#x} "
+                f"at position {exc.start}); save the file as UTF-8"
+            ) from None
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first:
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} appears twice (columns {first[name]} and {i}); name each column once"
+            )
+        first[name] = i
+    features = set(card.feature_names)
+    for i, name in enumerate(names):
+        if name in features:
+            continue
+        if _added_column(name, card):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} has the name of a column the output adds, and would be "
+                "overwritten; rename it"
+            )
+        kind = schema.field(i).type
+        if not _holds(output_format, kind):
+            raise InvalidInput(
+                f"input {uri!r}: column {name!r} is of type {kind}, which a {output_format} output cannot hold; "
+                "drop the column or write a Parquet output"
+            )
+
+
+def _added_column(name: str, card: ModelCard) -> bool:
+    """Whether the output adds a column of this name: `prediction`, and a classifier's
+    probability_<class> (probability_0, probability_1, ... where the card names no classes)."""
+    if name == "prediction":
+        return True
+    if not card.is_classifier or not name.startswith("probability_"):
+        return False
+    suffix = name.removeprefix("probability_")
+    return suffix in {str(label) for label in card.class_labels} if card.class_labels else suffix.isdigit()
+
+
+def _holds(fmt: str, kind: Any) -> bool:
+    """Whether an output of format `fmt` can hold a column of arrow type `kind`: Parquet
+    any; CSV text, numbers, booleans and times, but no nested values and no bytes (which
+    need not be text); JSON lines what JSON has a form for, nested or not, but no bytes,
+    decimals or durations."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_dictionary(kind):
+        return _holds(fmt, kind.value_type)
+    if fmt == "parquet":
+        return True
+    simple = (t.is_null, t.is_boolean, t.is_integer, t.is_floating, t.is_string, t.is_large_string, t.is_temporal)
+    if any(test(kind) for test in simple) and not t.is_interval(kind):
+        return fmt == "csv" or not t.is_duration(kind)
+    if fmt == "csv":
+        return t.is_decimal(kind)
+    if t.is_list(kind) or t.is_large_list(kind) or t.is_fixed_size_list(kind):
+        return _holds(fmt, kind.value_type)
+    if t.is_struct(kind):
+        return all(_holds(fmt, kind.field(i).type) for i in range(kind.num_fields))
+    if t.is_map(kind):
+        return _holds(fmt, kind.key_type) and _holds(fmt, kind.item_type)
+    return t.is_string_view(kind)
 
 
 def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[Iterator[Any], Any]:
@@ -349,10 +506,18 @@ class _JsonLinesWriter:
 
     def write(self, batch: Any) -> None:
         option = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-        self.sink.write(b"".join(orjson.dumps(row, option=option) for row in batch.to_pylist()))
+        self.sink.write(b"".join(orjson.dumps(row, default=_iso_time, option=option) for row in batch.to_pylist()))
 
     def close(self) -> None:
         pass
+
+
+def _iso_time(value: Any) -> str:
+    """A nanosecond timestamp, which pyarrow hands over as a pandas Timestamp (a datetime
+    that orjson does not take), in ISO 8601 as orjson writes other datetimes."""
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class _ArrowWriter:

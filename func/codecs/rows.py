@@ -4,8 +4,10 @@ through `rows_from_json` / `check_rows`, and every answer is built from one Pred
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -31,12 +33,113 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        too_large: list[str] = []
         try:
-            return json.loads(body)
+            # Strict UTF-8 (a byte order mark allowed, as json.loads allows it): json.loads
+            # would let encoded surrogates through, and guess UTF-16 or UTF-32.
+            text = body.decode("utf-8-sig")
+            value = json.loads(text, parse_int=functools.partial(_integer, too_large))
         # RecursionError: orjson stops at 1,024 levels of nesting, and json's recursive
         # parser would overflow the stack on the same body.
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise MalformedRequest(f"request body is not valid JSON: {exc}") from None
+        if too_large or _SURROGATE_ESCAPE.search(body):
+            _refuse_unusable(value)
+        return value
+
+
+# An escaped UTF-16 surrogate, paired or lone: only then can a string hold a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Integer literals of up to 308 digits always convert to a float64; of 310 or more never.
+_FLOAT_DIGITS = 309
+
+
+@dataclass(frozen=True)
+class _TooLarge:
+    """Where json.loads read an integer literal past a float64's range."""
+
+    literal: str
+
+
+def _integer(too_large: list[str], literal: str) -> int | _TooLarge:
+    """json.loads's reading of an integer literal. Past a float64's range (2^1024 and
+    more) no step after the parse could use it (every conversion to a number fails): it
+    is kept as a _TooLarge, and noted, for _refuse_unusable to find."""
+    digits = len(literal) - literal.startswith("-")
+    if digits < _FLOAT_DIGITS:
+        return int(literal)
+    if digits == _FLOAT_DIGITS:
+        try:
+            float(int(literal))
+            return int(literal)
+        except OverflowError:
+            pass
+    too_large.append(literal)
+    return _TooLarge(literal)
+
+
+def _refuse_unusable(value: Any) -> None:
+    """Name where json.loads read what orjson refuses and no later step can use: an
+    integer past a float64's range, or a string holding a lone UTF-16 surrogate ("\\ud800",
+    which no encoder can write back). Walked only when the parse saw one may be there."""
+    # (value, parent entry, key): the path is built only for the message
+    stack: list[tuple[Any, Any, Any]] = [(value, None, None)]
+    while stack:
+        entry = stack.pop()
+        item = entry[0]
+        if isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                if _lone_surrogate(key):
+                    raise MalformedRequest(
+                        f"{_json_path(entry)}: the key {_shown(key)} holds a lone UTF-16 surrogate, "
+                        "which is not a character; JSON text must be Unicode"
+                    )
+                stack.append((child, entry, key))
+        elif isinstance(item, list):
+            if not _PLAIN.issuperset(map(type, item)):  # rows of numbers: nothing to find
+                stack.extend((child, entry, i) for i, child in reversed(list(enumerate(item))))
+        elif isinstance(item, str):
+            if _lone_surrogate(item):
+                raise MalformedRequest(
+                    f"{_json_path(entry)}: the string {_shown(item)} holds a lone UTF-16 surrogate, "
+                    "which is not a character; JSON text must be Unicode"
+                )
+        elif isinstance(item, _TooLarge):
+            digits = item.literal.lstrip("-")
+            raise InvalidInput(
+                f"{_json_path(entry)}: the integer {item.literal[: len(item.literal) - len(digits) + 12]}... "
+                f"({len(digits)} digits) is too large for a number; the largest is about 1.8e308"
+            )
+
+
+_PLAIN = frozenset({float, int, bool, type(None)})
+
+
+def _lone_surrogate(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shown(text: str) -> str:
+    """A string in quotes, its surrogates escaped as they were sent, at most 40 characters."""
+    escaped = text.encode("utf-8", "backslashreplace").decode()
+    return f'"{escaped}"' if len(escaped) <= 38 else f'"{escaped[:35]}..."'
+
+
+def _json_path(entry: tuple[Any, Any, Any]) -> str:
+    """Where an entry of _refuse_unusable's walk sits: `instances[0][29]`, `data.id`."""
+    parts = []
+    while entry[1] is not None:
+        key = entry[2]
+        parts.append(f"[{key}]" if isinstance(key, int) else f".{key}")
+        entry = entry[1]
+    path = "".join(reversed(parts)).lstrip(".")
+    return path or "request body"
 
 
 def dump_json(body: Any) -> bytes:

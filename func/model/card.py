@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ class ModelCard:
     # each class (in class_labels order), or a regressor's quantile bins like a feature's.
     prediction_reference: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Every card is checked where it is made (from JSON, from a model, or with
+        MODEL_NAME/MODEL_VERSION in place of its own): what it holds reaches headers,
+        URLs, metrics and drift, where a bad value broke every request."""
+        check_identity(self.name, "name")
+        check_identity(self.version, "version")
+        _check_class_labels(self.class_labels)
+        for name, stats in self.reference.items():
+            _check_statistics(stats, f"reference[{name!r}]")
+        _check_prediction_reference(self)
+
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
@@ -76,6 +88,18 @@ class ModelCard:
             raise CardError(f"{where}: feature_names must be a non-empty list of strings")
         if len(set(names)) != len(names):
             raise CardError(f"{where}: feature_names has duplicates")
+        if not isinstance(data.get("class_labels") or [], list):
+            raise CardError(f"{where}: class_labels must be a list, got {type(data['class_labels']).__name__}")
+        for key in ("reference", "prediction_reference"):
+            if not isinstance(data.get(key) or {}, dict):
+                raise CardError(f"{where}: {key} must be an object, got {type(data[key]).__name__}")
+        try:
+            return cls._of(data, task, names)
+        except CardError as exc:
+            raise CardError(f"{where}: {exc}") from None
+
+    @classmethod
+    def _of(cls, data: dict[str, Any], task: str, names: list[str]) -> ModelCard:
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
@@ -98,6 +122,93 @@ class ModelCard:
         except json.JSONDecodeError as exc:
             raise CardError(f"{where}: not valid JSON ({exc})") from None
         return cls.from_dict(data, where)
+
+
+# What a name or version must not hold, and why: '/' and ':' end a name in the routes
+# (/v1/models/<name>:predict, /v2/models/<name>/versions/<version>/infer).
+_NAME_BREAKERS = {"name": "/:", "version": "/"}
+
+
+def check_identity(value: Any, field: str) -> None:
+    """A card's name or version: a non-empty string that an HTTP header (X-Model-Name,
+    X-Model-Version) can carry, that is printable Latin-1 with no space at either end, and
+    that a route can hold. Raises CardError naming the field, the value and the reason."""
+    if not isinstance(value, str) or not value:
+        raise CardError(f"{field} must be a non-empty string, got {value!r}")
+    for char in value:
+        if not (" " <= char <= "~" or "\xa0" <= char <= "\xff"):
+            raise CardError(
+                f"{field} {value!r} holds {char!r}, which the X-Model-{field.title()} header cannot carry; "
+                "use printable Latin-1 characters"
+            )
+        if char in _NAME_BREAKERS[field]:
+            raise CardError(f"{field} {value!r} holds {char!r}, which the model's URLs cannot hold")
+    if value != value.strip():
+        raise CardError(f"{field} {value!r} starts or ends with a space, which HTTP headers drop")
+
+
+def _check_class_labels(labels: tuple[Any, ...]) -> None:
+    for i, label in enumerate(labels):
+        if not isinstance(label, (str, int, float)) or (isinstance(label, float) and not math.isfinite(label)):
+            raise CardError(f"class_labels[{i}] is {label!r}; a class label is a string, a number or a boolean")
+    if len(set(labels)) != len(labels):
+        raise CardError(f"class_labels {list(labels)!r} has duplicates")
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (NaN included: statistics of data with gaps hold it); not a boolean."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, where: str) -> list[float]:
+    """`value` if it is a list of numbers."""
+    if not isinstance(value, list):
+        raise CardError(f"{where} must be a list of numbers, got {type(value).__name__}")
+    for i, item in enumerate(value):
+        if not _is_number(item):
+            raise CardError(f"{where}[{i}] is {item!r}, not a number")
+    return value
+
+
+def _check_statistics(stats: Any, where: str, bounds: bool = True) -> None:
+    """A feature's reference statistics, or with `bounds` False a regressor's prediction
+    bins: the numbers drift and explanations read, and `fractions` one share per bin the
+    edges make (a feature's bins also need its min and max, drift's outer bins)."""
+    if not isinstance(stats, dict):
+        raise CardError(f"{where} must be an object, got {type(stats).__name__}")
+    for key in ("mean", "std", "min", "max"):
+        if key in stats and not _is_number(stats[key]):
+            raise CardError(f"{where}.{key} is {stats[key]!r}, not a number")
+    if "bin_edges" not in stats and "fractions" not in stats:
+        return
+    edges = _numbers(stats.get("bin_edges", []), f"{where}.bin_edges")
+    if any(a > b for a, b in zip(edges, edges[1:])):
+        raise CardError(f"{where}.bin_edges must be in ascending order, got {edges!r}")
+    fractions = _numbers(stats.get("fractions"), f"{where}.fractions")
+    if len(fractions) != len(edges) + 1:
+        raise CardError(
+            f"{where}.fractions has {len(fractions)} shares, but its {len(edges)} bin_edges make {len(edges) + 1} bins"
+        )
+    if any(f < 0 for f in fractions):
+        raise CardError(f"{where}.fractions holds a negative share: {fractions!r}")
+    missing = [key for key in ("min", "max") if bounds and key not in stats]
+    if missing:
+        raise CardError(f"{where}: bin_edges need {' and '.join(map(repr, missing))} beside them")
+
+
+def _check_prediction_reference(card: ModelCard) -> None:
+    reference = card.prediction_reference
+    if not reference:
+        return
+    if not card.is_classifier:
+        _check_statistics(reference, "prediction_reference", bounds=False)
+        return
+    if "fractions" in reference:
+        fractions = _numbers(reference["fractions"], "prediction_reference.fractions")
+        if card.class_labels and len(fractions) != len(card.class_labels):
+            raise CardError(
+                f"prediction_reference.fractions has {len(fractions)} shares for {len(card.class_labels)} class_labels"
+            )
 
 
 def sidecar_path(model_path: str | Path) -> Path:

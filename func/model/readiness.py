@@ -7,14 +7,21 @@ first fork (so no worker can look before its siblings exist), each worker remove
 once its model has loaded, and the master removes a dead worker's mark. A worker that
 replaces a dead one gets no mark: it does not listen before its model has loaded
 (func/server/worker.py), so it never holds the pod back.
+
+The pod serves one model: the first worker to load pins its file's digest here, and a
+worker that loads other bytes (the file was replaced while the pod ran, then a worker
+died and its replacement read the new file) does not serve them (func/server/worker.py stops
+the pod, which restarts on one model).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 _LOADING = "loading"
+_MODEL_PIN = "model.sha256"
 
 
 def _mark(shared_dir: str, age: int) -> Path:
@@ -39,3 +46,18 @@ def all_loaded(shared_dir: str) -> bool:
         return not any((Path(shared_dir) / _LOADING).iterdir())
     except FileNotFoundError:
         return True
+
+
+def pin_model(shared_dir: str, sha256: str) -> str:
+    """The digest of the model the pod serves: `sha256` if no worker pinned one before,
+    else the one pinned first."""
+    pin = Path(shared_dir) / _MODEL_PIN
+    draft = pin.with_name(f"{_MODEL_PIN}.{os.getpid()}")
+    draft.write_text(sha256)
+    try:
+        os.link(draft, pin)  # atomic, and refuses to replace: the first pin stays
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return pin.read_text()

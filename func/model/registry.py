@@ -1,8 +1,9 @@
 """The MLflow model registry over its REST API, without the mlflow package.
 
 The mlflow package pulls in hundreds of megabytes and seconds of imports; warmstart needs
-five REST calls to find a registered version's files and one upload path to register a
-new version, so it speaks the documented REST API with the standard library.
+five REST calls to find a registered version's files, one upload path to register a
+new version, and a few to move an alias and keep tags on a registered model, so it
+speaks the documented REST API with the standard library.
 """
 
 from __future__ import annotations
@@ -113,17 +114,42 @@ class Registry:
         folder = f"{run['artifact_uri']}/model"
         self._upload(f"{folder}/{filename}", data)
         self._call("POST", "mlflow/runs/update", body={"run_id": run["run_id"], "status": "FINISHED"})
-        try:
-            self._call("POST", "mlflow/registered-models/create", body={"name": name})
-        except RegistryError as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc):
-                raise
+        self._create_model(name)
         answer = self._call(
             "POST",
             "mlflow/model-versions/create",
             body={"name": name, "source": folder, "run_id": run["run_id"], "tags": _tag_list(tags)},
         )
         return _version(answer["model_version"])
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `models:/<name>@<alias>` at `version` (moving it if it named another)."""
+        self._call("POST", "mlflow/registered-models/alias", body={"name": name, "alias": alias, "version": version})
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        """The registered model's own tags; none if it is not registered."""
+        try:
+            answer = self._call("GET", "mlflow/registered-models/get", {"name": name})
+        except RegistryError as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+                return {}
+            raise
+        return {t["key"]: t["value"] for t in answer["registered_model"].get("tags", [])}
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        """Tag the registered model, registering it first if it is not."""
+        self._create_model(name)
+        self._call("POST", "mlflow/registered-models/set-tag", body={"name": name, "key": key, "value": value})
+
+    def delete_model_tag(self, name: str, key: str) -> None:
+        self._call("DELETE", "mlflow/registered-models/delete-tag", body={"name": name, "key": key})
+
+    def _create_model(self, name: str) -> None:
+        try:
+            self._call("POST", "mlflow/registered-models/create", body={"name": name})
+        except RegistryError as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc):
+                raise
 
     def _upload(self, uri: str, data: bytes) -> None:
         request = urllib.request.Request(self.artifact_url(uri), data=data, method="PUT")

@@ -119,7 +119,10 @@ def load_model(settings: Settings) -> Model:
     if settings.model_version:
         overrides["version"] = settings.model_version
     if overrides:
-        model.card = dataclasses.replace(model.card, **overrides)
+        try:
+            model.card = dataclasses.replace(model.card, **overrides)
+        except CardError as exc:
+            raise ModelLoadError(f"MODEL_NAME/MODEL_VERSION: {exc}") from None
     model.sha256 = digest
     model.path = path
     try:

@@ -9,6 +9,10 @@ renamed into place, so a reader never sees half a file and a file with the wrong
 never enters the cache. Workers of one pod take a file lock, so one of them fetches and
 the others find the file. The registry client loads only for a `models:/` reference, so
 a local model's cold start pays nothing for it.
+
+A champion pointer (`<store>/<name>/champion.json`, func/model/champion.py) is read on
+every start, as an alias is, and the model it names is fetched into the cache and
+checked against the digest the pointer gives (MODEL_SHA256, when set, wins).
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ def is_uri(location: str) -> bool:
 
 def local_model_file(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
     """The local file to load for MODEL_PATH=`location`, fetched into the cache if remote."""
+    if location.lower().endswith(".json"):
+        from .champion import is_pointer
+
+        if is_pointer(location):
+            return _from_pointer(location, cache_dir, tracking_uri, sha256)
     if not is_uri(location):
         return Path(location)
     parts = urllib.parse.urlsplit(location)
@@ -74,6 +83,25 @@ def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha2
     return _cached(where, source, cache_dir, sha256, open_source)
 
 
+def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None) -> Path:
+    """The model a champion pointer names, fetched into the cache under its own URI."""
+    from .champion import ChampionError, is_pointer, read
+
+    try:
+        named = read(location)
+    except ChampionError as exc:
+        raise FetchError(f"MODEL_PATH={location}: {exc}", exc.retryable) from None
+    if named is None:
+        raise FetchError(f"MODEL_PATH={location}: no such champion pointer; a promotion writes it")
+    target, digest = named["uri"], sha256 or named["sha256"].lower()
+    required_by = "MODEL_SHA256" if sha256 else "the champion pointer"
+    if is_pointer(target):
+        raise FetchError(f"MODEL_PATH={location}: the pointer names another pointer, {target}; it must name a model")
+    if target.startswith("models:/"):
+        return _from_registry(target, cache_dir, tracking_uri, digest)
+    return _cached(f"{location} ({target})", target, cache_dir, digest, lambda: _open_fsspec(target), required_by)
+
+
 def _model_file_in(registry: Any, folder: str) -> str:
     """The one model file in a registered version's folder."""
     from .registry import ARTIFACTS_SCHEME
@@ -96,8 +124,10 @@ def _cached(
     cache_dir: str,
     sha256: str | None,
     open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    required_by: str = "MODEL_SHA256",
 ) -> Path:
-    """The cached copy of `source`, fetched first if this pod has none."""
+    """The cached copy of `source`, fetched first if this pod has none; `required_by`
+    names where `sha256` came from, for the error."""
     key = hashlib.sha256(source.encode()).hexdigest()[:24]
     name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rstrip("/").rsplit("/", 1)[-1] or "model"
     folder = Path(cache_dir)
@@ -107,14 +137,18 @@ def _cached(
         with (folder / f".{key}.lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not target.is_file():
-                _fetch(where, open_source, target, sha256)
+                _fetch(where, open_source, target, sha256, required_by)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
 
 
 def _fetch(
-    where: str, open_source: Callable[[], AbstractContextManager[IO[bytes]]], target: Path, sha256: str | None
+    where: str,
+    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    target: Path,
+    sha256: str | None,
+    required_by: str,
 ) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
     try:
@@ -144,7 +178,7 @@ def _fetch(
                 raise FetchError(f"MODEL_PATH={where}: cannot fetch ({first_line(exc)})", retryable=True) from None
         if sha256 and digest.hexdigest() != sha256:
             raise FetchError(
-                f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but MODEL_SHA256 requires {sha256}; "
+                f"MODEL_PATH={where}: sha256 is {digest.hexdigest()}, but {required_by} requires {sha256}; "
                 "refusing to load it"
             )
         os.replace(tmp, target)

@@ -28,6 +28,8 @@ class ServingState:
         self._siblings_seen_loaded = False
         self._model: Model | None = None
         self.load_error: str | None = None
+        # This worker loaded other bytes than the pod serves (func/model/readiness.py's pin).
+        self.model_changed = False
         self.shutting_down = False
         self._loaded = threading.Event()
 
@@ -75,11 +77,28 @@ class ServingState:
         thread.start()
         return thread
 
+    def refuse(self, reason: str) -> None:
+        """Serve liveness only: the process cannot serve the model (`reason` is logged)."""
+        self.load_error = reason
+        log.error("model not loaded, readiness stays 503: %s", reason)
+        self._loaded.set()
+
     def load(self) -> None:
         """Load and warm up the model; on failure log one line and stay not-ready."""
         started = time.perf_counter()
         try:
             model = load_model(self.settings)
+            shared = self.settings.shared_dir
+            pinned = readiness.pin_model(shared, model.sha256) if shared else model.sha256
+            if pinned != model.sha256:
+                self.model_changed = True
+                raise ModelLoadError(
+                    f"MODEL_PATH={self.settings.model_path}: this worker loaded sha256 {model.sha256}, but the "
+                    f"pod serves {pinned}; the file changed after the pod started"
+                )
+            seconds = time.perf_counter() - started
+            if self._on_loaded is not None:
+                self._on_loaded(model, seconds)  # may find the shared folder full
         except ModelLoadError as exc:
             self.load_error = str(exc)
             log.error("model not loaded, readiness stays 503: %s", exc)
@@ -87,9 +106,6 @@ class ServingState:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("model not loaded, readiness stays 503: %s", self.load_error)
         else:
-            seconds = time.perf_counter() - started
-            if self._on_loaded is not None:
-                self._on_loaded(model, seconds)
             self._model = model
             log.info(
                 "model %s version %s (%s) ready in %.3f s", model.card.name, model.card.version, model.format, seconds

@@ -11,15 +11,24 @@ shared folder's lock, splitting them where the pod's row count reaches the next 
 of DRIFT_WINDOW, and the worker whose rows complete a window closes it from every
 worker's counts: PSI per feature and for the predictions against the reference, the
 share of values out of the training range, a status. So every window holds exactly
-DRIFT_WINDOW rows, and one 10,000-row request makes ten windows of 1,000. A window that
-crosses DRIFT_THRESHOLD sends one `warmstart.drift.detected.v1` event (func/observe/emit.py).
+DRIFT_WINDOW rows, and one 10,000-row request makes ten windows of 1,000.
+
+A window that crosses DRIFT_THRESHOLD opens a drift episode and sends one
+`warmstart.drift.detected.v1` event (func/observe/emit.py); the episode stays open, and
+sends nothing more, until a window falls back under the threshold, or for DRIFT_COOLDOWN
+seconds, after which a window still over it opens the next episode. One episode, one
+event, one retraining: before episodes, 20 requests of 10,000 out-of-range rows sent 200
+events, and each started a retraining Job.
 
 Rows are binned in batches, off the request: a request appends its rows and answers to
 a queue (a fraction of a microsecond, no lock), and a thread bins what queued every
 FLUSH_S, counting the bin edges each value reaches for every feature and row at once,
 and takes the window lock once per batch. Binning row by row on the request, even in plain Python (8 us a row),
 cost more under load than this. /drift and /metrics bin what their own worker has
-queued before they answer; the other workers' rows arrive within FLUSH_S.
+queued before they answer; the other workers' rows arrive within FLUSH_S. A worker that
+stops on SIGTERM bins its queue as it exits; one that is killed (SIGKILL, the OOM
+killer) loses what it queued since its last batch, at most FLUSH_S of its rows (or
+QUEUE_ROWS), while the rows it binned before stay counted.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +69,11 @@ FLUSH_S = 0.5
 # early, so the queue's memory stays bounded.
 QUEUE_ROWS = 65_536
 TOP_FEATURES = 5
+# Rows reach drift as the model reads them, float32 (func/codecs.py validates every
+# protocol's rows into float32), so the card's edges and training range are compared in
+# float32 too: compared in float64, a discrete feature's training maximum (0.0507 of
+# diabetes' `sex`) rounds up past the card's float64 maximum and counts as above_max.
+ROW_DTYPE = np.float32
 SPECIAL_BINS = ("missing", "below_min", "above_max")
 _ONE = np.array([0])  # psi_per_group's offsets for a single group
 
@@ -105,12 +120,12 @@ class Layout:
             pred_ref = np.array(pred["fractions"]) if "fractions" in pred else None
         return cls(
             features=card.feature_names,
-            edges=_padded([r["bin_edges"] for r in refs]),
+            edges=_padded([r["bin_edges"] for r in refs]).astype(ROW_DTYPE),
             starts=np.array(starts),
             widths=np.array(widths),
             reference=np.concatenate(shares),
-            mins=np.array([r["min"] for r in refs]),
-            maxs=np.array([r["max"] for r in refs]),
+            mins=np.array([r["min"] for r in refs], dtype=ROW_DTYPE),
+            maxs=np.array([r["max"] for r in refs], dtype=ROW_DTYPE),
             prediction_start=slot,
             prediction_edges=prediction_edges,
             prediction_reference=pred_ref,
@@ -121,7 +136,7 @@ class Layout:
     def slots(self, rows: np.ndarray, prediction_slots: np.ndarray) -> np.ndarray:
         """The slot each value of `rows` counts in, one line per feature, and the last
         line the slots of the rows' predictions: (features + 1, rows)."""
-        columns = rows.T.astype(np.float64, order="C")  # the edges' dtype: values on an edge bin alike
+        columns = rows.T.astype(ROW_DTYPE, order="C")  # the edges' dtype: values on an edge bin alike
         # Reference bin k holds edges[k-1] <= x < edges[k]: a value's bin is how many edges
         # it reaches, counted one edge rank at a time for every feature at once. 4x faster
         # than a binary search per feature for 10,000 rows, 2.5x for one (+inf padding is
@@ -196,10 +211,12 @@ class Drift:
         shared_dir: str | None,
         window: int,
         threshold: float,
+        cooldown_s: float,
         on_drift: Callable[[str, dict[str, Any]], None],
         model_labels: Callable[[], tuple[str, str, str]],
     ) -> None:
         self.card, self.window, self.threshold = card, window, threshold
+        self.cooldown_s = cooldown_s
         self.layout = Layout.of(card)
         self._class_index = _class_indexer(card.class_labels)
         self._revision = revision
@@ -246,7 +263,12 @@ class Drift:
         """Bin what is queued, then close the pod's windows that are complete."""
         pop = self._queue.popleft
         self._queued_rows = 0
-        queue = [pop() for _ in range(len(self._queue))]
+        queue = []
+        try:
+            for _ in range(len(self._queue)):
+                queue.append(pop())
+        except IndexError:  # a flush on another thread (a scrape, /drift) took the rest
+            pass
         if not queue:
             return
         layout = self.layout
@@ -264,7 +286,7 @@ class Drift:
         # a line of slots per feature, then the predictions'
         slots = layout.slots(rows, layout.prediction_slots(labels, self._class_index))
         values = np.asarray(labels, dtype=np.float64) if layout.prediction_edges is not None else None
-        for report in self._add_in_windows(slots, values):
+        for report, opens in self._add_in_windows(slots, values):
             log.info(
                 "drift window %d closed: %s, largest feature PSI %.3f, prediction PSI %s",
                 report["window"]["index"],
@@ -272,14 +294,14 @@ class Drift:
                 report["top_features"][0]["psi"] if report["top_features"] else 0.0,
                 report["prediction_psi"],
             )
-            if report["status"] == "drift":
+            if opens:
                 self._on_drift(self.event_id(report["window"]["index"]), self.event_data(report))
 
-    def _add_in_windows(self, slots: np.ndarray, values: np.ndarray | None) -> list[dict[str, Any]]:
+    def _add_in_windows(self, slots: np.ndarray, values: np.ndarray | None) -> list[tuple[dict[str, Any], bool]]:
         """Add rows to the pod's counts under the pod's window lock, split at window
         boundaries: every window holds exactly DRIFT_WINDOW rows, whichever workers
         binned them and however large the request that brought them. Returns the
-        windows this closed."""
+        windows this closed, each with whether it opened a drift episode."""
         closed = []
         with self._state.locked() as state:
             total = self.tallies.total()  # exact: every worker adds under this lock
@@ -300,14 +322,20 @@ class Drift:
                 done += take
         return closed
 
-    def _close_window(self, state: dict[str, Any], total: np.ndarray) -> dict[str, Any]:
+    def _close_window(self, state: dict[str, Any], total: np.ndarray) -> tuple[dict[str, Any], bool]:
         report = self._report(total - np.array(state["start"]) if state["start"] else total, state["index"])
+        episode, now = state.get("episode"), time.time()
+        opens = report["status"] == "drift" and (episode is None or now - episode["opened_at"] >= self.cooldown_s)
+        if opens:
+            state["episode"] = {"window": state["index"], "opened_at": now}
+        elif report["status"] != "drift":
+            state["episode"] = None
         state["index"] += 1
         state["start"] = total.tolist()
         state["close_at"] = (total[0] // self.window + 1) * self.window
         state["last"] = report
         state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
-        return report
+        return report, opens
 
     def _report(self, counts: np.ndarray, index: int) -> dict[str, Any]:
         layout = self.layout
@@ -387,6 +415,8 @@ class Drift:
             "current": self._report(current, state["index"]),
             "last_complete": state["last"],
             "windows": state["windows"],
+            # the drift episode open now: the window that opened it (and sent its event)
+            "episode": state.get("episode"),
         }
 
     def collect(self) -> Iterator[Any]:
@@ -406,6 +436,15 @@ class Drift:
             for i, label in enumerate(self.card.class_labels):
                 predictions.add_metric([*model, str(label)], total[start + i])
             yield predictions
+            if layout is not None and layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_reference_fraction",
+                    "Share of each class in the model's answers on its card's data (the canary analysis' yardstick)",
+                    labels=[*names, "class"],
+                )
+                for label, share in zip(self.card.class_labels, layout.prediction_reference.tolist()):
+                    expected.add_metric([*model, str(label)], share)
+                yield expected
         elif layout is not None and layout.prediction_edges is not None:
             counts = total[layout.prediction_start : layout.size - 1].cumsum()
             bounds = [*(repr(float(e)) for e in layout.prediction_edges), "+Inf"]
@@ -416,6 +455,16 @@ class Drift:
             )
             values.add_metric(model, list(zip(bounds, counts.tolist())), float(total[-1]))
             yield values
+            if layout.prediction_reference is not None:
+                expected = GaugeMetricFamily(
+                    "warmstart_prediction_value_reference_fraction",
+                    "Share of what the model answered on its card's data at or below each of "
+                    "warmstart_prediction_value's bounds (the canary analysis' yardstick)",
+                    labels=[*names, "le"],
+                )
+                for bound, share in zip(bounds, layout.prediction_reference.cumsum().tolist()):
+                    expected.add_metric([*model, bound], share)
+                yield expected
         if layout is None:
             return
         rows = CounterMetricFamily(
@@ -472,7 +521,7 @@ class _WindowState:
 
     @staticmethod
     def _empty(window: int) -> dict[str, Any]:
-        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}}
+        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}, "episode": None}
 
     @property
     def _path(self) -> Path:

@@ -4,16 +4,23 @@ One sender thread per process sends them in order, in CloudEvents binary mode (w
 Knative's brokers and sinks take), each with a timeout and a bounded number of retries
 with backoff. A slow, failing or absent sink costs a prediction nothing: the send is
 logged and counted (`warmstart_events_sent_total{outcome}`), never raised.
+
+Sends are rate-limited (a token bucket: BURST at once, then RATE_PER_S) and wait in a
+queue of at most QUEUE_EVENTS: when it is full the oldest waiting event is dropped and
+counted (`outcome="dropped"`). Without both, a sink that never answered once held 2,000
+queued events, tried one at a time for 7.5 s each: hours of backlog.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 # The one import of the cloudevents SDK: the API's replies and the jobs' events use it too.
@@ -32,6 +39,11 @@ TIMEOUT_S = 2.0
 # Three tries over about 1.5 s: a broker restarting is back by then; a sink that is
 # down for longer is the dead-letter of a later window.
 RETRY_DELAYS_S = (0.5, 1.0)
+# The events a pod sends are rare (one per drift episode): ten at once, then one a
+# second, is far above that and far below what floods a broker or a JobSink.
+BURST = 10
+RATE_PER_S = 1.0
+QUEUE_EVENTS = 100
 
 
 def _dump_json(data: Any) -> bytes:
@@ -52,20 +64,73 @@ class Emitter:
         self.sink, self.source = sink, source
         self._counted = counted
         self._timeout, self._delays = timeout_s, retry_delays_s
-        self._sender: ThreadPoolExecutor | None = None
+        self._queue: deque[tuple[CloudEvent, Future[str]]] = deque()
+        self._ready = threading.Condition()
+        self._sender: threading.Thread | None = None
+        self._tokens, self._filled_at = float(BURST), time.monotonic()
+        self._told_no_sink = False
 
     def send(self, kind: str, event_id: str, data: dict[str, Any], subject: str | None = None) -> Future[str] | None:
-        """Queue one event; the future says how it ended ("sent", "failed", "no_sink")."""
+        """Queue one event; the future says how it ended ("sent", "failed", "dropped", "no_sink")."""
         if not self.sink:
-            log.warning("%s %s not sent: K_SINK is not set (a SinkBinding sets it)", kind, event_id)
+            # Said once: without a sink (a local run) every drift window would repeat it.
+            if not self._told_no_sink:
+                self._told_no_sink = True
+                log.warning(
+                    "%s %s not sent: K_SINK is not set (a SinkBinding sets it); events are not sent "
+                    'and not logged again, warmstart_events_sent_total{outcome="no_sink"} counts them',
+                    kind,
+                    event_id,
+                )
             self._counted(kind, "no_sink")
             return None
-        if self._sender is None:
-            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emit")
         attributes = {"type": kind, "source": self.source, "id": event_id}
         if subject:
             attributes["subject"] = subject
-        return self._sender.submit(self._deliver, CloudEvent(attributes, data))
+        future: Future[str] = Future()
+        with self._ready:
+            if len(self._queue) >= QUEUE_EVENTS:
+                oldest, dropped = self._queue.popleft()
+                log.error(
+                    "%s %s dropped: %d events wait for %s already",
+                    oldest["type"],
+                    oldest["id"],
+                    QUEUE_EVENTS,
+                    self.sink,
+                )
+                self._counted(oldest["type"], "dropped")
+                dropped.set_result("dropped")
+            self._queue.append((CloudEvent(attributes, data), future))
+            if self._sender is None:
+                # started in the serving process: a thread would not survive gunicorn's fork
+                self._sender = threading.Thread(target=self._send_queued, name="emit", daemon=True)
+                self._sender.start()
+            self._ready.notify()
+        return future
+
+    def _send_queued(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                event, future = self._queue.popleft()
+            self._take_token()
+            try:
+                outcome = self._deliver(event)
+            except Exception:  # the sender must outlive any one bad event
+                log.exception("%s %s not sent", event["type"], event["id"])
+                self._counted(event["type"], "failed")
+                outcome = "failed"
+            future.set_result(outcome)
+
+    def _take_token(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(BURST), self._tokens + (now - self._filled_at) * RATE_PER_S)
+        self._filled_at = now
+        if self._tokens < 1:
+            time.sleep((1 - self._tokens) / RATE_PER_S)
+            self._tokens, self._filled_at = 1.0, time.monotonic()
+        self._tokens -= 1
 
     def _deliver(self, event: CloudEvent) -> str:
         headers, body = to_binary(event, data_marshaller=_dump_json)

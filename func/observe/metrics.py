@@ -14,18 +14,25 @@ the request.
 
 from __future__ import annotations
 
+import logging
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config import Settings
+from . import tallies
 from .tallies import Tallies
+
+log = logging.getLogger("warmstart.metrics")
 
 # A one-row prediction is answered in about 150 us, a 10,000-row one in about 30 ms, a
 # batch request or a slow client in seconds: fine steps where the model lives, coarse
@@ -43,6 +50,19 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 KNOWN_EVENT_TYPES = frozenset(
     {"warmstart.predict.v1", "warmstart.batch.v1", "warmstart.feedback.v1", "warmstart.drift.detected.v1"}
 )
+# prometheus-client's files of this process, as it names them: one for the Counters and
+# one for the max-mode Gauges below. Allocated before it maps them (tallies.allocate),
+# at the size it would give them: our few dozen series take under 10 KB of it, so a file
+# never grows past its allocated part.
+PROMETHEUS_FILES = ("counter", "gauge_max")
+PROMETHEUS_FILE_BYTES = 64 * 1024
+# The variable prometheus-client reads its folder from. func/server/shared_dir.py sets it
+# before the fork, and must not import this module for it: prometheus_client would be
+# imported before the variable is set.
+PROMETHEUS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# How a dead worker's values fold into those of the workers that died before it: a
+# counter adds up, a max-mode gauge keeps the largest, as a scrape would combine them.
+_FOLD = {"counter": lambda a, b: a + b, "gauge_max": max}
 
 
 def multiprocess() -> bool:
@@ -61,7 +81,21 @@ class Metrics:
                 "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; "
                 "func.api.app must be imported after func.server.shared_dir.create()"
             )
+        # Why this worker cannot count for the pod (its shared folder is full), or None.
+        self.problem: str | None = None
+        try:
+            if settings.shared_dir:
+                folder = Path(os.environ[PROMETHEUS_DIR])
+                for prefix in PROMETHEUS_FILES:
+                    tallies.allocate(folder / f"{prefix}_{os.getpid()}.db", PROMETHEUS_FILE_BYTES)
+            self.traffic = Traffic(settings.shared_dir, self.model_labels)
+        except tallies.NoRoom as exc:
+            # This worker counts in its own memory, answers liveness and stays not ready.
+            self.problem = str(exc)
+            values.ValueClass = values.MutexValue
+            self.traffic = Traffic(None, self.model_labels)
         self._revision = settings.k_revision or ""
+        self._shared_dir = settings.shared_dir
         # In multiprocess mode the values live in files and a scrape reads them all; in
         # one process they live in this registry.
         self.registry = None if multiprocess() else CollectorRegistry()
@@ -112,7 +146,6 @@ class Metrics:
             registry=r,
         )
         self._model = (settings.model_name or "model", settings.model_version or "1", self._revision)
-        self.traffic = Traffic(settings.shared_dir, self.model_labels)
         self.add_collector(self.traffic)
 
     def bind_model(self, name: str, version: str, sha256: str, card_version: str) -> None:
@@ -149,7 +182,8 @@ class Metrics:
         """The scrape body and its Content-Type: OpenMetrics when the scraper asks for it,
         else Prometheus text."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self._scrape_registry()), content_type
+        with tallies.counts_locked(self._shared_dir):
+            return encoder(self._scrape_registry()), content_type
 
     def _scrape_registry(self) -> Any:
         if self.registry is not None:
@@ -159,6 +193,45 @@ class Metrics:
         for collector in self._collectors:
             registry.register(collector)
         return registry
+
+
+def merge_dead(shared: str, pid: int) -> None:
+    """Fold the files of the dead worker `pid` (its tallies, its prometheus-client files)
+    into one file each for all dead workers, and remove them (in the master, when a worker
+    exits). Its values still count exactly: a scrape sees them once, before or after, and
+    a counter never goes back. Without room for the folded file they stay as they are."""
+    folder = Path(shared)
+    with tallies.counts_locked(folder, exclusive=True):
+        try:
+            tallies.merge_dead(folder, pid)
+            prometheus = Path(os.environ[PROMETHEUS_DIR])
+            for prefix, fold in _FOLD.items():
+                dead = prometheus / f"{prefix}_{tallies.DEAD}.db"
+                _merge_prometheus_file(prometheus / f"{prefix}_{pid}.db", dead, fold)
+        except tallies.NoRoom as exc:
+            log.warning("the counts of dead worker %d stay in their own files: %s", pid, exc)
+
+
+def _merge_prometheus_file(path: Path, dead: Path, fold: Callable[[float, float], float]) -> None:
+    if not path.exists():
+        return
+    folded: dict[str, float] = {}
+    for file in (dead, path):
+        if file.exists():
+            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(str(file)):
+                folded[key] = fold(folded[key], value) if key in folded else value
+    draft = dead.with_suffix(".draft")
+    # the folded keys take no more room than the two files held
+    size = path.stat().st_size + (dead.stat().st_size if dead.exists() else 0)
+    tallies.allocate(draft, size)
+    written = MmapedDict(str(draft))
+    try:
+        for key, value in folded.items():
+            written.write_value(key, value, 0.0)
+    finally:
+        written.close()
+    draft.replace(dead)
+    path.unlink()
 
 
 def _status_slot(protocol: int, status: int) -> int:

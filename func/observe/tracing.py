@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,15 @@ from ..config import Settings
 log = logging.getLogger("warmstart.tracing")
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# W3C Trace Context: version-traceid-parentid-flags in lowercase hex, neither id all
+# zeros; version 00 is exactly that, a later version may add fields after a '-'.
+_IDS = r"-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}"
+_TRACEPARENT = re.compile(rf"00{_IDS}|(?!00|ff)[0-9a-f]{{2}}{_IDS}(?:-[\x21-\x7e]*)?")
+
+
+def is_traceparent(value: Any) -> bool:
+    """Whether `value` is a W3C `traceparent` (https://www.w3.org/TR/trace-context/)."""
+    return isinstance(value, str) and _TRACEPARENT.fullmatch(value) is not None
 
 
 def wanted(env: Mapping[str, str]) -> bool:
@@ -60,16 +70,19 @@ class Tracing:
 class OtlpTracing(Tracing):
     def __init__(self, settings: Settings) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.resources import OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        attributes = {"service.name": settings.k_service or "warmstart"}
+        defaults = {"service.name": settings.k_service or "warmstart"}
         if settings.k_revision:
-            attributes["service.version"] = settings.k_revision
-        # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, when set, win over these defaults.
+            defaults["service.version"] = settings.k_revision
+        # defaults only: what OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES say wins
+        # (Resource.create lets the attributes it is given override the environment's)
+        given = OTELResourceDetector().detect().attributes
+        attributes = {key: value for key, value in defaults.items() if key not in given}
         provider = TracerProvider(resource=Resource.create(attributes))
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
         self._tracer = provider.get_tracer("warmstart")
@@ -96,7 +109,11 @@ class OtlpTracing(Tracing):
                 start_time=self._ns(record.start),
                 attributes={"http.request.method": method, "http.route": route},
             )
-            record.trace_id = format(record.span.get_span_context().trace_id, "032x")
+            context = record.span.get_span_context()
+            # only a trace someone can find: a span the sampler dropped leaves the access
+            # line the caller's trace id (its traceparent's), or none
+            if context.trace_flags.sampled:
+                record.trace_id = format(context.trace_id, "032x")
         return record.span
 
     def continue_event(self, record: Any, traceparent: str | None, tracestate: str | None) -> None:

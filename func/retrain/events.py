@@ -83,18 +83,20 @@ def rejection(
 
 
 def emit(sink: str | None, mode: str, source: str, kind: str, data: dict[str, Any], trigger: str | None) -> None:
-    """Send the outcome to K_SINK; the id is derived from the trigger, so a re-run sends
-    the same event and a consumer can drop the duplicate."""
+    """Send the outcome to K_SINK; the id is derived from the trigger and the outcome (the
+    version, and a rejection's reason), so a re-run with the same outcome sends the same
+    event and a consumer can drop the duplicate, and a different outcome is a new event."""
     import urllib.error
     import urllib.request
 
     if not sink:
         return
     version = (data.get("model") or {}).get("version")
+    outcome = f"{trigger}/{kind}/{version}" + (f"/{data['reason']}" if data.get("reason") else "")
     attributes = {
         "type": kind,
         "source": source,
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{trigger}/{kind}/{version}")) if trigger else str(uuid.uuid4()),
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, outcome)) if trigger else str(uuid.uuid4()),
         "datacontenttype": "application/json",
     }
     if data.get("model"):

@@ -8,11 +8,13 @@ environment variable, shown in --help). The job reads TRAIN_DATA_URI, trains wit
 TRAINER on a seeded split, exports ONNX with a card (reference statistics from the new
 data, version = the served version's successor, lineage), scores candidate and current
 model on the held-out rows through the serving runtime, publishes to MODEL_STORE only a
-candidate that is not worse beyond RETRAIN_TOLERANCE, and sends
+candidate that is not worse on RETRAIN_METRIC beyond RETRAIN_TOLERANCE, and sends
 `warmstart.model.trained.v1` or `warmstart.model.rejected.v1` to K_SINK.
 
 Exit codes (for the Job's podFailurePolicy):
-  0  published, already published for this event id, or rejected by the comparison
+  0  published, already published or rejected for this event id, rejected by the
+     comparison, or nothing to do: a version from the same parent was published within
+     RETRAIN_COOLDOWN, or another event's candidate from it is in flight (logged by name)
   2  permanent: bad event, data, trainer or settings; a retry fails the same way
   3  retryable: the data, the current model, the store, the registry or the sink did not answer
   1  a bug (an uncaught exception, with its traceback)
@@ -39,7 +41,7 @@ from ..model.source import FetchError, first_line
 from ..observe import logs
 from . import training
 from .events import REJECTED, TRAINED, Trigger, emit, read_trigger, rejection
-from .publish import open_store
+from .publish import FileStore, RegistryStore, now_iso, open_store
 from .training import BadInput, Unreachable
 
 log = logging.getLogger("warmstart.retrain")
@@ -47,6 +49,10 @@ log = logging.getLogger("warmstart.retrain")
 EXIT_OK, EXIT_BUG, EXIT_PERMANENT, EXIT_RETRYABLE = 0, 1, 2, 3
 DEFAULT_TOLERANCE = 0.01
 DEFAULT_HOLDOUT = 0.2
+# One drift episode, one version: an hour covers a canary's steps at the analysis's
+# default interval many times over, so events from the episode that made a version do
+# not make another from the same parent while it rolls out.
+DEFAULT_COOLDOWN_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Options:
     sink: str | None
     mode: str
     tolerance: float
+    metric: str | None
+    cooldown: float
     holdout: float
     source: str
     settings: Settings
@@ -91,6 +99,20 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
     option("--sink", "K_SINK", help="where to send the trained/rejected event")
     option("--mode", "CE_MODE", "binary", choices=("binary", "structured"), help="CloudEvents content mode")
     option("--tolerance", "RETRAIN_TOLERANCE", DEFAULT_TOLERANCE, type=float, help="how much worse is not worse")
+    option(
+        "--metric",
+        "RETRAIN_METRIC",
+        help="what the comparison scores: accuracy (default), balanced_accuracy, f1, roc_auc or log_loss for a "
+        "classifier; rmse (default), mae or r2 for a regressor",
+    )
+    option(
+        "--cooldown",
+        "RETRAIN_COOLDOWN",
+        DEFAULT_COOLDOWN_S,
+        type=float,
+        help="seconds after a version is published (or a candidate claimed) during which events for the same "
+        f"parent train nothing (default {DEFAULT_COOLDOWN_S:g})",
+    )
     option("--holdout", "HOLDOUT_FRACTION", DEFAULT_HOLDOUT, type=float, help="share of rows held out for scoring")
     option("--source", "CE_SOURCE", "/warmstart/retrain", help="source of the emitted events")
     args = parser.parse_args(argv)
@@ -100,6 +122,8 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         parser.error("where to publish is required: --store or MODEL_STORE")
     if not 0 < float(args.holdout) < 1:
         parser.error(f"--holdout/HOLDOUT_FRACTION={args.holdout}: expected a fraction between 0 and 1")
+    if args.metric is not None and args.metric not in training.METRICS:
+        parser.error(f"--metric/RETRAIN_METRIC={args.metric}: expected one of {', '.join(training.METRICS)}")
     # the parent is what its card says: MODEL_NAME/MODEL_VERSION relabel a served model, not its lineage
     settings = dataclasses.replace(settings, model_path=args.model, model_name=None, model_version=None)
     return Options(
@@ -114,18 +138,23 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         sink=args.sink,
         mode=args.mode,
         tolerance=float(args.tolerance),
+        metric=args.metric,
+        cooldown=float(args.cooldown),
         holdout=float(args.holdout),
         source=args.source,
         settings=settings,
     )
 
 
-def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
-    """Train, compare, publish: the type and data of the event to send."""
-    current = _load_current(options)
+def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]] | None:
+    """Train, compare, publish: the type and data of the event to send, or None when
+    another run for the same parent has it in hand (nothing to send)."""
+    given = _load_current(options)
+    store = open_store(options.store, given.card.name, options.settings.mlflow_tracking_uri)
+    current = _parent(options, store, given)
     card = current.card
     _check_drifted_model(trigger, current, options.model)
-    store = open_store(options.store, card.name, options.settings.mlflow_tracking_uri)
+    metric = training.choose_metric(current, options.metric)
     done = store.find(trigger.id)
     if done is not None:
         log.info(
@@ -135,14 +164,77 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
             done["model"]["version"],
         )
         return TRAINED, done
+    refused = store.rejected(trigger.id)
+    if refused is not None:
+        log.info("event %s was rejected before (%s); sending its event again", trigger.id, refused["reason"])
+        return REJECTED, refused
+    recent = store.recent(current.sha256, options.cooldown)
+    if recent is not None:
+        log.info(
+            "%s version %s was published from the same parent (version %s) at %s for event %s, within "
+            "RETRAIN_COOLDOWN=%gs: nothing to train for event %s",
+            card.name,
+            recent["model"]["version"],
+            card.version,
+            recent["published"],
+            recent["trigger"],
+            options.cooldown,
+            trigger.id,
+        )
+        return None
+    held = store.claim(current.sha256, trigger.id, options.cooldown)
+    if held is not None:
+        log.info(
+            "a candidate from the same parent (%s version %s) is in flight for event %s since %s: "
+            "nothing to train for event %s",
+            card.name,
+            card.version,
+            held["trigger"],
+            held["started"],
+            trigger.id,
+        )
+        return None
+    try:
+        return _train(options, trigger, store, current, metric)
+    finally:
+        store.release(current.sha256, trigger.id)
 
+
+def _parent(options: Options, store: FileStore | RegistryStore, given: Model) -> Model:
+    """The champion of MODEL_STORE (the model the last promotion moved it to); MODEL_PATH,
+    the first model, only while the store has no champion."""
+    pointer = store.champion()
+    if pointer is None or pointer == options.model:
+        return given
+    crowned = _load_current(
+        dataclasses.replace(
+            options,
+            model=pointer,
+            settings=dataclasses.replace(options.settings, model_path=pointer, model_sha256=None),
+        )
+    )
+    if crowned.sha256 != given.sha256:
+        log.info(
+            "the parent is the champion %s: %s version %s (MODEL_PATH=%s holds version %s)",
+            pointer,
+            crowned.card.name,
+            crowned.card.version,
+            options.model,
+            given.card.version,
+        )
+    return crowned
+
+
+def _train(
+    options: Options, trigger: Trigger, store: FileStore | RegistryStore, current: Model, metric: str
+) -> tuple[str, dict[str, Any]]:
+    card = current.card
     data = training.read_dataset(options.data, card.feature_names, options.target, options.since)
     x_train, x_test, y_train, y_test = training.split(data, options.holdout, card.is_classifier)
     estimator = training.train(options.trainer, x_train, y_train)
     version = store.next_version(card.version)
     new_card = build_card(estimator, data.x, list(card.feature_names), card.name, version, card.description)
     onnx_bytes = _to_onnx(estimator, new_card, x_test)
-    metric = training.primary_metric(current)
     scores = {
         "candidate": training.score(_as_served(onnx_bytes), x_test, y_test),
         "current": training.score(current, x_test, y_test),
@@ -157,8 +249,12 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
             f"beyond the tolerance {options.tolerance:g} on {len(y_test)} held-out rows"
         )
         log.info("rejected %s version %s: %s; nothing published", card.name, version, reason)
-        rejected = {"name": card.name, "version": version}
-        return REJECTED, rejection(trigger.id, reason, False, rejected, parent, scores, data_ref)
+        rejected = rejection(
+            trigger.id, reason, False, {"name": card.name, "version": version}, parent, scores, data_ref
+        )
+        # recorded, so a re-delivered event sends this again instead of training again
+        store.record_rejection(trigger.id, rejected)
+        return REJECTED, rejected
 
     lineage = {"parent": parent, "trigger": trigger.id, "data": data_ref, "trainer": options.trainer}
     onnx_bytes = with_card(onnx_bytes, dataclasses.replace(new_card, metrics=scores["candidate"], lineage=lineage))
@@ -173,6 +269,7 @@ def run(options: Options, trigger: Trigger) -> tuple[str, dict[str, Any]]:
         "trigger": trigger.id,
         "metrics": scores,
         "data": data_ref,
+        "published": now_iso(),
     }
     store.publish(version, onnx_bytes, record)
     log.info(
@@ -247,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     trigger: Trigger | None = None
     try:
         trigger = read_trigger(options.event, options.event_id)
-        kind, data = run(options, trigger)
+        outcome = run(options, trigger)
     except (BadInput, Unreachable) as exc:
         retryable = isinstance(exc, Unreachable)
         log.error("retraining failed, nothing published: %s", exc)
@@ -263,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         except Unreachable as sink_error:
             log.error("%s", sink_error)
         return EXIT_RETRYABLE if retryable else EXIT_PERMANENT
+    if outcome is None:
+        return EXIT_OK
+    kind, data = outcome
     try:
         emit(options.sink, options.mode, options.source, kind, data, trigger.id)
     except Unreachable as exc:
@@ -274,4 +374,3 @@ def main(argv: list[str] | None = None) -> int:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-

@@ -8,25 +8,37 @@
   tagged with the triggering event id and the trained event data.
 
 Either way, looking the triggering event id up first makes a re-delivered event end in
-the version its first delivery published, not in a second one.
+the version its first delivery published, not in a second one, and a rejection is
+recorded too, keyed by the event id, so a re-delivered rejected event is not trained
+again.
+
+One drift episode makes one version: before training, a job claims its parent's digest
+with a marker, and another job for the same parent, while the marker is fresh or within
+RETRAIN_COOLDOWN of a version published from it, stops without training. Folder and
+object stores keep the markers and rejections as small files (`<prefix>/<name>/candidates/`,
+`<prefix>/<name>/rejected/`); the registry as tags on the registered model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
 import re
-import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+from ..model import champion
+from ..model.champion import MODEL_FILE, RECORD_FILE, write_whole
 from ..model.registry import Registry, RegistryError
 from ..model.source import first_line
 from .training import BadInput, Unreachable
 
-MODEL_FILE = "model.onnx"
-RECORD_FILE = "trained.json"
 TRIGGER_TAG = "warmstart.trigger"
 RECORD_TAG = "warmstart.trained"
+NOTE_TAG = "warmstart."
 
 
 def successor(version: str) -> str:
@@ -37,7 +49,79 @@ def successor(version: str) -> str:
     return f"{version[: match.start()]}{int(match[1]) + 1}{version[match.end() :]}"
 
 
-class FileStore:
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age_s(stamp: str | None) -> float:
+    """Seconds since an ISO time this module wrote; a missing or odd one is very old."""
+    try:
+        return time.time() - datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return float("inf")
+
+
+class Ledger(ABC):
+    """What both stores keep besides versions: rejections and claims on a parent, as
+    small JSON notes under a key, and the records of published versions."""
+
+    @abstractmethod
+    def _records(self) -> Iterator[dict[str, Any]]: ...
+
+    @abstractmethod
+    def _note(self, key: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def _put_note(self, key: str, value: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def _drop_note(self, key: str) -> None: ...
+
+    def find(self, trigger: str) -> dict[str, Any] | None:
+        """The record of the version this event already published, if any."""
+        return next((r for r in self._records() if r.get("trigger") == trigger), None)
+
+    def recent(self, parent_sha256: str, cooldown_s: float) -> dict[str, Any] | None:
+        """The record of a version published from this parent within the cooldown."""
+        found = [
+            r
+            for r in self._records()
+            if (r.get("parent") or {}).get("sha256") == parent_sha256 and _age_s(r.get("published")) < cooldown_s
+        ]
+        return max(found, key=lambda r: r["published"], default=None)
+
+    def rejected(self, trigger: str) -> dict[str, Any] | None:
+        """The rejection this event already ended in (its warmstart.model.rejected.v1 data)."""
+        return self._note(f"rejected/{_digest(trigger)}")
+
+    def record_rejection(self, trigger: str, data: dict[str, Any]) -> None:
+        self._put_note(f"rejected/{_digest(trigger)}", data)
+
+    def claim(self, parent_sha256: str, trigger: str, cooldown_s: float) -> dict[str, Any] | None:
+        """Mark a candidate for this parent in flight for `trigger`; if another event's
+        candidate is in flight (its marker younger than the cooldown), return its marker
+        instead. Written, then read back: of two jobs claiming at once, the one whose
+        marker stays wins (on an object store, two exactly together may both proceed)."""
+        key = f"candidates/{parent_sha256}"
+        held = self._note(key)
+        if held and held.get("trigger") != trigger and _age_s(held.get("started")) < cooldown_s:
+            return held
+        self._put_note(key, {"trigger": trigger, "started": now_iso()})
+        held = self._note(key)
+        return held if held and held.get("trigger") != trigger else None
+
+    def release(self, parent_sha256: str, trigger: str) -> None:
+        key = f"candidates/{parent_sha256}"
+        held = self._note(key)
+        if held and held.get("trigger") == trigger:
+            self._drop_note(key)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class FileStore(Ledger):
     """Immutable versioned files under a URI prefix, through fsspec."""
 
     def __init__(self, prefix: str, name: str) -> None:
@@ -54,13 +138,29 @@ class FileStore:
     def uri(self, version: str) -> str:
         return f"{self.prefix}/{self.name}/{version}/{MODEL_FILE}"
 
-    def find(self, trigger: str) -> dict[str, Any] | None:
-        """The record of the version this event already published, if any."""
+    def champion(self) -> str | None:
+        """The store's champion pointer (func/model/champion.py), if a promotion wrote it."""
+        pointer = champion.in_store(self.prefix, self.name)
+        try:
+            return pointer if champion.read(pointer) is not None else None
+        except champion.ChampionError as exc:
+            raise (Unreachable if exc.retryable else BadInput)(f"MODEL_STORE={self.prefix}: {exc}") from None
+
+    def _records(self) -> Iterator[dict[str, Any]]:
         for path in self._io("list", self.fs.glob, f"{self.root}/*/{RECORD_FILE}"):
-            record = json.loads(self._io("read", self.fs.cat_file, path))
-            if record.get("trigger") == trigger:
-                return record
-        return None
+            yield json.loads(self._io("read", self.fs.cat_file, path))
+
+    def _note(self, key: str) -> dict[str, Any] | None:
+        path = f"{self.root}/{key}.json"
+        if not self._io("check", self.fs.exists, path):
+            return None
+        return json.loads(self._io("read", self.fs.cat_file, path))
+
+    def _put_note(self, key: str, value: dict[str, Any]) -> None:
+        self._put(f"{self.root}/{key}.json", json.dumps(value, indent=2).encode())
+
+    def _drop_note(self, key: str) -> None:
+        self._io("remove", self.fs.rm_file, f"{self.root}/{key}.json")
 
     def next_version(self, parent: str) -> str:
         version = successor(parent)
@@ -74,21 +174,7 @@ class FileStore:
         self._put(f"{folder}/{RECORD_FILE}", json.dumps(record, indent=2).encode())
 
     def _put(self, path: str, data: bytes) -> None:
-        """Whole or not at all: a rename on a local disk; object stores make a single PUT
-        visible only once it is complete."""
-        if "file" not in _protocols(self.fs):
-            self._io("write", self.fs.pipe_file, path, data)
-            return
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        self._io("write", lambda p: write_whole(self.fs, p, data), path)
 
     def _io(self, what: str, call: Any, *args: Any) -> Any:
         try:
@@ -97,7 +183,7 @@ class FileStore:
             raise Unreachable(f"MODEL_STORE={self.prefix}: cannot {what} {args[0]} ({first_line(exc)})") from None
 
 
-class RegistryStore:
+class RegistryStore(Ledger):
     """Versions of one registered model in an MLflow registry, over its REST API."""
 
     def __init__(self, name: str, tracking_uri: str | None) -> None:
@@ -110,15 +196,36 @@ class RegistryStore:
     def uri(self, version: str) -> str:
         return f"models:/{self.name}/{version}"
 
-    def find(self, trigger: str) -> dict[str, Any] | None:
+    def champion(self) -> str | None:
+        """`models:/<name>@champion`, if a promotion set the alias."""
+        alias = f"models:/{self.name}@{champion.ALIAS}"
+        try:
+            self.registry.resolve(alias)
+        except RegistryError as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc) or "INVALID_PARAMETER_VALUE" in str(exc):
+                return None
+            raise (Unreachable if exc.retryable else BadInput)(f"MODEL_STORE=models:/{self.name}: {exc}") from None
+        return alias
+
+    def _records(self) -> Iterator[dict[str, Any]]:
         for version in self._call(self.registry.versions, self.name):
-            if version.tags.get(TRIGGER_TAG) != trigger or RECORD_TAG not in version.tags:
+            if RECORD_TAG not in version.tags:
                 continue
             record = json.loads(version.tags[RECORD_TAG])
             # a version numbered otherwise than its card (see publish) does not count
             if record["model"]["version"] == version.version:
-                return record
-        return None
+                yield record
+
+    def _note(self, key: str) -> dict[str, Any] | None:
+        value = self._call(self.registry.model_tags, self.name).get(NOTE_TAG + key.replace("/", "."))
+        return json.loads(value) if value else None
+
+    def _put_note(self, key: str, value: dict[str, Any]) -> None:
+        text = json.dumps(value, separators=(",", ":"))
+        self._call(self.registry.set_model_tag, self.name, NOTE_TAG + key.replace("/", "."), text)
+
+    def _drop_note(self, key: str) -> None:
+        self._call(self.registry.delete_model_tag, self.name, NOTE_TAG + key.replace("/", "."))
 
     def next_version(self, parent: str) -> str:
         """The registry numbers versions itself: the next is one past its latest."""
@@ -150,7 +257,3 @@ def open_store(store: str, name: str, tracking_uri: str | None) -> FileStore | R
             raise BadInput(f"MODEL_STORE={store}: name a registered model, models:/<name>, without a version")
         return RegistryStore(registered, tracking_uri)
     return FileStore(store, name)
-
-
-def _protocols(fs: Any) -> tuple[str, ...]:
-    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)

@@ -187,15 +187,32 @@ def default_trainer(x: np.ndarray, y: np.ndarray) -> Any:
     return RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0, n_jobs=1).fit(x, y)
 
 
-def primary_metric(model: Model) -> str:
-    """ROC AUC for a binary classifier, accuracy for more classes, RMSE for a regressor."""
-    if not model.card.is_classifier:
-        return "rmse"
-    return "roc_auc" if len(model.card.class_labels) == 2 else "accuracy"
+# What RETRAIN_METRIC may name, per task; the first is the default. Accuracy by default:
+# it scores the labels users get, where ROC AUC scores only the ranking and rejected a
+# candidate with accuracy 0.947 against the served model's 0.368 for 0.970 vs 0.983 AUC.
+CLASSIFIER_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss")
+REGRESSOR_METRICS = ("rmse", "mae", "r2")
+METRICS = CLASSIFIER_METRICS + REGRESSOR_METRICS
+# Losses and errors: lower is better, and the tolerance is a fraction of the current
+# value (their scale is the data's); for the scores it is absolute points.
+LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae"})
+
+
+def choose_metric(model: Model, metric: str | None) -> str:
+    """RETRAIN_METRIC, checked against the model's task; the task's default when unset."""
+    allowed = CLASSIFIER_METRICS if model.card.is_classifier else REGRESSOR_METRICS
+    if metric is None:
+        return allowed[0]
+    if metric not in allowed:
+        task = "classifier" if model.card.is_classifier else "regressor"
+        raise BadInput(f"RETRAIN_METRIC={metric}: {model.card.name} is a {task}; choose one of {', '.join(allowed)}")
+    return metric
 
 
 def score(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """The model's metrics on held-out rows, computed on what the serving runtime answers."""
+    """The model's metrics on held-out rows, computed on what the serving runtime answers:
+    every metric of its task that the rows allow (ROC AUC and log loss need
+    probabilities, ROC AUC every class among the rows)."""
     from sklearn import metrics
 
     out = model.predict(np.ascontiguousarray(x, dtype=np.float32))
@@ -203,19 +220,38 @@ def score(model: Model, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         return {
             "rmse": float(math.sqrt(metrics.mean_squared_error(y, out.labels))),
             "mae": float(metrics.mean_absolute_error(y, out.labels)),
+            "r2": float(metrics.r2_score(y, out.labels)),
         }
-    labels = np.asarray(out.labels)
-    found = {"accuracy": float(np.mean(labels.astype(str) == np.asarray(y).astype(str)))}
+    truth, labels = np.asarray(y).astype(str), np.asarray(out.labels).astype(str)
     classes = [str(c) for c in model.card.class_labels]
-    if len(classes) == 2 and out.probabilities is not None and len(set(np.asarray(y).astype(str))) == 2:
-        positive = np.asarray(y).astype(str) == classes[1]
-        found["roc_auc"] = float(metrics.roc_auc_score(positive, out.probabilities[:, 1]))
+    binary = len(classes) == 2
+    found = {
+        "accuracy": float(np.mean(labels == truth)),
+        "balanced_accuracy": float(metrics.balanced_accuracy_score(truth, labels)),
+        "f1": float(
+            metrics.f1_score(truth, labels, pos_label=classes[1])
+            if binary
+            else metrics.f1_score(truth, labels, average="macro")
+        ),
+    }
+    if out.probabilities is None:
+        return found
+    # float32 sums: a row's probabilities may add up to 1.0000001; log_loss refuses those
+    probabilities = np.clip(np.asarray(out.probabilities, dtype=np.float64), 0.0, 1.0)
+    probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    found["log_loss"] = float(metrics.log_loss(truth, probabilities, labels=classes))
+    if set(truth) == set(classes):
+        found["roc_auc"] = float(
+            metrics.roc_auc_score(truth == classes[1], probabilities[:, 1])
+            if binary
+            else metrics.roc_auc_score(truth, probabilities, multi_class="ovr", labels=classes)
+        )
     return found
 
 
 def not_worse(metric: str, candidate: float, current: float, tolerance: float) -> bool:
-    """Higher is better for AUC and accuracy (tolerance in absolute points); lower for
-    RMSE (tolerance as a fraction of the current RMSE)."""
-    if metric == "rmse":
+    """Higher is better for the scores (tolerance in absolute points); lower for losses
+    and errors (tolerance as a fraction of the current value)."""
+    if metric in LOWER_IS_BETTER:
         return candidate <= current * (1 + tolerance)
     return candidate >= current - tolerance

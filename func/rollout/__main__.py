@@ -2,8 +2,9 @@
 
   run       start, then analyse until promoted or rolled back (what the JobSink job runs)
   start     create the canary revision (0 %), smoke-test its tag URL, give it the first step
-  analyse   every interval, compare canary and stable in Prometheus; step up, promote or roll back
-  promote   100 % to the canary, retagged stable
+  analyse   every interval, compare canary and stable in Prometheus (counted since the step
+            began); step up, promote or roll back
+  promote   100 % to the canary, retagged stable; the champion of its store moves to it
   rollback  100 % back to stable, canary tag dropped
 
 Exit codes: 0 promoted, in progress (start) or done (promote, rollback by hand); 2 a
@@ -23,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..model import champion
 from ..observe.logs import JsonFormatter
 from . import analysis, service
 from .analysis import Thresholds
@@ -114,6 +116,17 @@ class Rollout:
         if now.canary is None:
             log.info("no canary in the Service's traffic (%s): nothing to analyse", _describe(now))
             return PROMOTED
+        if self.args.dry_run:
+            # the canary of a dry run exists only in the printed patches: there is nothing
+            # to measure, and a verdict on another revision's numbers would mislead
+            log.info(
+                "dry run: the analysis is not run; every %gs it would read, for %s and %s: %s",
+                self.args.interval,
+                now.canary,
+                now.stable,
+                "; ".join(analysis.queries(now.canary, self.args.window or "<time since the step began>").values()),
+            )
+            return PROMOTED
         if not self.args.prometheus_url:
             raise RolloutError("analyse needs --prometheus-url or PROMETHEUS_URL")
         prometheus = Prometheus(self.args.prometheus_url)
@@ -126,10 +139,17 @@ class Rollout:
             self.args.max_p99_ratio,
             self.args.p99_slack,
             self.args.max_psi,
+            self.args.min_labels,
+            self.args.max_accuracy_drop,
+            self.args.max_mae_increase,
         )
-        window = self.args.window or f"{max(int(self.args.interval), 1)}s"
         events = self.events(now, now.canary)
         progress = Progress(last_data_at=time.monotonic())
+        # counts add up from the step's start (or this analysis', for a resumed Job): a
+        # low-traffic canary reaches --min-requests over several intervals. The range
+        # reaches one scrape back: increase() counts only the rises between the samples
+        # inside it, and the sample before the step's first requests must be one of them.
+        step_began = time.monotonic()
         while True:
             time.sleep(self.args.interval)  # numbers of a full interval at this split
             # a person may have promoted, rolled back or moved the split meanwhile: their
@@ -138,12 +158,15 @@ class Rollout:
             if found.canary != now.canary or found.stable != now.stable:
                 log.info("the Service's traffic changed outside this rollout (%s): stopping", _describe(found))
                 return PROMOTED if found.stable == now.canary else ROLLED_BACK
+            if found.percent != now.percent:
+                step_began = time.monotonic()
             now = found
+            window = self.args.window or f"{round(time.monotonic() - step_began + self.args.scrape_interval)}s"
             try:
                 canary = analysis.measure(prometheus, now.canary, window)
                 stable = analysis.measure(prometheus, now.stable, window)
                 why = analysis.missing(canary, stable, thresholds, window)
-                numbers = {"canary": _numbers(canary), "stable": _numbers(stable)}
+                numbers = {"canary": _numbers(canary), "stable": _numbers(stable), "window": window}
             except MetricsUnavailable as exc:
                 why, numbers = str(exc), {}
             checks = None if why else analysis.compare(canary, stable, thresholds)
@@ -151,6 +174,7 @@ class Rollout:
             progress = decision.progress
             if decision.verdict == STEP:
                 self.store.patch(service.step_patch(now.stable, now.canary, decision.percent))
+                now, step_began = service.split(self.store.get()), time.monotonic()
             elif decision.verdict == PROMOTE:
                 self.store.patch(service.promote_patch(now.canary))
             elif decision.verdict == ROLLBACK:
@@ -158,6 +182,7 @@ class Rollout:
             results = [c.as_dict() for c in checks or []]
             events.emit(decision.verdict, decision.percent, decision.reason, results, numbers=numbers)
             if decision.verdict == PROMOTE:
+                self.crown()
                 return PROMOTED
             if decision.verdict == ROLLBACK:
                 return ROLLED_BACK
@@ -166,10 +191,36 @@ class Rollout:
         now = service.split(self.store.get())
         if now.canary is None:
             log.info("no canary to promote; %s serves as stable", now.stable)
+            if self.store.get()["spec"]["template"].get("metadata", {}).get("name") == now.stable:
+                self.crown()  # a promotion whose champion did not move: move it now
             return PROMOTED
         self.store.patch(service.promote_patch(now.canary))
         self.events(now, now.canary).emit(PROMOTE, 100, self.args.reason or "promoted by hand")
+        self.crown()
         return PROMOTED
+
+    def crown(self) -> None:
+        """Move the champion (func/model/champion.py) to the model the promoted revision
+        serves: the pointer or registry alias that serving and the next retraining name."""
+        model = service.template_model(self.store.get())
+        if model is None:
+            log.warning("the Service's template sets no MODEL_PATH: no champion to move")
+            return
+        if self.args.dry_run:
+            log.info("dry run: the champion of the store holding %s is not moved", model.uri)
+            return
+        name = self.model.name if self.model else ""
+        fields = {"name": name, "version": model.version, "uri": model.uri, "sha256": model.sha256}
+        try:
+            moved = champion.move(fields, os.environ.get("MLFLOW_TRACKING_URI"))
+        except champion.ChampionError as exc:
+            raise RolloutError(
+                f"promoted, but the champion was not moved: {exc}; `python -m func.rollout promote` moves it"
+            ) from None
+        if moved is None:
+            log.info("%s was not published by the retraining job: no champion to move", model.uri)
+        else:
+            log.info("champion moved: %s names version %s (%s)", moved, model.version, model.uri)
 
     def rollback(self) -> int:
         now = service.split(self.store.get())
@@ -182,7 +233,14 @@ class Rollout:
 
 
 def _numbers(numbers: analysis.Numbers) -> dict[str, Any]:
-    return {"requests": numbers.requests, "error_ratio": numbers.error_ratio, "p99_s": numbers.p99_s}
+    return {
+        "requests": numbers.requests,
+        "error_ratio": numbers.error_ratio,
+        "p99_s": numbers.p99_s,
+        "labels": numbers.labels,
+        "accuracy": numbers.accuracy,
+        "mae": numbers.mae,
+    }
 
 
 def _describe(now: Split) -> str:
@@ -238,7 +296,18 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL"), help="default $PROMETHEUS_URL")
     group.add_argument("--canary", help="the canary revision expected in the Service (an error if it is not)")
     group.add_argument("--interval", type=float, default=60.0, help="seconds between verdicts (default 60)")
-    group.add_argument("--window", help="PromQL range of each verdict's numbers (default: the interval)")
+    group.add_argument(
+        "--window",
+        help="a fixed PromQL range for each verdict's numbers (default: the time since the step began, "
+        "so counts add up until there are enough)",
+    )
+    group.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=15.0,
+        help="how often Prometheus scrapes the pods: the counts' range starts this long before the step "
+        "(default 15, knative/observability's PodMonitor)",
+    )
     group.add_argument("--intervals-per-step", type=int, default=1, help="passes in a row before a step (default 1)")
     group.add_argument("--max-failures", type=int, default=3, help="failed intervals in a row to roll back (default 3)")
     group.add_argument(
@@ -268,7 +337,28 @@ def parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--p99-slack", type=float, default=defaults.p99_slack_s, help="seconds (default 0.025)")
     group.add_argument(
-        "--max-psi", type=float, default=defaults.max_psi, help="PSI between the prediction mixes (default 0.2)"
+        "--max-psi",
+        type=float,
+        default=defaults.max_psi,
+        help="PSI of the canary's prediction mix from its card's, or from the stable's (default 0.2)",
+    )
+    group.add_argument(
+        "--min-labels",
+        type=int,
+        default=defaults.min_labels,
+        help=f"labelled outcomes per revision before they decide instead of the mix (default {defaults.min_labels})",
+    )
+    group.add_argument(
+        "--max-accuracy-drop",
+        type=float,
+        default=defaults.max_accuracy_drop,
+        help=f"a classifier canary's labelled accuracy >= stable's - this (default {defaults.max_accuracy_drop})",
+    )
+    group.add_argument(
+        "--max-mae-increase",
+        type=float,
+        default=defaults.max_mae_increase,
+        help=f"a regressor canary's labelled MAE <= stable's x (1 + this) (default {defaults.max_mae_increase})",
     )
 
     commands = top.add_subparsers(dest="command", required=True)

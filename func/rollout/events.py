@@ -9,8 +9,9 @@
 | warmstart.rollout.rolledback.v1 | 100 % back to stable, canary tag dropped |
 
 data: {service, revision (the canary), stable, step (the canary's % after the event),
-verdict, reason, checks: [{name, passed, canary, stable, limit}], numbers: {canary,
-stable: {requests, error_ratio, p99_s}}, model, trigger (the trained event's id)}.
+verdict, reason, checks: [{name, passed, canary, stable, limit, op, basis}], numbers:
+{canary, stable: {requests, error_ratio, p99_s, labels}, window: the range they cover,
+since the step began}, model, trigger (the trained event's id)}.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class RolloutEvents:
 
 
 def _summary(checks: list[dict[str, Any]]) -> str:
-    """` [name canary <= limit ok, ...]`: a log line's numbers."""
+    """` [name canary <= limit ok (basis), ...]`: a log line's numbers."""
     parts = []
     for c in checks:
         value = "none" if c["canary"] is None else f"{c['canary']:.3g}"
-        parts.append(f"{c['name']} {value} <= {c['limit']:.3g} {'ok' if c['passed'] else 'FAILED'}")
+        basis = f" ({c['basis']})" if c["basis"] else ""
+        parts.append(f"{c['name']} {value} {c['op']} {c['limit']:.3g} {'ok' if c['passed'] else 'FAILED'}{basis}")
     return f" [{', '.join(parts)}]" if parts else ""

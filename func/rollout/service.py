@@ -102,6 +102,16 @@ def start_patch(service: dict[str, Any], revision: str, model: Model) -> dict[st
     }
 
 
+def template_model(service: dict[str, Any]) -> Model | None:
+    """The model the Service's template serves (MODEL_PATH, MODEL_VERSION, MODEL_SHA256 of
+    its first container): after a start, the canary's; after a promotion, the stable's."""
+    containers = service.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    env = {e.get("name"): e.get("value") for e in containers[0].get("env", []) if isinstance(e.get("value"), str)}
+    if not env.get("MODEL_PATH"):
+        return None
+    return Model(env["MODEL_PATH"], env.get("MODEL_VERSION", ""), env.get("MODEL_SHA256", ""))
+
+
 def _with_env(env: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
     """`env` with `values` set: existing entries replaced in place, new ones appended."""
     out = list(env)

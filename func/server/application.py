@@ -29,6 +29,10 @@ log = logging.getLogger("warmstart.server")
 
 # Knative's queue-proxy keeps connections to the container open between requests.
 KEEPALIVE_S = 30
+# Connections one worker holds (gunicorn's default). Past it the worker closes the one
+# idle longest rather than stop accepting (worker.py), so idle connections cannot
+# lock new clients out.
+MAX_CONNECTIONS = 1000
 
 
 class _JsonGunicornLogger(GunicornLogger):
@@ -68,6 +72,7 @@ class Server(BaseApplication):
             "worker_class": Worker,
             "threads": s.threads,
             "keepalive": KEEPALIVE_S,
+            "worker_connections": MAX_CONNECTIONS,
             "graceful_timeout": s.graceful_timeout,
             "accesslog": None,
             "logger_class": _JsonGunicornLogger,
@@ -93,9 +98,13 @@ class Server(BaseApplication):
         return create_app(self.settings, started=self.started if first_generation else None)
 
     def _child_exit(self, arbiter: Any, worker: Any) -> None:
-        # In the master: a dead worker no longer holds readiness back.
+        # In the master: a dead worker no longer holds readiness back, and its counts join
+        # those of the workers that died before it.
         if self.settings.shared_dir:
+            from ..observe.metrics import merge_dead  # imported by load_config, after the folder was made
+
             readiness.loaded(self.settings.shared_dir, worker.age)
+            merge_dead(self.settings.shared_dir, worker.pid)
 
 
 def port_problem(host: str, port: int) -> str | None:

@@ -17,9 +17,9 @@ import functions_framework
 from flask import Request
 
 # functions-framework loads this file by path, not as part of the package.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ..api.app import create_app  # noqa: E402
+from func.api.app import create_app  # noqa: E402
 
 # functions-framework imports this file before its server forks: the model (and
 # onnxruntime, which must not cross a fork) loads in the serving process, on its first

@@ -223,3 +223,68 @@ def test_deeply_nested_values_are_quoted_in_a_4xx(server, path, body):
     resp = post(server, body, path)
     assert resp.status_code in (400, 422), resp.text
     assert "nested too deeply to show" in resp.text
+
+
+HUGE = "1" + "0" * 400  # an integer literal past a float64's range (2^1024 and more)
+ROW_OF_HUGE = ",".join(["1"] * 29 + [HUGE])
+V2_HUGE = '{"inputs": [{"name": "input", "shape": [1, 30], "datatype": "@", "data": [' + ROW_OF_HUGE + "]}]}"
+
+
+@pytest.mark.parametrize(
+    "path, headers, body, where",
+    [
+        ("/predict", JSON, '{"instances": [[' + ROW_OF_HUGE + "]]}", "instances[0][29]"),
+        ("/predict", JSON, '{"features": [' + ROW_OF_HUGE + "]}", "features[29]"),
+        ("/predict", JSON, '{"instances": [[' + ",".join(["1"] * 30) + "]], " + '"tag": ' + HUGE + "}", "tag"),
+        ("/", JSON, '{"features": [' + ROW_OF_HUGE + "]}", "features[29]"),
+        ("/explain", JSON, '{"instances": [[' + ROW_OF_HUGE + "]]}", "instances[0][29]"),
+        ("/v1/models/breast-cancer-rf:predict", JSON, '{"instances": [[' + ROW_OF_HUGE + "]]}", "instances[0][29]"),
+        ("/v1/models/breast-cancer-rf:explain", JSON, '{"instances": [[' + ROW_OF_HUGE + "]]}", "instances[0][29]"),
+        ("/", CE, '{"features": [' + ROW_OF_HUGE + "]}", "features[29]"),
+        ("/", STRUCTURED, ENVELOPE.replace("@", '{"features": [' + ROW_OF_HUGE + "]}"), "data.features[29]"),
+        ("/v2/models/breast-cancer-rf/infer", JSON, V2_HUGE.replace("@", "FP16"), "inputs[0].data[29]"),
+        ("/v2/models/breast-cancer-rf/infer", JSON, V2_HUGE.replace("@", "FP32"), "inputs[0].data[29]"),
+        ("/v2/models/breast-cancer-rf/infer", JSON, V2_HUGE.replace("@", "FP64"), "inputs[0].data[29]"),
+        ("/v2/models/breast-cancer-rf/infer", JSON, V2_HUGE.replace("@", "INT64"), "inputs[0].data[29]"),
+    ],
+)
+def test_an_integer_past_the_float64_range_is_a_4xx_naming_where(server, path, headers, body, where):
+    resp = post(server, body, path, headers)
+    assert resp.status_code == (400 if path.startswith("/v2/") else 422), resp.text
+    message = resp.json()["error"] if path.startswith("/v2/") else error_of(resp)["message"]
+    assert message == (
+        f"{where}: the integer 100000000000... (401 digits) is too large for a number; the largest is about 1.8e308"
+    )
+    negative = post(server, body.replace(HUGE, "-" + HUGE), path, headers)
+    assert negative.status_code == resp.status_code and "the integer -100000000000..." in negative.text
+
+
+@pytest.mark.parametrize(
+    "path, headers, body, where",
+    [
+        (
+            "/v2/models/breast-cancer-rf/infer",
+            JSON,
+            V2_HUGE.replace("@", "FP32").replace(HUGE, "1")[:-1] + ', "id": "r-\\ud800"}',
+            "id",
+        ),
+        ("/", {**CE, "ce-type": "warmstart.batch.v1"}, '{"input": "data/in\\udc00.csv", "output": "o.csv"}', "input"),
+        ("/predict", JSON, '{"instances": [{"mean radius\\ud800": 1}]}', "instances[0]"),
+    ],
+    ids=["v2-id", "batch-uri", "feature-name"],
+)
+def test_a_lone_surrogate_is_400_naming_where(server, path, headers, body, where):
+    resp = post(server, body, path, headers)
+    assert resp.status_code == 400, resp.text
+    message = resp.json()["error"] if path.startswith("/v2/") else error_of(resp)["message"]
+    assert message.startswith(f"{where}: the ")
+    assert "holds a lone UTF-16 surrogate, which is not a character" in message
+
+
+def test_a_surrogate_encoded_in_utf8_bytes_is_400(server):
+    # json.loads reads these bytes as a lone surrogate, which no answer could echo back
+    body = b'{"id": "r-\xed\xa0\x80", "inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [NaN'
+    body += b"".join([b", 1"] * 29) + b"]}]}"
+    resp = post(server, body, "/v2/models/breast-cancer-rf/infer")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"].startswith("request body is not valid JSON: ")

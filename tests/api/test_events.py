@@ -215,3 +215,30 @@ def test_non_ascii_subject_is_read_as_utf8_and_echoed_percent_encoded(server, se
     envelope = {**ENVELOPE, "subject": "café 日本", "data": {"features": [1.0] * 30}}
     resp = requests.post(server.url + "/", data=json.dumps(envelope), headers={"Content-Type": STRUCTURED_TYPE})
     assert from_http(resp.headers, resp.content)["subject"] == "café 日本"
+
+
+@pytest.mark.parametrize("empty_header", [False, True], ids=["no-header", "empty-traceparent-header"])
+@pytest.mark.parametrize(
+    "value", ["模型".encode(), b"garbage", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"]
+)
+def test_binary_event_with_a_bad_traceparent_extension_is_400_naming_it(server, value, empty_header):
+    headers = {**BINARY, "ce-traceparent": value, **({"traceparent": ""} if empty_header else {})}
+    resp = requests.post(server.url + "/", data=json.dumps({"features": [1.0] * 30}), headers=headers)
+    assert resp.status_code == 400, resp.text
+    assert error_of(resp)["message"].startswith(
+        "not a valid CloudEvent: header 'ce-traceparent' must be a W3C traceparent "
+        "(00-<32 hex digits>-<16 hex digits>-<2 hex digits>), got "
+    )
+    envelope = {**ENVELOPE, "traceparent": value.decode(), "data": {"features": [1.0] * 30}}
+    resp = requests.post(server.url + "/", data=json.dumps(envelope), headers={"Content-Type": STRUCTURED_TYPE})
+    assert resp.status_code == 400, resp.text
+    assert "attribute 'traceparent' must be a W3C traceparent" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("header", ["", "garbage", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"])
+def test_an_invalid_traceparent_header_is_ignored_for_the_events_own(server, header):
+    headers = {**BINARY, "ce-traceparent": TRACEPARENT, "traceparent": header}
+    resp = requests.post(server.url + "/", data=json.dumps({"features": [1.0] * 30}), headers=headers)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["traceparent"] == TRACEPARENT
+    assert from_http(resp.headers, resp.content)["traceparent"] == TRACEPARENT

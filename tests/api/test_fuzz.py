@@ -50,7 +50,7 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, card: dict) -> Iterato
     header = ",".join(f'"{name}"' for name in card["feature_names"])
     (work / "data" / "rows.csv").write_text(header + "\n" + ",".join("0" for _ in ROW) + "\n")
     proc = ServerProcess(
-        {"WORKERS": "2", "BATCH_ALLOW": f"{work / 'data'}/", "BATCH_WAIT_S": "1", "ACCESS_LOG": "off"},
+        {"WORKERS": "2", "BATCH_ALLOW": f"{work / 'data'}/", "ACCESS_LOG": "off"},
         log_dir=work,
     ).start()
     proc.wait_ready()

@@ -194,3 +194,28 @@ def test_the_prediction_log_keeps_the_trained_labels(served):
         ]
 
     assert_labels(wait_for(logged, timeout=20), model)
+
+
+def test_metrics_carry_the_prediction_mix_the_card_expects(served):
+    """The canary analysis' yardstick without labels: each class's share of the model's
+    answers on its card's data, or a regressor's cumulative share at each value bucket
+    bound, under the trained labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+    from sklearn.datasets import load_iris
+
+    server, model, _ = served
+    text = requests.get(server.url + "/metrics").text
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    answers = model.predict(load_iris().data)
+    if isinstance(answers[0], float | np.floating):
+        expected = {
+            s.labels["le"]: s.value for s in samples if s.name == "warmstart_prediction_value_reference_fraction"
+        }
+        buckets = [s.labels["le"] for s in samples if s.name == "warmstart_prediction_value_bucket"]
+        assert list(expected) == buckets and expected["+Inf"] == pytest.approx(1.0)
+        assert list(expected.values()) == sorted(expected.values())
+        for bound, share in expected.items():
+            assert share == pytest.approx(np.mean(answers <= float(bound)), abs=1e-9), bound
+    else:
+        expected = {s.labels["class"]: s.value for s in samples if s.name == "warmstart_prediction_reference_fraction"}
+        assert expected == {str(label): pytest.approx(np.mean(answers == label)) for label in model.classes_}

@@ -81,3 +81,17 @@ def test_get_on_a_v1_verb_route_is_405_not_an_unknown_model(server, card):
     assert resp.status_code == 405, resp.text
     resp = requests.options(server.url + f"/v1/models/{card['name']}:explain")
     assert "GET" not in resp.headers["Allow"]
+
+
+def test_the_readme_counts_the_operations_the_fuzzer_runs_and_cites_no_bare_issue_number(document):
+    """README "How it is checked" tells a reader what the fuzzer covers, in words that
+    stand on their own."""
+    import re
+
+    from tests.support.server import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    operations = sum(1 for path in document["paths"].values() for method in path if method in ("get", "post"))
+    (claimed,) = re.findall(r"all (\d+) operations", readme)
+    assert int(claimed) == operations
+    assert re.findall(r"(?<![\w&/(])#\d+", readme) == []

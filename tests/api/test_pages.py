@@ -184,3 +184,44 @@ def test_drift_page_draws_psi_per_feature_against_the_threshold_and_the_worst_fe
         script = f"[...document.querySelectorAll('.{kind}[data-bin]')].map(b => [b.dataset.bin, +b.dataset.share])"
         shares = browser.evaluate(script)
         assert shares == [[name, share] for name, share in zip(bins["bins"], bins[kind])], kind
+
+
+@pytest.mark.parametrize("path", ["/explain", "/drift"])
+def test_pages_run_only_their_own_script_and_may_not_be_framed(live, path):
+    resp = requests.get(live.url + path, headers={"Accept": BROWSER_ACCEPT})
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    policy = dict(d.strip().split(" ", 1) for d in resp.headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["connect-src"] == "'self'" and policy["form-action"] == "'none'"
+    for directive in ("script-src", "style-src"):
+        assert re.fullmatch(r"'sha256-[A-Za-z0-9+/]{43}='", policy[directive]), policy[directive]
+    json_answer = requests.get(live.url + path)
+    assert "Content-Security-Policy" not in json_answer.headers  # an API answer is no page
+
+
+# Registered before a page's own script runs (DevTools scripts are not held to the page's
+# policy): every rule the page breaks is counted.
+WATCH_VIOLATIONS = (
+    "window.violations = [];"
+    "document.addEventListener('securitypolicyviolation', e => window.violations.push(e.violatedDirective));"
+)
+INJECTED = """document.body.insertAdjacentHTML('beforeend', '<img src="data:," onerror="window.ran = true">')"""
+
+
+@needs_chromium
+def test_pages_work_within_their_policy_and_injected_markup_runs_nothing(live, browser):
+    browser.send("Page.enable")
+    browser.send("Page.addScriptToEvaluateOnNewDocument", source=WATCH_VIOLATIONS)
+    browser.open(live.url + "/explain")
+    browser.click("#submit")
+    assert browser.wait_for("!document.getElementById('result').hidden"), browser.evaluate("document.body.innerText")
+    assert mark(browser, "output") != mark(browser, "base")  # styles drawn through the CSSOM took effect
+    assert browser.evaluate("window.violations") == []
+    browser.open(live.url + "/drift")
+    assert browser.evaluate("window.violations") == []
+
+    browser.evaluate(INJECTED)
+    assert browser.wait_for("window.violations.some(v => v.startsWith('script-src'))"), browser.evaluate(
+        "window.violations"
+    )
+    assert browser.evaluate("window.ran") is None

@@ -110,6 +110,52 @@ def tensor(shape, data, datatype="FP32", name="input"):
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
 
 
+INT64_RANGE = "INT64 data must be integers from -9223372036854775808 to 9223372036854775807"
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        # orjson reads an integer past 64 bits as a float: NumPy made -2^63-1 into -2^63
+        (
+            tensor([1, 30], [1] * 29 + [-(2**63) - 1], "INT64"),
+            f"data[29] is number -9.223372036854776e+18; {INT64_RANGE}",
+        ),
+        (tensor([1, 30], [1] * 29 + [1.5], "INT64"), f"data[29] is number 1.5; {INT64_RANGE}"),
+        (tensor([1, 30], [True] * 29 + [2], "BOOL"), "data[29] is number 2; BOOL data must be true or false"),
+        (tensor([1, 30], [True] * 29 + ["true"], "BOOL"), 'data[29] is string "true"; BOOL data must be true or false'),
+        (
+            {**tensor([1, 30], [1.0] * 30), "parameters": {"binary_data_output": "yes"}},
+            'request: parameter binary_data_output must be true or false, got "yes"',
+        ),
+        (
+            {**tensor([1, 30], [1.0] * 30), "parameters": {"binary_data_output": 2}},
+            "request: parameter binary_data_output must be true or false, got 2",
+        ),
+        (
+            {**tensor([1, 30], [1.0] * 30), "outputs": [{"name": "label", "parameters": {"binary_data": 1}}]},
+            "outputs[0] (label): parameter binary_data must be true or false, got 1",
+        ),
+    ],
+)
+def test_v2_values_must_be_of_their_type(server, body, message):
+    resp = requests.post(server.url + f"/v2/models/{MODEL}/infer", data=json.dumps(body))
+    assert resp.status_code == 400, resp.text
+    assert v2_error(resp) == "inputs[0] (input): " + message if message.startswith("data") else message
+
+
+def test_v2_values_at_the_edges_of_their_type_are_exact(server):
+    for datatype, data in (
+        ("INT64", [-(2**63), 2**63 - 1] + [0] * 28),
+        ("UINT64", [2**64 - 1, 2**63] + [1] * 28),
+        ("BOOL", [True, False] * 15),
+        ("INT8", [[-128, 127] * 15]),
+    ):
+        body = {**tensor([1, 30], data, datatype), "parameters": {"binary_data_output": False}}
+        resp = requests.post(server.url + f"/v2/models/{MODEL}/infer", json=body)
+        assert resp.status_code == 200, (datatype, resp.text)
+
+
 @pytest.mark.parametrize(
     "body, status, message",
     [
@@ -139,10 +185,14 @@ def tensor(shape, data, datatype="FP32", name="input"):
             400,
             "outputs[0] (label): parameters must be an object, got 5",
         ),
-        (tensor([1, 30], [1001] * 30, "UINT8"), 400, "data holds a value outside the range of UINT8 (0 to 255)"),
-        (tensor([1, 30], [-200] * 30, "INT8"), 400, "data holds a value outside the range of INT8 (-128 to 127)"),
-        (tensor([1, 30], [-1] * 30, "UINT64"), 400, "data holds a value outside the range of UINT64"),
-        (tensor([1, 30], [2**70] * 30, "INT64"), 400, "data holds a value outside the range of INT64"),
+        (
+            tensor([1, 30], [1001] * 30, "UINT8"),
+            400,
+            "data[0] is number 1001; UINT8 data must be integers from 0 to 255",
+        ),
+        (tensor([1, 30], [-200] * 30, "INT8"), 400, "data[0] is number -200; INT8 data must be integers from -128 to"),
+        (tensor([1, 30], [-1] * 30, "UINT64"), 400, "data[0] is number -1; UINT64 data must be integers from 0 to"),
+        (tensor([1, 30], [1] * 29 + [2**70], "INT64"), 400, "data[29] is number 1.1805916207174113e+21; INT64 data"),
         ({**tensor([1, 30], [1.0] * 30), "id": {"a": 1}}, 400, 'id: expected a string, got {"a":1}'),
         ({**tensor([1, 30], [1.0] * 30), "id": DEEP}, 400, "id: expected a string, got array nested too deeply"),
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import os
 import threading
@@ -17,7 +19,7 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +258,12 @@ def test_missing_feature_columns_are_422(batch_server, jobs, dataset):
     assert error_of(resp)["message"] == f"input {str(src)!r}: missing feature column(s) 'worst area'"
 
 
-def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_server, tmp_path, dataset):
+def test_batch_events_that_find_a_job_running_get_503_at_once_and_hold_no_thread(start_server, tmp_path, dataset, card):
+    """The job slot taken, the next events are answered 503 with Retry-After (Knative
+    retries them) at once: none waits on one of the worker's threads, so predictions are
+    still served meanwhile."""
     x, names = dataset
-    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1", "BATCH_WAIT_S": "0.2"})
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "WORKERS": "1", "THREADS": "2"})
     big = write(tmp_path / "big.parquet", table(x, names, 400_000, shuffle_columns=False))
     first = threading.Thread(
         target=send, args=(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "a.parquet")}, "a"))
@@ -267,10 +272,17 @@ def test_job_waiting_longer_than_batch_wait_for_a_running_one_is_503(start_serve
     deadline = time.monotonic() + 20
     while not list(tmp_path.glob(".a.parquet.*.partial")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    resp = send(srv.url, batch_event({"input": str(big), "output": str(tmp_path / "b.parquet")}, "b"))
+    busy = [
+        send(srv.url, batch_event({"input": str(big), "output": str(tmp_path / f"{i}.parquet")}, str(i)), timeout=5)
+        for i in range(3)
+    ]
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    predicted = requests.post(srv.url + "/predict", json={"features": row}, timeout=5)
     first.join(60)
-    assert resp.status_code == 503
-    assert resp.headers["Retry-After"] == "5"
+    assert [r.status_code for r in busy] == [503] * 3
+    assert {r.headers["Retry-After"] for r in busy} == {"5"}
+    assert error_of(busy[0])["message"] == "a batch job is already running in this instance; retry later"
+    assert predicted.status_code == 200
 
 
 def test_job_killed_half_way_leaves_no_output_and_redelivery_completes_it(start_server, tmp_path, dataset):
@@ -394,7 +406,9 @@ def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
         assert "holds a NUL character" in error_of(resp)["message"]
 
 
-@pytest.mark.parametrize("output", ["{jobs}", "{jobs}/", "{jobs}/sub", "{jobs}/in-place.csv"])
+@pytest.mark.parametrize(
+    "output", ["{jobs}", "{jobs}/", "{jobs}/sub", "{jobs}/in-place.csv", "{jobs}/scored/", "{jobs}/scored/."]
+)
 def test_an_output_that_is_a_folder_or_the_input_is_422_and_nothing_is_written(batch_server, jobs, dataset, output):
     x, names = dataset
     (jobs / "sub").mkdir(exist_ok=True)
@@ -407,6 +421,7 @@ def test_an_output_that_is_a_folder_or_the_input_is_422_and_nothing_is_written(b
     assert src.read_bytes() == before
     assert sorted(jobs.parent.iterdir()) == around
     assert not list(jobs.glob(".*.partial"))
+    assert not (jobs / "scored").exists()  # a folder that does not exist yet is still a folder
 
 
 def test_refusals_name_the_input_but_not_the_server_paths(batch_server, jobs):
@@ -479,3 +494,120 @@ def test_an_empty_csv_cell_is_reported_as_empty_and_a_nan_as_not_finite(batch_se
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "blank-out.csv")}))
     assert resp.status_code == 422
     assert error_of(resp)["message"].endswith("row[1][3] (mean perimeter): nan is not a finite number")
+
+
+@pytest.mark.parametrize(
+    "column, suffix",
+    [
+        (pa.array([[1, 2]] * 5), ".csv"),
+        (pa.array([{"a": 1}] * 5), ".csv"),
+        (pa.array([b"\xff\x00"] * 5), ".csv"),
+        (pa.array([b"\xff\x00"] * 5), ".jsonl"),
+        (pa.array([decimal.Decimal("1.5")] * 5), ".jsonl"),
+        (pa.array([datetime.timedelta(seconds=1)] * 5), ".jsonl"),
+    ],
+    ids=["list-csv", "struct-csv", "binary-csv", "binary-jsonl", "decimal-jsonl", "duration-jsonl"],
+)
+def test_a_column_the_output_format_cannot_hold_is_422_naming_it(batch_server, jobs, dataset, column, suffix):
+    x, names = dataset
+    src = write(jobs / "typed.parquet", table(x, names, 5).append_column("extra", column))
+    out = jobs / f"typed-out{suffix}"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column 'extra' is of type {pq.read_schema(src).field('extra').type}, "
+        f"which a {suffix[1:]} output cannot hold; "
+        "drop the column or write a Parquet output"
+    )
+    assert not out.exists()
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "typed-out.parquet")}))
+    assert resp.status_code == 200, resp.text
+    assert read(jobs / "typed-out.parquet").column("extra").to_pylist() == column.to_pylist()
+
+
+def test_nanosecond_timestamps_with_a_time_zone_pass_through_to_json_lines(batch_server, jobs, dataset):
+    x, names = dataset
+    when = pa.array([1_600_000_000_000_000_001] * 5, type=pa.timestamp("ns", tz="Europe/Paris"))
+    src = write(jobs / "when.parquet", table(x, names, 5).append_column("when", when))
+    out = jobs / "when-out.jsonl"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 200, resp.text
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {row["when"] for row in rows} == {"2020-09-13T14:26:40.000000001+02:00"}
+
+
+def test_a_csv_header_that_is_not_utf8_is_422_naming_the_column(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "latin1.csv", table(x, names, 5))
+    src.write_bytes(src.read_bytes().replace(b'"patient_id"', b'"caf\xe9"', 1))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "latin1-out.csv")}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: the name of column 0 is not UTF-8 text (byte 0xe9 at position 3); save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize("name", ["prediction", "probability_0", "probability_1"])
+def test_an_input_column_named_like_an_output_column_is_422_naming_it(batch_server, jobs, dataset, name):
+    x, names = dataset
+    src = write(jobs / "clash.csv", table(x, names, 5).append_column(name, pa.array(["mine"] * 5)))
+    out = jobs / "clash-out.csv"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column {name!r} has the name of a column the output adds, and would be overwritten; "
+        "rename it"
+    )
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("duplicate", ["mean radius", "patient_id"])
+def test_a_column_given_twice_is_422_naming_it(batch_server, jobs, dataset, duplicate):
+    x, names = dataset
+    tab = table(x, names, 5, shuffle_columns=False)
+    src = jobs / "twice.csv"
+    src.write_text(
+        ",".join([*tab.column_names, duplicate])
+        + "\n"
+        + "".join(",".join(map(str, [*row.values(), row[duplicate]])) + "\n" for row in tab.to_pylist())
+    )
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "twice-out.csv")}))
+    assert resp.status_code == 422, resp.text
+    first = tab.column_names.index(duplicate)
+    assert error_of(resp)["message"] == (
+        f"input {str(src)!r}: column {duplicate!r} appears twice (columns {first} and 31); name each column once"
+    )
+
+
+def test_the_access_log_counts_the_rows_a_batch_job_predicted(batch_server, jobs, dataset):
+    x, names = dataset
+    src = write(jobs / "counted.parquet", table(x, names, 1000))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "counted-out.parquet")}, "n"))
+    assert resp.status_code == 200, resp.text
+
+    def batch_lines() -> list[dict]:
+        lines = [json.loads(line) for line in batch_server.log().splitlines() if line.startswith("{")]
+        return [e for e in lines if e["logger"] == "warmstart.access" and e["route"] == "/" and e["rows"] == 1000]
+
+    assert wait_for(batch_lines), batch_server.log()[-2000:]
+
+
+def test_a_job_logs_its_start_its_progress_and_its_end_with_rows_and_seconds(start_server, tmp_path, dataset):
+    x, names = dataset
+    # BATCH_PROGRESS_S=0: a progress line after every chunk written, however fast
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "BATCH_PROGRESS_S": "0"})
+    src = write(tmp_path / "in.csv", table(x, names, 200_000, shuffle_columns=False))
+    out = tmp_path / "out.csv"
+    assert send(srv.url, batch_event({"input": str(src), "output": str(out)}, "job-log")).status_code == 200
+    bad = send(srv.url, batch_event({"input": str(tmp_path / "none.csv"), "output": str(out)}, "job-bad"))
+    assert bad.status_code == 422
+
+    messages = [json.loads(line)["message"] for line in srv.log().splitlines() if '"warmstart.batch"' in line]
+    started, *progress, completed = [m for m in messages if m.startswith("batch job job-log")]
+    assert started == f"batch job job-log started: {src} -> {out}"
+    rows = [int(m.split(": ", 1)[1].split(" rows")[0]) for m in progress]
+    assert len(rows) >= 2 and rows == sorted(rows) and rows[-1] == 200_000
+    assert all(" s (" in m and "rows/s)" in m for m in progress)
+    assert completed.startswith("batch job job-log completed: 200000 rows in ") and completed.endswith(f"-> {out}")
+    failed = [m for m in messages if m.startswith("batch job job-bad failed after 0 rows in ")]
+    assert len(failed) == 1 and "no such file" in failed[0]

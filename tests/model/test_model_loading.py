@@ -171,3 +171,88 @@ def test_onnx_path_never_imports_scikit_learn(default_model):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def with_card_edit(default_model: Path, out: Path, edit) -> Path:
+    """The default model with its card's JSON changed by `edit(card)`, written as is: no
+    code of ours checks it on the way (it is what a hand-edited or hostile card holds)."""
+    import onnx
+
+    model = onnx.load_model(str(default_model))
+    props = {p.key: p.value for p in model.metadata_props}
+    card = json.loads(props["warmstart.card"])
+    edit(card)
+    props["warmstart.card"] = json.dumps(card)
+    onnx.helper.set_model_props(model, props)
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def first_feature(card: dict) -> dict:
+    return card["reference"][card["feature_names"][0]]
+
+
+@pytest.mark.parametrize(
+    "edit, phrase",
+    [
+        (lambda c: c.update(name="模型"), "name '模型' holds '模', which the X-Model-Name header cannot carry"),
+        (lambda c: c.update(name="rf\r\nX-Evil: 1"), "name 'rf\\r\\nX-Evil: 1' holds '\\r'"),
+        (lambda c: c.update(version="1\n"), "version '1\\n' holds '\\n'"),
+        (lambda c: c.update(name="team/rf"), "name 'team/rf' holds '/', which the model's URLs cannot hold"),
+        (lambda c: c.update(name="rf:v1"), "name 'rf:v1' holds ':', which the model's URLs cannot hold"),
+        (lambda c: c.update(name=""), "name must be a non-empty string, got ''"),
+        (lambda c: c.update(class_labels=[[0], [1]]), "class_labels[0] is [0]; a class label is a string"),
+        (
+            lambda c: first_feature(c).update(fractions=[0.5, 0.5]),
+            "reference['mean radius'].fractions has 2 shares, but its 9 bin_edges make 10 bins",
+        ),
+        (
+            lambda c: first_feature(c).update(bin_edges=[str(e) for e in first_feature(c)["bin_edges"]]),
+            "reference['mean radius'].bin_edges[0] is '",
+        ),
+        (
+            lambda c: c["prediction_reference"].update(fractions=[1.0]),
+            "prediction_reference.fractions has 1 shares for 2 class_labels",
+        ),
+    ],
+    ids=[
+        "not-latin-1",
+        "crlf-name",
+        "lf-version",
+        "slash",
+        "colon",
+        "empty",
+        "unhashable-labels",
+        "fractions",
+        "text-edges",
+        "prediction-fractions",
+    ],
+)
+def test_a_bad_model_card_is_refused_with_one_log_line(start_server, tmp_path, default_model, edit, phrase):
+    path = with_card_edit(default_model, tmp_path / "model.onnx", edit)
+    srv = start_server({"MODEL_PATH": str(path)}, ready=False)
+    assert_not_ready_with_one_log_line(srv, "warmstart.card: " + phrase)
+    # every route answers, with headers it can carry: /metrics and /drift included
+    for route in ("/metrics", "/drift", "/v2/health/live", "/openapi.json"):
+        resp = requests.get(srv.url + route, timeout=5)
+        assert resp.status_code in (200, 503), (route, resp.status_code, resp.text)
+        assert resp.headers["X-Model-Name"] == "model"
+
+
+@pytest.mark.parametrize("name", ["模型", "rf\tv1", "a/b"])
+def test_a_model_name_no_header_or_url_can_hold_is_refused_and_liveness_stays_up(start_server, name):
+    srv = start_server({"MODEL_NAME": name}, ready=False)
+    assert_not_ready_with_one_log_line(srv, f"MODEL_NAME/MODEL_VERSION: name {name!r} holds")
+    assert requests.get(srv.url + "/health/liveness").headers["X-Model-Name"] == "model"
+
+
+def test_a_latin_1_model_name_is_served_on_every_protocol(start_server, dataset):
+    x, _ = dataset
+    srv = start_server({"MODEL_NAME": "modèle v2", "MODEL_VERSION": "2024.1 b"})
+    resp = requests.post(srv.url + "/v1/models/modèle v2:predict", json={"instances": x[:1].tolist()})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["X-Model-Name"] == "modèle v2"  # sent as Latin-1, as HTTP headers are
+    body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": x[0].tolist()}]}
+    resp = requests.post(srv.url + "/v2/models/modèle v2/versions/2024.1 b/infer", json=body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["model_name"] == "modèle v2"

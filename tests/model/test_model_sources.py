@@ -95,3 +95,24 @@ def test_model_from_the_mlflow_registry_by_version_and_alias(start_server, mlflo
 def test_registry_reference_without_a_tracking_uri_is_not_ready(start_server):
     srv = start_server({"MODEL_PATH": "models:/anything/1", "MLFLOW_TRACKING_URI": ""}, ready=False)
     assert_not_ready_with_one_log_line(srv, "MLFLOW_TRACKING_URI")
+
+
+def test_a_champion_pointer_serves_the_model_it_names_checked_against_its_digest(start_server, default_model, tmp_path):
+    import hashlib
+    import json
+
+    store = tmp_path / "store" / "breast-cancer-rf"
+    pointer = store / "champion.json"
+    store.mkdir(parents=True)
+    digest = hashlib.sha256(default_model.read_bytes()).hexdigest()
+    pointer.write_text(json.dumps({"version": "1", "uri": default_model.as_uri(), "sha256": digest}))
+    srv = start_server({"MODEL_PATH": str(pointer), "MODEL_CACHE_DIR": str(tmp_path / "cache")})
+    assert predict(srv).headers["X-Model-Version"] == "1"
+
+    pointer.write_text(json.dumps({"version": "1", "uri": default_model.as_uri(), "sha256": "0" * 64}))
+    wrong = start_server({"MODEL_PATH": str(pointer), "MODEL_CACHE_DIR": str(tmp_path / "other")}, ready=False)
+    assert_not_ready_with_one_log_line(
+        wrong, f"MODEL_PATH={pointer} ({default_model.as_uri()}): sha256 is {digest}", "the champion pointer requires"
+    )
+    absent = start_server({"MODEL_PATH": str(tmp_path / "none" / "champion.json")}, ready=False)
+    assert_not_ready_with_one_log_line(absent, "no such champion pointer; a promotion writes it")

@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from tests.support import slow_model
@@ -72,3 +73,44 @@ def test_ready_means_every_worker_even_those_not_forked_yet(start_server, card):
             pass
         assert time.monotonic() < deadline, srv.log()
     assert predictions(srv, card, 40) == [200] * 40
+
+
+@pytest.mark.parametrize("pinned_by", ["first load", "MODEL_SHA256"])
+def test_a_model_file_replaced_under_a_running_pod_never_serves_beside_the_first(
+    start_server, default_model, tmp_path, card, pinned_by
+):
+    """The file is replaced (as export_onnx.py does, by a rename), then a worker dies: its
+    replacement reads version 2 while its sibling serves version 1, or fails MODEL_SHA256.
+    The server stops as a whole (gunicorn's exit 3, which restarts the container) rather
+    than answer from two versions or flap between ready and not."""
+    import hashlib
+
+    from func.model.card import ModelCard
+    from func.model.export import with_card
+
+    v1 = default_model.read_bytes()
+    v2 = with_card(v1, ModelCard.from_dict({**card, "version": "2"}))
+    served = tmp_path / "model.onnx"
+    served.write_bytes(v1)
+    env = {"WORKERS": "2", "MODEL_PATH": str(served), "MODEL_VERSION": ""}
+    if pinned_by == "MODEL_SHA256":
+        env["MODEL_SHA256"] = hashlib.sha256(v1).hexdigest()
+    srv = start_server(env)
+    replacement = tmp_path / "model.onnx.new"
+    replacement.write_bytes(v2)
+    replacement.replace(served)
+    os.kill(_workers(srv)[0], signal.SIGKILL)
+
+    row = [card["reference"][n]["mean"] for n in card["feature_names"]]
+    versions = set()
+    deadline = time.monotonic() + 60
+    while srv.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            resp = requests.post(srv.url + "/predict", json={"features": row}, timeout=5)
+        except requests.ConnectionError:
+            continue
+        if resp.status_code == 200:
+            versions.add(resp.headers["X-Model-Version"])
+    assert srv.proc.wait(30) == 3, srv.log()
+    assert versions == {"1"}
+    assert srv.log().count("cannot serve the model this server serves") == 1

@@ -29,6 +29,7 @@ class Sink(BaseHTTPRequestHandler):
     fail or hang."""
 
     events: list = []
+    arrived: list = []  # time.monotonic() of each event kept
     behaviour = "ok"
     hanging = threading.Event()
 
@@ -45,6 +46,7 @@ class Sink(BaseHTTPRequestHandler):
             time.sleep(4)
             return
         Sink.events.append(from_http(dict(self.headers), body))
+        Sink.arrived.append(time.monotonic())
         self.send_response(202)
         self.end_headers()
 
@@ -54,7 +56,7 @@ class Sink(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def sink():
-    Sink.events, Sink.behaviour = [], "ok"
+    Sink.events, Sink.arrived, Sink.behaviour = [], [], "ok"
     Sink.hanging.clear()
     server = ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -93,8 +95,9 @@ def test_psi_per_feature_matches_the_reference_bins(start_server, training_rows,
     last = wait_for(lambda: drift(srv)["last_complete"])
     for f, name in enumerate(card["feature_names"]):
         ref = card["reference"][name]
-        edges, column = np.array(ref["bin_edges"]), shifted[:, f].astype(np.float32).astype(np.float64)
-        below, above = column < ref["min"], column > ref["max"]
+        # compared as the model reads the rows: float32
+        edges, column = np.array(ref["bin_edges"], dtype=np.float32), shifted[:, f].astype(np.float32)
+        below, above = column < np.float32(ref["min"]), column > np.float32(ref["max"])
         inside = np.bincount(np.searchsorted(edges, column[~below & ~above], side="right"), minlength=len(edges) + 1)
         live = np.array([0, below.sum(), *inside, above.sum()]) / len(column)
         expected = np.array([0, 0, *ref["fractions"], 0])
@@ -126,18 +129,17 @@ def test_rows_bin_alike_one_by_one_and_in_one_request(start_server, training_row
     assert 0 < a["out_of_range_rate"] == b["out_of_range_rate"]
 
 
-def test_a_drifted_window_sends_one_event_per_window(start_server, sink, training_rows):
+def test_one_drift_episode_sends_one_event(start_server, sink, training_rows):
     srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "150", "K_SINK": sink, "K_REVISION": "rev-a"})
     send_rows(srv, training_rows[:150], per_request=2)  # window 0: the training data, no event
     assert wait_for(lambda: drift(srv)["last_complete"])["status"] != "drift"
-    send_rows(srv, training_rows[150:450] * 1.7, per_request=15)  # windows 1 and 2: drifted
-    assert wait_for(lambda: len(Sink.events) == 2), Sink.events
-    time.sleep(0.3)
-    assert len(Sink.events) == 2
-    first, second = sorted(Sink.events, key=lambda e: e.data["window"]["index"])
-    assert [e.data["window"]["index"] for e in (first, second)] == [1, 2]
-    assert first["type"] == "warmstart.drift.detected.v1" and first["source"] == second["source"]
-    assert first["id"] != second["id"] and len(first["id"]) == 32
+    send_rows(srv, training_rows[150:450] * 1.7, per_request=15)  # windows 1 and 2: one episode
+    assert wait_for(lambda: drift(srv)["rows_seen"] == 450 and len(Sink.events) == 1), Sink.events
+    time.sleep(1.0)
+    (first,) = Sink.events
+    assert drift(srv)["episode"]["window"] == 1 and drift(srv)["windows"]["drift"] == 2
+    assert first.data["window"]["index"] == 1
+    assert first["type"] == "warmstart.drift.detected.v1" and len(first["id"]) == 32
     data = first.data
     assert data["model"]["name"] == "breast-cancer-rf" and len(data["model"]["sha256"]) == 64
     assert data["revision"] == "rev-a" and data["status"] == "drift" and data["threshold"] == 0.2
@@ -145,6 +147,14 @@ def test_a_drifted_window_sends_one_event_per_window(start_server, sink, trainin
     assert data["top_features"][0]["psi"] >= 0.2
     text = requests.get(srv.url + "/metrics").text
     assert 'warmstart_events_sent_total{model_name="breast-cancer-rf"' in text and 'outcome="sent"' in text
+
+    send_rows(srv, training_rows[:150], per_request=15)  # window 3 falls back: the episode ends
+    assert wait_for(lambda: drift(srv)["episode"] is None)
+    send_rows(srv, training_rows[150:300] * 1.7, per_request=15)  # window 4: the next episode
+    assert wait_for(lambda: len(Sink.events) == 2), Sink.events
+    second = Sink.events[1]
+    assert second.data["window"]["index"] == 4 and second["id"] != first["id"]
+    assert second["source"] == first["source"]
 
 
 def test_one_large_request_fills_as_many_windows_as_it_has_rows_for(start_server, sink, training_rows):
@@ -155,11 +165,53 @@ def test_one_large_request_fills_as_many_windows_as_it_has_rows_for(start_server
     report = wait_for(lambda: (r := drift(srv))["rows_seen"] == 380 and r)
     # windows 0-2 closed at rows 100, 200 and 300, whichever worker binned them
     assert report["last_complete"]["window"] == {"index": 2, "rows": 100, "size": 100}
-    assert sum(report["windows"].values()) == 3
+    assert report["windows"] == {"drift": 3}
     assert report["current"]["window"] == {"index": 3, "rows": 80, "size": 100}
-    assert wait_for(lambda: len(Sink.events) == 3), Sink.events
-    assert sorted(e.data["window"]["index"] for e in Sink.events) == [0, 1, 2]
-    assert all(e.data["window"]["rows"] == 100 for e in Sink.events)
+    assert wait_for(lambda: len(Sink.events) == 1), Sink.events
+    time.sleep(1.0)
+    assert [e.data["window"]["index"] for e in Sink.events] == [0], "three drifted windows, one episode"
+
+
+def test_a_flood_of_drifted_windows_sends_one_event(start_server, sink, training_rows):
+    """20 requests of out-of-range rows, each filling ten windows: one event, not 200."""
+    srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "50", "K_SINK": sink})
+    rows = np.tile(training_rows[:100] * 3.0, (5, 1))
+    for _ in range(20):
+        send_rows(srv, rows, per_request=len(rows))
+    assert wait_for(lambda: drift(srv)["rows_seen"] == 10_000)
+    assert wait_for(lambda: len(Sink.events) >= 1)
+    time.sleep(1.5)
+    assert len(Sink.events) == 1 and drift(srv)["windows"] == {"drift": 200}
+
+
+def test_events_a_sink_cannot_take_are_bounded_and_the_oldest_dropped(start_server, sink, training_rows):
+    """With no cooldown every drifted window is an episode of its own: 400 events for a
+    sink that hangs. The queue keeps the newest 100 and counts what it dropped."""
+    Sink.behaviour = "hang"
+    srv = start_server({"DRIFT_WINDOW": "10", "DRIFT_COOLDOWN": "0", "K_SINK": sink})
+    send_rows(srv, np.tile(training_rows[:100] * 3.0, (40, 1)), per_request=4000)
+    assert Sink.hanging.wait(10)
+
+    def dropped() -> float:
+        lines = requests.get(srv.url + "/metrics").text.splitlines()
+        found = [
+            line for line in lines if line.startswith("warmstart_events_sent_total") and 'outcome="dropped"' in line
+        ]
+        return sum(float(line.rsplit(" ", 1)[1]) for line in found)
+
+    assert wait_for(lambda: dropped() >= 400 - 100 - 1, timeout=20), dropped()
+    assert "dropped: 100 events wait for" in srv.log()
+
+
+def test_events_leave_ten_at_once_then_one_a_second(start_server, sink, training_rows):
+    """With no cooldown every drifted window is an episode: 14 events at once. The first
+    ten go out together, the rest no closer than the rate allows (a slower machine only
+    spaces them more)."""
+    srv = start_server({"DRIFT_WINDOW": "10", "DRIFT_COOLDOWN": "0", "K_SINK": sink})
+    send_rows(srv, training_rows[:140] * 3.0, per_request=140)
+    assert wait_for(lambda: len(Sink.events) == 14, timeout=30), len(Sink.events)
+    gaps = np.diff(Sink.arrived[9:])
+    assert len(gaps) == 4 and all(gap > 0.8 for gap in gaps), gaps
 
 
 @pytest.mark.parametrize("behaviour", ["fail", "hang", "absent"])
@@ -174,6 +226,58 @@ def test_a_failing_slow_or_absent_sink_never_fails_a_prediction(start_server, si
     outcome = 'outcome="failed"'
     assert wait_for(lambda: outcome in requests.get(srv.url + "/metrics").text, timeout=20)
     assert "not sent to" in srv.log()
+
+
+def test_a_model_served_its_own_training_rows_sees_no_drift(start_server, sink, tmp_path):
+    """Diabetes' `sex` takes two values: its training maximum, read as the float32 the
+    model predicts on, must count in the card's top bin, not above the training range."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.ensemble import GradientBoostingRegressor
+
+    from func.model.export import build_card, to_onnx_bytes
+
+    data = load_diabetes()
+    names = [str(n) for n in data.feature_names]
+    model = GradientBoostingRegressor(random_state=0).fit(data.data, data.target)
+    path = tmp_path / "diabetes.onnx"
+    path.write_bytes(to_onnx_bytes(model, build_card(model, data.data, names, "diabetes", "1")))
+    srv = start_server({"MODEL_PATH": str(path), "DRIFT_WINDOW": "200", "K_SINK": sink})
+    rows = np.random.default_rng(0).permutation(data.data)[:400]
+    send_rows(srv, rows, per_request=20)
+    report = wait_for(lambda: (r := drift(srv))["rows_seen"] == 400 and r)
+    assert sum(report["windows"].values()) == 2
+    assert "drift" not in report["windows"], report["last_complete"]["top_features"]
+    assert report["last_complete"]["out_of_range_rate"] == 0
+    assert Sink.events == []
+
+
+def test_without_a_sink_the_log_says_so_once_and_metrics_count_every_event(start_server, training_rows):
+    srv = start_server({"DRIFT_WINDOW": "50"})
+    send_rows(srv, training_rows[:150] * 1.7, per_request=50)  # three drifted windows
+
+    def not_sent() -> list[str]:
+        lines = requests.get(srv.url + "/metrics").text.splitlines()
+        return [line.rsplit(" ", 1)[1] for line in lines if "no_sink" in line and line.startswith("warmstart_events")]
+
+    assert wait_for(lambda: not_sent() == ["3.0"]), not_sent()
+    assert srv.log().count("K_SINK is not set") == 1
+
+
+def test_a_worker_stopped_by_sigterm_bins_the_rows_it_queued_first(start_server, training_rows):
+    """Rows wait up to FLUSH_S (0.5 s) in their worker's queue; a worker told to stop
+    (SIGTERM: a scale-down, a max-requests recycle) bins them before it exits."""
+    import os
+    import signal
+
+    from tests.observe.test_observability import children
+
+    srv = start_server({"WORKERS": "1", "DRAIN_S": "0"})
+    send_rows(srv, training_rows[:200], per_request=200)
+    (worker,) = children(srv.proc.pid)
+    os.kill(worker, signal.SIGTERM)  # at once: its drift thread waits 0.5 s for a batch
+    assert wait_for(lambda: set(children(srv.proc.pid)) - {worker}, timeout=20)
+    srv.wait_ready()
+    assert drift(srv)["rows_seen"] == 200
 
 
 def test_drift_counts_are_exported_and_drift_can_be_switched_off(start_server, training_rows, card):

@@ -184,6 +184,8 @@ def test_access_log_off_and_all(start_server):
 
 class _OtlpReceiver(BaseHTTPRequestHandler):
     spans: list = []
+    # each received span's resource attributes, by span id
+    resources: dict = {}
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -191,8 +193,10 @@ class _OtlpReceiver(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         export = ExportTraceServiceRequest.FromString(body)
         for resource in export.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
             for scope in resource.scope_spans:
                 _OtlpReceiver.spans.extend(scope.spans)
+                _OtlpReceiver.resources.update({span.span_id: attributes for span in scope.spans})
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.end_headers()
@@ -209,7 +213,7 @@ def _named(spans: list, *names: str) -> list | None:
 
 @pytest.fixture
 def otlp_receiver():
-    _OtlpReceiver.spans = []
+    _OtlpReceiver.spans, _OtlpReceiver.resources = [], {}
     receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpReceiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     yield receiver
@@ -249,6 +253,44 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
     assert reply["traceparent"] == f"00-{TRACE_ID}-{event_span.span_id.hex()}-01"
 
 
+@pytest.mark.parametrize(
+    "env, name, version",
+    [
+        ({"OTEL_SERVICE_NAME": "fraud-scorer"}, "fraud-scorer", "rev-a"),
+        ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attributes,service.version=7"}, "from-attributes", "7"),
+        ({}, "scorer", "rev-a"),
+    ],
+)
+def test_the_users_service_name_wins_over_the_default(start_server, otlp_receiver, row, env, name, version):
+    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    srv = start_server(
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "K_SERVICE": "scorer",
+         "K_REVISION": "rev-a", **env}
+    )  # fmt: skip
+    assert requests.post(srv.url + "/predict", json={"features": row}).ok
+    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /predict"))
+    (request_span,) = [s for s in spans if s.name == "POST /predict"]
+    resource = _OtlpReceiver.resources[request_span.span_id]
+    assert (resource["service.name"], resource["service.version"]) == (name, version), resource
+
+    # a request without a traceparent starts its own trace: its access line names it
+    (line,) = wait_for(lambda: access_lines(srv))
+    assert line["trace_id"] == request_span.trace_id.hex()
+
+
+def test_a_trace_id_is_logged_only_for_a_trace_someone_can_find(start_server, otlp_receiver, row):
+    """With tracing on but every span dropped by the sampler, a request's line names its
+    caller's trace, or none: not the id of a span that was never exported."""
+    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    srv = start_server({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_off"})
+    requests.post(srv.url + "/predict", json={"features": row})
+    requests.post(srv.url + "/predict", json={"features": row}, headers={"traceparent": TRACEPARENT})
+    untraced, traced = wait_for(lambda: len(access_lines(srv)) >= 2 and access_lines(srv))
+    assert "trace_id" not in untraced, untraced
+    assert traced["trace_id"] == TRACE_ID
+    assert _OtlpReceiver.spans == []
+
+
 def test_without_otel_variables_nothing_of_opentelemetry_is_imported(row):
     code = (
         "import sys, json\n"
@@ -280,3 +322,45 @@ def test_no_label_takes_a_raw_path(server):
     requests.get(server.url + "/v2/models/unknown-model-98765")
     text = requests.get(server.url + "/metrics").text
     assert "12345" not in text and "98765" not in text
+
+
+def test_dead_workers_fold_into_one_file_per_kind_and_still_count_exactly(start_server, tmp_path, row):
+    """A pod that lost five workers reads as many count files as one that lost none
+    (the master folds a dead worker's files into one), and every count stays exact: a
+    scrape taken while the files fold never sees a counter go back."""
+    srv = start_server({"WORKERS": "2", "SHARED_DIR": str(tmp_path)})
+    ce = {"ce-specversion": "1.0", "ce-type": "warmstart.predict.v1", "ce-source": "/test", "ce-id": "x"}
+    seen: list[float] = []
+    stop = threading.Event()
+
+    def scraper() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(total(scrape(srv), "warmstart_requests_total", protocol="json"))
+            except requests.RequestException:  # its worker was just killed
+                pass
+
+    watcher = threading.Thread(target=scraper, daemon=True)
+    watcher.start()
+    kills = 5
+    for _ in range(kills):
+        for _ in range(10):
+            assert requests.post(srv.url + "/predict", json={"features": row}).status_code == 200
+        assert requests.post(srv.url + "/", json={"features": row}, headers=ce).status_code == 200
+        workers = set(children(srv.proc.pid))
+        os.kill(min(workers), signal.SIGKILL)
+        assert wait_for(lambda old=workers: len(set(children(srv.proc.pid)) - old) == 1, timeout=20)
+        srv.wait_ready()
+    stop.set()
+    watcher.join(10)
+
+    samples = scrape(srv)
+    assert total(samples, "warmstart_requests_total", protocol="json") == 10 * kills
+    assert total(samples, "warmstart_events_received_total", type="warmstart.predict.v1") == kills
+    assert seen == sorted(seen) and len(seen) > 10
+    (folder,) = [p for p in tmp_path.glob("warmstart-*") if p.is_dir()]
+    for kind in ("traffic", "drift"):
+        owners = sorted(p.stem.split("-")[1] for p in folder.glob(f"{kind}-*.f64"))
+        assert len(owners) == 3 and owners[-1] == "dead", owners  # two live workers, one file of the dead
+    assert sorted(p.name for p in (folder / "prometheus").glob("*_dead.db")) == ["counter_dead.db", "gauge_max_dead.db"]
+    assert len(list((folder / "prometheus").glob("*.db"))) == 6

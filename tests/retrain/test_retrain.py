@@ -103,7 +103,9 @@ def log_lines(result: subprocess.CompletedProcess, level: str) -> list[str]:
 
 
 def published(store: Path) -> list[str]:
-    return sorted(str(p.relative_to(store)) for p in store.rglob("*") if p.is_file()) if store.exists() else []
+    """The versions' files in a folder store (not its notes: rejections, claims, champion)."""
+    found = store.rglob("*") if store.exists() else []
+    return sorted(str(p.relative_to(store)) for p in found if p.name in ("model.onnx", "trained.json"))
 
 
 def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiver, shifted, start_server, tmp_path):
@@ -126,8 +128,8 @@ def test_drift_event_ends_in_a_better_model_that_a_new_server_serves(job, receiv
     assert data["trigger"] == DRIFT_ID
     assert data["data"] == {"uri": str(shifted), "sha256": sha256(shifted), "rows": 569}
     metrics = data["metrics"]
-    assert metrics["metric"] == "roc_auc"
-    assert metrics["candidate"]["roc_auc"] > metrics["current"]["roc_auc"] + 0.05
+    assert metrics["metric"] == "accuracy"
+    assert metrics["candidate"]["accuracy"] > metrics["current"]["accuracy"] + 0.05
     assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
 
     srv = start_server(
@@ -173,7 +175,7 @@ def test_a_run_by_hand_takes_options_instead_of_an_event(job, receiver, shifted,
 
 
 def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
-    result = job(TRAINER="tests.support.trainers:shuffled_labels")
+    result = job(TRAINER="tests.support.trainers:swapped_labels")
     assert result.returncode == 0, result.stdout + result.stderr
     assert published(job.store) == []
     (event,) = receiver.events
@@ -181,8 +183,8 @@ def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
     assert event["type"] == "warmstart.model.rejected.v1"
     data = event.data
     assert data["trigger"] == DRIFT_ID and data["retryable"] is False
-    assert data["metrics"]["candidate"]["roc_auc"] < data["metrics"]["current"]["roc_auc"]
-    assert "roc_auc" in data["reason"] and "worse" in data["reason"]
+    assert data["metrics"]["candidate"]["accuracy"] < data["metrics"]["current"]["accuracy"]
+    assert "accuracy" in data["reason"] and "worse" in data["reason"]
 
 
 @pytest.mark.parametrize(
@@ -193,12 +195,34 @@ def test_a_worse_candidate_is_rejected_and_nothing_published(job, receiver):
         ({"TRAINER": "tests.support.trainers:unfitted"}, "returned an unfitted RandomForestClassifier"),
         ({"TRAINER": "tests.support.trainers:nothing"}, "returned NoneType, not a scikit-learn estimator"),
         ({"MODEL_STORE": "models:/breast-cancer-rf", "MLFLOW_TRACKING_URI": ""}, "MLFLOW_TRACKING_URI"),
+        ({"RETRAIN_METRIC": "rmse"}, "RETRAIN_METRIC=rmse: breast-cancer-rf is a classifier; choose one of accuracy"),
     ],
-    ids=["target-missing", "trainer-import", "trainer-unfitted", "trainer-none", "registry-unset"],
+    ids=["target-missing", "trainer-import", "trainer-unfitted", "trainer-none", "registry-unset", "metric-of-task"],
 )
 def test_bad_input_fails_permanently_and_publishes_nothing(job, receiver, env, phrase):
     result = job(**env)
     assert_failed(result, job.store, receiver, 2, phrase)
+
+
+@pytest.mark.parametrize("metric", ["balanced_accuracy", "f1", "roc_auc", "log_loss"])
+def test_the_comparison_scores_the_metric_retrain_metric_names(job, receiver, metric):
+    """log_loss is a loss: the retrained model's is lower, and lower is better."""
+    result = job(RETRAIN_METRIC=metric)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1", event.data.get("reason")
+    scores = event.data["metrics"]
+    assert scores["metric"] == metric
+    better = scores["current"][metric] - scores["candidate"][metric]
+    assert better > 0.05 if metric == "log_loss" else better < -0.05
+    assert set(scores["candidate"]) == {"accuracy", "balanced_accuracy", "f1", "roc_auc", "log_loss"}
+
+
+def test_an_unknown_retrain_metric_is_a_settings_error(job, receiver):
+    result = job(RETRAIN_METRIC="auc")
+    assert result.returncode == 2
+    assert "--metric/RETRAIN_METRIC=auc: expected one of accuracy, balanced_accuracy" in result.stderr
+    assert published(job.store) == [] and receiver.events == []
 
 
 def test_too_few_rows_for_a_held_out_split(job, receiver, tmp_path, dataset):
@@ -316,6 +340,171 @@ def test_a_regressor_is_compared_on_rmse(job, receiver, tmp_path):
     metrics = event.data["metrics"]
     assert metrics["metric"] == "rmse"
     assert metrics["candidate"]["rmse"] < 0.7 * metrics["current"]["rmse"]
+    assert metrics["candidate"]["r2"] > metrics["current"]["r2"] and "mae" in metrics["candidate"]
+
+
+def tie_dataset(path: Path, x: np.ndarray, y: np.ndarray, names: list[str]) -> Path:
+    """x and y with one held-out row replaced by a row on which the default trainer's
+    forest splits its votes 50/50: scikit-learn answers [0.5, 0.5] (class 0), onnxruntime
+    [0.49999994, 0.50000006] (class 1), as its float32 sum of 100 tree weights rounds.
+    The seeded split depends only on the labels, so the replaced row stays held out and
+    the forest is the one the job trains."""
+    import onnxruntime as ort
+
+    from func.model.export import build_card, to_onnx_bytes
+    from func.retrain.training import Dataset, default_trainer, split
+
+    train, test, _, _ = split(Dataset("index", "", np.arange(len(y))[:, None], y), 0.2, True)
+    train, test = train.ravel(), test.ravel()
+    forest = default_trainer(x[train], y[train])
+    onnx_model = ort.InferenceSession(to_onnx_bytes(forest, build_card(forest, x, names, "tie", "1")))
+    steps = np.linspace(0, 1, 201)[:, None]
+    for i in train[y[train] == 0]:
+        for j in train[y[train] == 1]:
+            line = x[i] + steps * (x[j] - x[i])
+            ties = line[forest.predict_proba(line)[:, 0] == 0.5]
+            if len(ties) and onnx_model.run(None, {"input": ties[:1].astype(np.float32)})[0][0] != 0:
+                x = x.copy()
+                x[test[0]] = ties[0]
+                return write_csv(path, x, y, names)
+    raise AssertionError("no row with a split vote on which ONNX picks the other class")
+
+
+def test_a_probability_tie_on_a_held_out_row_passes_the_export_check(job, receiver, tmp_path, dataset):
+    from sklearn.datasets import load_breast_cancer
+
+    x, names = dataset
+    data = tie_dataset(tmp_path / "tie.csv", x * SHIFT, load_breast_cancer().target, names)
+    result = job(TRAIN_DATA_URI=str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1"
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+
+
+def test_a_rejected_event_redelivered_sends_its_rejection_again_without_training(job, receiver):
+    first = job(TRAINER="tests.support.trainers:swapped_labels")
+    # the default trainer would publish: the recorded rejection stands instead
+    again = job()
+    assert first.returncode == again.returncode == 0, again.stdout + again.stderr
+    assert published(job.store) == []
+    assert [e["type"] for e in receiver.events] == ["warmstart.model.rejected.v1"] * 2
+    assert receiver.events[0]["id"] == receiver.events[1]["id"] and receiver.events[0].data == receiver.events[1].data
+    assert any(f"event {DRIFT_ID} was rejected before" in m for m in log_lines(again, "info"))
+
+
+def test_different_rejections_of_one_event_have_different_ids(job, receiver):
+    url = f"http://127.0.0.1:{free_port()}/train.csv"
+    unreachable, missing, unreachable_again = (
+        job(TRAIN_DATA_URI=url),
+        job(TARGET_COLUMN="label"),
+        job(TRAIN_DATA_URI=url),
+    )
+    assert (unreachable.returncode, missing.returncode, unreachable_again.returncode) == (3, 2, 3)
+    first, second, third = receiver.of_type("warmstart.model.rejected.v1")
+    assert first["id"] != second["id"], "two outcomes of one event are two events"
+    assert first["id"] == third["id"], "the same outcome again is the same event"
+
+
+def second_event(tmp_path: Path) -> str:
+    return str(drift_event(tmp_path / "event-2", "drift-8b1c"))
+
+
+def test_a_second_event_of_one_episode_publishes_nothing_within_the_cooldown(job, receiver, tmp_path):
+    first, second = job(), job(K_EVENT_PATH=second_event(tmp_path))
+    assert first.returncode == second.returncode == 0, second.stdout + second.stderr
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+    assert [e["type"] for e in receiver.events] == ["warmstart.model.trained.v1"]
+    (said,) = [m for m in log_lines(second, "info") if "nothing to train" in m]
+    assert "version 2 was published from the same parent (version 1)" in said and DRIFT_ID in said
+
+    # past the cooldown, the same parent may be retrained
+    third = job(K_EVENT_PATH=str(drift_event(tmp_path / "event-3", "drift-9d2e")), RETRAIN_COOLDOWN="0")
+    assert third.returncode == 0 and receiver.events[-1].data["model"]["version"] == "3"
+
+
+def test_an_event_while_a_candidate_from_the_same_parent_is_in_flight_trains_nothing(job, receiver, tmp_path):
+    import threading
+
+    done: list = []
+    slow = threading.Thread(target=lambda: done.append(job(TRAINER="tests.support.trainers:slow_forest")))
+    slow.start()
+    deadline = time.monotonic() + 60
+    while not list(job.store.glob("breast-cancer-rf/candidates/*.json")):
+        assert time.monotonic() < deadline and slow.is_alive(), done and done[0].stdout
+        time.sleep(0.1)
+    second = job(K_EVENT_PATH=second_event(tmp_path))
+    slow.join(120)
+    assert second.returncode == 0 and done[0].returncode == 0, second.stdout + done[0].stdout
+    (said,) = [m for m in log_lines(second, "info") if "nothing to train" in m]
+    assert f"in flight for event {DRIFT_ID}" in said
+    assert published(job.store) == ["breast-cancer-rf/2/model.onnx", "breast-cancer-rf/2/trained.json"]
+    assert [e.data["trigger"] for e in receiver.events] == [DRIFT_ID]
+    assert list(job.store.glob("breast-cancer-rf/candidates/*")) == [], "the claim ends with the run"
+
+
+def test_the_parent_is_the_champion_and_a_server_serves_the_champion_pointer(job, receiver, tmp_path, start_server):
+    from func.model import champion
+
+    assert job().returncode == 0
+    v2 = receiver.events[0].data["model"]
+    pointer = champion.move(v2, None)
+    assert pointer == (job.store / "breast-cancer-rf" / "champion.json").as_uri()
+
+    srv = start_server({"MODEL_PATH": pointer, "MODEL_CACHE_DIR": str(tmp_path / "serving-cache")})
+    resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
+    assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "2"
+
+    # MODEL_PATH still names version 1: the store's champion, version 2, is the parent
+    later = job(K_EVENT_PATH=second_event(tmp_path))
+    assert later.returncode == 0, later.stdout + later.stderr
+    trained = receiver.events[-1].data
+    assert trained["parent"] == {"version": "2", "sha256": v2["sha256"]} and trained["model"]["version"] == "3"
+
+
+def test_the_parent_is_the_registrys_champion_alias(job, receiver, mlflow_url, tmp_path):
+    from func.model import champion
+
+    env = {"MODEL_STORE": "models:/champion-test", "MLFLOW_TRACKING_URI": mlflow_url}
+    assert job(**env).returncode == 0
+    first = receiver.events[0].data["model"]
+    assert champion.move(first, mlflow_url) == "models:/champion-test@champion"
+    alias = requests.get(
+        mlflow_url + "/api/2.0/mlflow/registered-models/alias",
+        params={"name": "champion-test", "alias": "champion"},
+        timeout=30,
+    ).json()
+    assert alias["model_version"]["version"] == first["version"]
+
+    later = job(K_EVENT_PATH=second_event(tmp_path), **env)
+    assert later.returncode == 0, later.stdout + later.stderr
+    trained = receiver.events[-1].data
+    assert trained["parent"] == {"version": first["version"], "sha256": first["sha256"]}
+
+
+def test_the_s3_stores_champion_pointer_names_the_parent_and_the_served_model(
+    job, receiver, s3_endpoint, start_server, tmp_path, monkeypatch
+):
+    from func.model import champion
+    from tests.support.services import S3_ENV
+
+    s3 = {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint}
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    requests.put(f"{s3_endpoint}/loop", timeout=10).raise_for_status()
+    env = {**s3, "MODEL_STORE": "s3://loop/models"}
+    assert job(**env).returncode == 0
+    v2 = receiver.events[0].data["model"]
+    assert v2["uri"] == "s3://loop/models/breast-cancer-rf/2/model.onnx"
+    assert champion.move(v2, None) == "s3://loop/models/breast-cancer-rf/champion.json"
+
+    srv = start_server({**s3, "MODEL_PATH": "s3://loop/models/breast-cancer-rf/champion.json"})
+    resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
+    assert resp.status_code == 200 and resp.headers["X-Model-Version"] == "2"
+
+    later = job(K_EVENT_PATH=second_event(tmp_path), **env)
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert receiver.events[-1].data["parent"] == {"version": "2", "sha256": v2["sha256"]}
 
 
 def test_the_retraining_job_trains_on_the_log_it_is_given(start_server, job, receiver, tmp_path, dataset):

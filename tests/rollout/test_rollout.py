@@ -23,8 +23,11 @@ from tests.support.prometheus import Prometheus, needs_prometheus
 from tests.support.server import DEFAULT_MODEL, ROOT, free_port
 from tests.test_knative import needs_kubectl, needs_schemas, render, schema_errors
 
-# short intervals through the tool's own options: a verdict every 2 s on the last 4 s
-FAST = ["--interval", "2", "--window", "4s", "--min-requests", "10", "--steps", "10,50,100", "--no-data-deadline", "20"]
+# short intervals through the tool's own options: a verdict every 2 s, on the counts since the step began
+FAST = [
+    "--interval", "2", "--scrape-interval", "1", "--min-requests", "10", "--steps", "10,50,100",
+    "--no-data-deadline", "20",
+]  # fmt: skip
 
 
 def sha256(path: Path) -> str:
@@ -175,12 +178,41 @@ def contrary_model(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def drifted(tmp_path_factory) -> tuple[Path, list[list[float]]]:
+    """The drift of issue 24, on the breast-cancer data: every feature doubled, on which
+    the default model calls almost every row 0. The model retrained on those rows (true
+    labels), exported with its card (its prediction mix on them), and the rows, shuffled."""
+    import joblib
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folder = tmp_path_factory.mktemp("drifted")
+    data = load_breast_cancer(as_frame=True)
+    shifted = data.data * 2.0
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(shifted, data.target)
+    joblib.dump(model, folder / "retrained.joblib")
+    shifted.to_csv(folder / "sample.csv", index=False)
+    out = folder / "retrained.onnx"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "export_onnx.py"), str(folder / "retrained.joblib"),
+         str(folder / "sample.csv"), str(out), "--name", "breast-cancer-rf", "--version", "2"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rows = shifted.to_numpy()[np.random.default_rng(24).permutation(len(shifted))]
+    return out, rows.tolist()
+
+
 class Traffic:
     """Users: requests to the stable and canary servers in the proportions the Service
-    file's traffic block says now (re-read before every request)."""
+    file's traffic block says now (re-read before every request); `pause` seconds between
+    requests (a low-traffic service), else as fast as they are answered."""
 
-    def __init__(self, service_file: Path, urls: dict[str, str], rows: list[list[float]]) -> None:
-        self.service_file, self.urls, self.rows = service_file, urls, rows
+    def __init__(self, service_file: Path, urls: dict[str, str], rows: list[list[float]], pause: float = 0.0) -> None:
+        self.service_file, self.urls, self.rows, self.pause = service_file, urls, rows, pause
         self.sent = {"stable": 0, "canary": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -194,6 +226,7 @@ class Traffic:
             session.post(self.urls[tag] + "/predict", json={"features": self.rows[i % len(self.rows)]}, timeout=10)
             self.sent[tag] += 1
             i += 1
+            self._stop.wait(self.pause)
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -321,6 +354,118 @@ def test_a_worse_canary_is_rolled_back_with_the_check_and_numbers(
     limits = flagger_limits()
     flagger_failing = {"p99_latency_s": "p99-latency", "prediction_psi": "prediction-psi"}[failing]
     assert {name for name in limits if flagger[name] > limits[name]} == {flagger_failing}, (flagger, limits)
+
+
+@needs_prometheus
+@needs_kubectl
+@needs_schemas
+def test_a_canary_retrained_after_drift_is_judged_by_its_own_card_not_the_stale_stable(
+    start_server, tmp_path, base_service, sink, drifted
+):
+    """Issue 24: on drifted inputs the stale stable calls almost every row 0 and the
+    retrained canary answers as its card expects on that data (PSI from the stable's
+    mix over 2, from its own card near 0): it is promoted, not rolled back."""
+    doc, service_file = base_service
+    model, rows = drifted
+    revision = revision_for(model, "2")
+    stable, canary, prometheus = start_revisions(
+        start_server, tmp_path, {"K_REVISION": revision, "MODEL_PATH": str(model)}
+    )
+    try:
+        with Traffic(service_file, {"stable": stable.url, "canary": canary.url}, rows):
+            # 30 canary answers before a verdict: a mix of 10 is too noisy for a PSI under 0.2
+            done = run_rollout(
+                tmp_path, service_file, trained_event(tmp_path, model, "2"), canary, prometheus, sink,
+                "--min-requests", "30",
+            )  # fmt: skip
+        expected = prometheus.query(f'warmstart_prediction_reference_fraction{{revision="{revision}"}}')
+    finally:
+        prometheus.stop()
+    assert done.returncode == 0, done.stderr
+    assert_valid_patches(doc, patches(tmp_path / "patches.jsonl"))
+    # the canary's pods export what its card expects: the retrained model's mix on the drifted rows
+    assert {e["metric"]["class"]: round(float(e["value"][1]), 2) for e in expected} == {"0": 0.37, "1": 0.63}
+    judged = [e.data for e in Receiver.events if e.data["checks"] and e.data["verdict"] in ("stepped", "promoted")]
+    assert [e["step"] for e in judged] == [50, 100]
+    for event in judged:
+        (mix,) = [c for c in event["checks"] if c["name"] == "prediction_psi"]
+        assert mix["passed"] and mix["canary"] <= 0.2, mix
+        assert mix["stable"] > 2, "the stable revision is far from its own card: it is the drifted one"
+        assert "canary vs its card" in mix["basis"] and "vs the stable's mix" in mix["basis"]
+        vs_stable = float(re.search(r"vs the stable's mix ([\d.]+)", mix["basis"])[1])
+        assert vs_stable > 2, "the old check, canary vs stable, would have failed it"
+
+
+@needs_prometheus
+@needs_kubectl
+@needs_schemas
+def test_a_low_traffic_canary_adds_up_its_counts_until_it_gets_a_verdict(
+    start_server, tmp_path, base_service, sink, benign_rows
+):
+    """Issue 24: about 10 requests a second, 10 % of them to the canary: about 2 canary
+    requests in each 2 s interval, 16 needed. Counted since the step began, they are
+    enough after a few intervals; counted per interval they never were."""
+    doc, service_file = base_service
+    model = tmp_path / "model-v2.onnx"
+    model.write_bytes(DEFAULT_MODEL.read_bytes())
+    stable, canary, prometheus = start_revisions(start_server, tmp_path, {"K_REVISION": revision_for(model, "2")})
+    try:
+        with Traffic(service_file, {"stable": stable.url, "canary": canary.url}, benign_rows, pause=0.1):
+            done = rollout(
+                "run", "--service-file", str(service_file), "--patches", str(tmp_path / "patches.jsonl"),
+                "--event", str(trained_event(tmp_path, model, "2")), "--canary-url", canary.url,
+                "--prometheus-url", prometheus.url, "--interval", "2", "--scrape-interval", "1",
+                "--min-requests", "16", "--steps", "10,100", "--no-data-deadline", "60", env={"K_SINK": sink},
+            )  # fmt: skip
+    finally:
+        prometheus.stop()
+    assert done.returncode == 0, done.stderr
+    assert [split_of(p) for p in patches(tmp_path / "patches.jsonl")][-1] == {"stable": 100}
+    held = [e.data for e in Receiver.events if e["type"] == "warmstart.rollout.held.v1"]
+    assert held and all("too few canary requests" in e["reason"] for e in held), held
+    # each verdict reads the whole step so far (plus one scrape), not the last interval
+    windows = [int(e["numbers"]["window"].rstrip("s")) for e in held]
+    assert windows == sorted(windows) and windows[0] == 3, windows
+    promoted = Receiver.events[-1].data
+    assert promoted["verdict"] == "promoted" and promoted["numbers"]["canary"]["requests"] >= 16
+    assert int(promoted["numbers"]["window"].rstrip("s")) > 3 * 2, "counts of several intervals added up"
+
+
+@needs_kubectl
+@needs_schemas
+def test_a_dry_run_of_a_whole_rollout_never_asks_prometheus(tmp_path, base_service, sink):
+    """The canary of a dry run exists only in its printed patches: the analysis names the
+    queries it would run and reads nothing."""
+    asked = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(self.path)
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    prometheus = ThreadingHTTPServer(("127.0.0.1", free_port()), Recorder)
+    threading.Thread(target=prometheus.serve_forever, daemon=True).start()
+    doc, service_file = base_service
+    try:
+        done = rollout(
+            "run", "--service-file", str(service_file), "--dry-run", "--model-uri", "s3://models/rf/2/model.onnx",
+            "--model-version", "2", "--model-sha256", "a" * 64, "--interval", "0.2", "--no-data-deadline", "1",
+            "--prometheus-url", f"http://127.0.0.1:{prometheus.server_address[1]}", env={"K_SINK": sink},
+        )  # fmt: skip
+    finally:
+        prometheus.shutdown()
+    assert done.returncode == 0, done.stderr
+    assert asked == []
+    assert Receiver.events == [], "a dry run sends no event"
+    final = assert_valid_patches(doc, [json.loads(x)["patch"] for x in done.stdout.splitlines()])
+    assert split_of(final) == {"stable": 90, "canary": 10}
+    (said,) = [json.loads(x)["message"] for x in done.stderr.splitlines() if "analysis is not run" in x]
+    assert 'warmstart_requests_total{revision="warmstart-v2-aaaaaaaa"' in said
+    assert json.loads(service_file.read_text()) == doc
 
 
 @needs_prometheus
@@ -618,3 +763,112 @@ def test_a_rollback_by_hand_during_the_analysis_wins(tmp_path, canary_service):
     assert analysing.returncode == 3, err
     assert "changed outside this rollout (stable warmstart-v1): stopping" in err
     assert out == "", "the analysis patched nothing"
+
+
+def _judged(canary: dict, stable: dict, **thresholds: float):
+    """The answers' check of compare() for two revisions' numbers."""
+    from func.rollout.analysis import Numbers, Thresholds, compare
+
+    *_, answers = compare(Numbers(1000, 0, 0.01, **canary), Numbers(9000, 0, 0.01, **stable), Thresholds(**thresholds))
+    return answers
+
+
+# a classifier after drift: the stable calls 3 % of rows 1 (its card expected 63 %), the
+# canary 63 % as its card expects
+STALE = {"classes": {"0": 8730.0, "1": 270.0}, "expected_classes": {"0": 0.37, "1": 0.63}}
+RETRAINED = {"classes": {"0": 370.0, "1": 630.0}, "expected_classes": {"0": 0.37, "1": 0.63}}
+
+
+def test_labelled_outcomes_decide_once_each_revision_has_enough():
+    # labels: the retrained canary right 98 times in 100, the stale stable 37: promoted on labels
+    check = _judged({**RETRAINED, "labels": 100, "correct": 98}, {**STALE, "labels": 900, "correct": 333})
+    assert (check.name, check.passed, check.op) == ("labelled_accuracy", True, ">=")
+    assert check.canary == pytest.approx(0.98) and check.stable == pytest.approx(0.37)
+    # a canary that answers as its card expects but is wrong on the labels is held
+    check = _judged({**RETRAINED, "labels": 100, "correct": 80}, {**STALE, "labels": 900, "correct": 810})
+    assert check.name == "labelled_accuracy" and not check.passed and check.limit == pytest.approx(0.85)
+    assert "100 and 900 labelled outcomes" in check.basis
+    # within the margin: passed
+    assert _judged({**RETRAINED, "labels": 100, "correct": 87}, {**STALE, "labels": 900, "correct": 810}).passed
+    # too few labels on one side: the prediction mix decides, against the canary's own card
+    check = _judged({**RETRAINED, "labels": 99, "correct": 98}, {**STALE, "labels": 900, "correct": 333})
+    assert check.name == "prediction_psi" and check.passed and check.canary == pytest.approx(0.0)
+    assert check.stable > 1, "the stable's own mix is far from its card: drift"
+    assert _judged({**RETRAINED, "labels": 20, "correct": 20}, STALE, min_labels=20).name == "prediction_psi"
+
+
+def test_a_regressor_canary_is_judged_on_its_labelled_mean_absolute_error():
+    check = _judged({"labels": 200, "abs_error": 210.0}, {"labels": 2000, "abs_error": 2000.0})
+    assert (check.name, check.passed) == ("labelled_mae", True)
+    assert check.canary == pytest.approx(1.05) and check.limit == pytest.approx(1.1)
+    check = _judged({"labels": 200, "abs_error": 300.0}, {"labels": 2000, "abs_error": 2000.0})
+    assert (check.name, check.passed) == ("labelled_mae", False)
+
+
+def test_without_labels_the_mix_passes_near_its_own_card_or_the_stables_and_fails_far_from_both():
+    # far from its own card, and from the stable's
+    check = _judged({"classes": {"0": 0.0, "1": 1000.0}, "expected_classes": {"0": 0.63, "1": 0.37}}, STALE)
+    assert not check.passed and check.canary > 0.2
+    # far from its card, near the stable (the same model as the stable, on unusual traffic)
+    near_stable = {"classes": {"0": 970.0, "1": 30.0}, "expected_classes": {"0": 0.37, "1": 0.63}}
+    assert _judged(near_stable, STALE).passed
+    # a card without a prediction reference: the stable's mix is the only yardstick
+    check = _judged({"classes": {"0": 370.0, "1": 630.0}}, STALE)
+    assert not check.passed and "canary vs its card none" in check.basis
+
+
+def serving(doc: dict, model_uri: str, sha: str) -> dict:
+    """The Service with its template (the canary's revision) serving `model_uri`."""
+    from func.rollout.service import _with_env
+
+    out = json.loads(json.dumps(doc))
+    container = out["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = _with_env(container["env"], {"MODEL_PATH": model_uri, "MODEL_SHA256": sha})
+    return out
+
+
+@needs_kubectl
+@needs_schemas
+def test_a_promotion_moves_the_folder_stores_champion_pointer(tmp_path, canary_service):
+    import shutil
+
+    doc, service_file = canary_service
+    version = tmp_path / "store" / "breast-cancer-rf" / "2"
+    version.mkdir(parents=True)
+    shutil.copy(DEFAULT_MODEL, version / "model.onnx")
+    (version / "trained.json").write_text("{}")  # published by the retraining job
+    uri = (version / "model.onnx").as_uri()
+    service_file.write_text(json.dumps(serving(doc, uri, sha256(DEFAULT_MODEL))))
+
+    done = rollout("promote", "--service-file", str(service_file))
+    assert done.returncode == 0, done.stderr
+    pointer = json.loads((tmp_path / "store" / "breast-cancer-rf" / "champion.json").read_text())
+    assert {k: pointer[k] for k in ("name", "version", "uri", "sha256")} == {
+        "name": "breast-cancer-rf",
+        "version": "2",
+        "uri": uri,
+        "sha256": sha256(DEFAULT_MODEL),
+    }
+    assert "champion moved" in done.stderr
+    assert list((tmp_path / "store" / "breast-cancer-rf").glob(".*.part")) == [], "written whole"
+
+
+@needs_kubectl
+@needs_schemas
+def test_a_promotion_moves_the_registrys_champion_alias(tmp_path, canary_service, mlflow_url):
+    from tests.support.services import register_in_mlflow
+
+    doc, service_file = canary_service
+    register_in_mlflow(mlflow_url, "rollout-champion", DEFAULT_MODEL, alias="champion")
+    second = register_in_mlflow(mlflow_url, "rollout-champion", DEFAULT_MODEL)
+    uri = f"models:/rollout-champion/{second}"
+    service_file.write_text(json.dumps(serving(doc, uri, sha256(DEFAULT_MODEL))))
+
+    done = rollout("promote", "--service-file", str(service_file), env={"MLFLOW_TRACKING_URI": mlflow_url})
+    assert done.returncode == 0, done.stderr
+    alias = requests.get(
+        mlflow_url + "/api/2.0/mlflow/registered-models/alias",
+        params={"name": "rollout-champion", "alias": "champion"},
+        timeout=30,
+    ).json()
+    assert alias["model_version"]["version"] == second

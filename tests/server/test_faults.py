@@ -21,7 +21,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from tests.observe.test_observability import children
-from tests.support.server import ServerProcess
+from tests.support.server import ServerProcess, wait_for
 
 
 def can_mount() -> bool:
@@ -169,3 +169,28 @@ def test_a_read_only_root_without_a_writable_tmp_exits_with_one_clear_line(tmp_p
     errors = [line for line in server.log().splitlines() if '"level": "error"' in line]
     assert len(errors) == 1 and "cannot make the workers' shared folder" in errors[0], server.log()
     assert "Traceback" not in server.log()
+
+
+@needs_mounts
+def test_a_full_shared_folder_keeps_liveness_up_and_says_so_once_per_worker(start_server, tmp_path):
+    """The workers' counts are memory-mapped files in the shared folder; on a full one the
+    first write to a page that has no storage yet was a SIGBUS, worker after worker. Now
+    each file is allocated when it is made: each worker logs one line and stays up, not
+    ready, answering liveness."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    folder = shlex.quote(str(shared))
+    fill = f"{{ cat /dev/zero > {folder}/fill 2>/dev/null; true; }}"  # until the folder is full
+    cmd = in_mount_namespace(f"mount -t tmpfs -o size=256k tmpfs {folder} && {fill}")
+    srv = start_server({"WORKERS": "2", "SHARED_DIR": str(shared)}, ready=False, cmd=cmd)
+    assert wait_for(lambda: len(children(srv.proc.pid)) == 2), srv.log()  # the second may fork later
+    workers = sorted(children(srv.proc.pid))
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # on new connections, so both workers answer
+        assert requests.get(srv.url + "/health/liveness", timeout=5).status_code == 200, srv.log()
+        readiness = requests.get(srv.url + "/health/readiness", timeout=5)
+        assert readiness.status_code == 503
+    assert sorted(children(srv.proc.pid)) == workers and len(workers) == 2
+    assert "SIGBUS" not in srv.log()
+    errors = [line for line in srv.log().splitlines() if '"level": "error"' in line]
+    assert len(errors) == 2 and all("no room for" in line and str(shared) in line for line in errors), errors

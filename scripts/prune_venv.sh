@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Shrink the serving image's virtualenv (the Dockerfile's `deps` stage runs this):
+#   scripts/prune_venv.sh VENV
+# Each cut is something no serving process uses, measured, not guessed:
+# loadtests/loaded_libs.py starts the server on this environment, sends it every protocol
+# and a batch job from and to each format, and lists the shared libraries that neither the
+# master nor a worker ever mapped (/proc/PID/maps). The image tests then run all of that
+# work in the pruned image (tests/test_images.py).
+set -euo pipefail
+
+venv="${1:?usage: prune_venv.sh VENV}"
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+
+# pip and setuptools install, they never serve: the image installs nothing at run time.
+"$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools
+
+# Test suites, C/C++ headers and Cython sources: for testing and building the packages.
+find "$site" -depth -type d -name tests -exec rm -rf {} +
+find "$site" -name '*_tests.cpython-*.so' -delete
+rm -rf "$site/pyarrow/include" "$site/pyarrow/includes" "$site/pyarrow/src" "$site/numpy/_core/include"
+find "$site" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.cpp' -o -name '*.h' \) -delete
+
+# pyarrow: Arrow Flight (RPC) is never loaded. pyarrow's own S3 client is loaded (by
+# pyarrow.parquet -> pyarrow.fs) but never used: func reads and writes through fsspec,
+# and pyarrow.fs imports _s3fs inside try/except ImportError, made for builds without S3.
+# Parquet, CSV, JSON, compute, Acero, Dataset and Substrait stay: lib.so links them.
+rm -f "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/libarrow_python_flight.so* \
+  "$site"/pyarrow/_flight.cpython-*.so "$site"/pyarrow/flight.py "$site"/pyarrow/__pycache__/flight.* \
+  "$site"/pyarrow/libarrow_s3.so* "$site"/pyarrow/_s3fs.cpython-*.so
+# A wheel cannot hold symbolic links, so pyarrow ships libX.so, libX.so.2600 and
+# libX.so.2600.1.0 as three copies; the loader maps libX.so.2600 (the soname). The
+# other names become links to it.
+"$venv/bin/python" - "$site/pyarrow" <<'EOF'
+import filecmp, os, re, sys
+
+folder = sys.argv[1]
+names = os.listdir(folder)
+for name in names:
+    match = re.fullmatch(r"(lib.+?\.so)(\.\d+)*", name)
+    sonames = [n for n in names if match and re.fullmatch(re.escape(match[1]) + r"\.\d+", n)]
+    if len(sonames) == 1 and name != sonames[0]:
+        path, soname = os.path.join(folder, name), os.path.join(folder, sonames[0])
+        if not os.path.islink(path) and filecmp.cmp(path, soname, shallow=False):
+            os.remove(path)
+            os.symlink(sonames[0], path)
+EOF
+
+# onnxruntime: the Python binding (onnxruntime_pybind11_state) carries the runtime itself;
+# libonnxruntime.so is the C API library for other languages and is never loaded.
+rm -f "$site"/onnxruntime/capi/libonnxruntime.so*
+# Subpackages no serving process imports (-X importtime): onnxruntime's model tools
+# (quantization, transformers, tools, datasets, backend) and NumPy's build tools (f2py,
+# distutils, the PyInstaller hook, the type-checker plugin).
+rm -rf "$site"/onnxruntime/{backend,datasets,quantization,tools,transformers} \
+  "$site"/numpy/{f2py,distutils,_pyinstaller,typing}
+rm -f "$venv/bin/f2py" "$venv/bin/numpy-config" "$venv/bin/onnxruntime_test"
+
+# Symbol tables: pyarrow's own libraries ship with theirs (libarrow.so alone 48.7 MB,
+# 38.7 MB without); --strip-unneeded keeps the dynamic symbols the loader links against.
+# Only these: strip breaks libraries that auditwheel rewrote with patchelf (NumPy's
+# OpenBLAS then fails to load: "ELF load command address/offset not page-aligned").
+find "$site/pyarrow" -maxdepth 1 -name 'lib*.so.*' -type f -exec strip --strip-unneeded {} +
+
+# Bytecode stays (a read-only root cannot write it, so every cold start would compile),
+# but only for what is left, and none of the uninstalled tools' caches.
+find "$site" -type d -name __pycache__ -empty -delete
