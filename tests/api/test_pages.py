@@ -56,7 +56,7 @@ def test_api_clients_get_the_drift_report_as_json(live, accept):
     assert resp.headers["Content-Type"] == "application/json"
     assert resp.headers["Vary"] == "Accept"
     report = resp.json()
-    assert set(report) == {"enabled", "window_size", "threshold", "rows_seen", "current", "last_complete", "windows"}
+    assert set(report) == {"enabled", "window_size", "threshold", "rows_seen", "current", "last_complete", "windows", "episode"}
 
 
 def test_get_explain_tells_an_api_client_how_to_ask_with_a_row_that_works(live, card):

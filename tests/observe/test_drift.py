@@ -252,8 +252,9 @@ def test_a_model_served_its_own_training_rows_sees_no_drift(start_server, sink, 
 
 
 def test_without_a_sink_the_log_says_so_once_and_metrics_count_every_event(start_server, training_rows):
-    srv = start_server({"DRIFT_WINDOW": "50"})
-    send_rows(srv, training_rows[:150] * 1.7, per_request=50)  # three drifted windows
+    # no cooldown: each of three drifted windows opens an episode of its own, so three events
+    srv = start_server({"DRIFT_WINDOW": "50", "DRIFT_COOLDOWN": "0"})
+    send_rows(srv, training_rows[:150] * 1.7, per_request=50)
 
     def not_sent() -> list[str]:
         lines = requests.get(srv.url + "/metrics").text.splitlines()
