@@ -46,6 +46,13 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float | N
     return value
 
 
+def _rate(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default, minimum=0)
+    if value > 1:
+        raise ConfigError(f"{name}={env[name].strip()!r}: a rate, at most 1")
+    return value
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     raw = env.get(name, "").strip().lower() or ("1" if default else "0")
     if raw in ("1", "true", "yes", "on"):
@@ -62,6 +69,16 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     if value not in choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
     return value
+
+
+def _check_uri(uri: str, name: str) -> None:
+    """A URI prefix fsspec can open here (its scheme's backend installed)."""
+    import fsspec
+
+    try:
+        fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"{name}={uri!r}: no filesystem for it here ({exc})") from None
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -128,6 +145,19 @@ class Settings:
     shared_dir_base: str | None = None
     # Set by the server for its workers (func/server/shared_dir.py), not by the environment.
     shared_dir: str | None = None
+    # Where predictions and feedback are logged (a URI prefix through fsspec); off when unset.
+    prediction_log: str | None = None
+    # The share of prediction requests logged (batch jobs: every 1/rate-th row).
+    prediction_log_sample: float = 1.0
+    # Seconds between parts a worker writes; a part is written sooner when its rows fill
+    # a quarter of the buffer.
+    prediction_log_flush_s: float = 10.0
+    # Rows a worker holds for the log at most; past it rows are dropped and counted.
+    prediction_log_buffer: int = 100_000
+    # POST /feedback and warmstart.feedback.v1 (0 turns both off, and the recent index).
+    feedback: bool = True
+    # Rows each worker remembers to match feedback against (32 bytes each).
+    feedback_recent: int = 131_072
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +173,9 @@ class Settings:
         if drain_s >= graceful_timeout:
             # accepting until the end would leave the last requests no time to finish
             raise ConfigError(f"DRAIN_S={drain_s:g}: must be less than GRACEFUL_TIMEOUT={graceful_timeout}")
+        prediction_log = (env.get("PREDICTION_LOG") or "").strip() or None
+        if prediction_log:
+            _check_uri(prediction_log, "PREDICTION_LOG")
         return cls(
             host=env.get("HOST") or "0.0.0.0",
             port=_int(env, "PORT", 8080, minimum=1),
@@ -179,6 +212,12 @@ class Settings:
             read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),
             connection_max_age=_float(env, "CONNECTION_MAX_AGE", 5.0, minimum=0),
             shared_dir_base=env.get("SHARED_DIR") or None,
+            prediction_log=prediction_log,
+            prediction_log_sample=_rate(env, "PREDICTION_LOG_SAMPLE", 1.0),
+            prediction_log_flush_s=_float(env, "PREDICTION_LOG_FLUSH_S", 10.0, minimum=0.01),
+            prediction_log_buffer=_int(env, "PREDICTION_LOG_BUFFER", 100_000, minimum=1),
+            feedback=_flag(env, "FEEDBACK", default=True),
+            feedback_recent=_int(env, "FEEDBACK_RECENT", 131_072, minimum=1),
             metrics=_flag(env, "METRICS", default=True),
             log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
             access_log=_choice(env, "ACCESS_LOG", "on", ACCESS_LOG_CHOICES),

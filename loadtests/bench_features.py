@@ -5,6 +5,12 @@ and drift alone, and with all three off; interleaved round by round.
 
     .venv/bin/python loadtests/bench_features.py [--seconds 3] [--rounds 4] [--concurrency 32]
 
+With --truth, what ground truth costs instead: the bare stack, warmstart with everything
+on (prediction ids and the recent index included), the same with the prediction log at
+PREDICTION_LOG_SAMPLE=1.0 (Parquet parts in a temporary folder), with FEEDBACK=0, and a
+one-label POST /feedback against the same server with everything on. Writes
+loadtests/results/truth.json.
+
 Besides req/s it reports the servers' CPU time per request (user + system of the whole
 process tree, read from /proc before and after each wrk run): a steadier figure than
 req/s on a machine where wrk and the servers share the cores, and the one to compare
@@ -15,11 +21,16 @@ Writes loadtests/results/features.json.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import requests
 
 LOADTESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(LOADTESTS))
@@ -37,11 +48,38 @@ VARIANTS = {
 }
 
 
-def servers() -> dict[str, bench.System]:
+# One label per request, for a row the server answered when the run started; its later
+# copies are matched and not scored again, as a broker's retries are.
+FEEDBACK_BODY = json.dumps({"feedback": [{"id": "bench-1", "label": 1}]})
+
+
+def answered_bench_1(url: str) -> None:
+    """The row the feedback run labels, answered (another worker may still be loading:
+    503 with Retry-After until it has)."""
+    deadline = time.monotonic() + 60
+    while requests.post(url, json={"id": "bench-1", "features": bench.row()}, timeout=10).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}: no prediction within 60 s")
+        time.sleep(0.1)
+
+
+def servers(truth: bool, log_dir: str) -> dict[str, bench.System]:
     found = {"bare Flask + onnxruntime": bench.systems()["bare Flask + onnxruntime"]}
     base = bench.systems()["warmstart"]
-    for name, env in VARIANTS.items():
+    variants = (
+        {
+            "everything on": {},
+            "everything on, prediction log at 1.0": {"PREDICTION_LOG": log_dir, "PREDICTION_LOG_SAMPLE": "1"},
+            "everything on, FEEDBACK=0": {"FEEDBACK": "0"},
+        }
+        if truth
+        else VARIANTS
+    )
+    for name, env in variants.items():
         found[f"warmstart, {name}"] = bench.System(f"warmstart, {name}", base.cmd, {**base.env, **env})
+    if truth:
+        name = "warmstart, POST /feedback (one label)"
+        found[name] = bench.System(name, base.cmd, base.env, path="/feedback", body=FEEDBACK_BODY)
     return found
 
 
@@ -59,15 +97,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--out", type=Path, default=LOADTESTS / "results" / "features.json")
+    parser.add_argument("--truth", action="store_true", help="what ground truth costs (see above)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    args.out = args.out or LOADTESTS / "results" / ("truth.json" if args.truth else "features.json")
     bench.ensure_prerequisites()
-    systems = servers()
+    log_dir = tempfile.mkdtemp(prefix="warmstart-bench-log-")
+    systems = servers(args.truth, log_dir)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
     try:
         bodies = {}
         for name, system in systems.items():
             system.start()
+            if system.path == "/feedback":
+                answered_bench_1(system.url.replace("/feedback", "/predict"))
             bodies[name] = Path(tempfile.mkstemp(suffix=".json")[1])
             bodies[name].write_text(system.body)
         for r in range(args.rounds):
@@ -83,6 +126,7 @@ def main() -> int:
     finally:
         for system in systems.values():
             system.stop()
+        shutil.rmtree(log_dir, ignore_errors=True)
     bare = statistics.median(rps for rps, _ in samples["bare Flask + onnxruntime"])
     summary = {}
     print(f"\nc={args.concurrency}, medians of {args.rounds} rounds of {args.seconds:g} s")

@@ -5,7 +5,7 @@
 
 The picture is never drawn by hand: grimp reads every import of the package (lazy ones
 inside functions too), each module is folded into its wing (a subpackage of func/; "entry" for the
-modules `python -m` runs at the top, func/__main__.py and func/smoke.py; "root" for
+modules `python -m` runs at the top, func/__main__.py, func/smoke.py and func/dataset.py; "root" for
 config, errors, cpus and process), and an arrow A -> B
 means some module of A imports some module of B; its label is how many such imports.
 """
@@ -26,7 +26,7 @@ PICTURE = ROOT / "docs" / "architecture.png"
 BEGIN, END = "<!-- wings graph: made by scripts/architecture.py -->", "<!-- end of wings graph -->"
 
 # Rows of the picture, top to bottom: the serving path, then the jobs beside it.
-ENTRY_MODULES = {"func.__main__", "func.smoke"}
+ENTRY_MODULES = {"func.__main__", "func.smoke", "func.dataset"}
 ROWS = [["entry"], ["server"], ["api"], ["batch", "observe", "explain"], ["codecs"], ["model"], ["root"]]
 JOBS = ["retrain", "rollout"]
 

@@ -47,3 +47,20 @@ def test_bad_values_name_the_variable(env, message):
     with pytest.raises(ConfigError) as info:
         Settings.from_env(env)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PREDICTION_LOG_SAMPLE": "1.5"}, "PREDICTION_LOG_SAMPLE='1.5': a rate, at most 1"),
+        ({"PREDICTION_LOG_SAMPLE": "-0.1"}, "PREDICTION_LOG_SAMPLE='-0.1': must be at least 0"),
+        ({"PREDICTION_LOG_BUFFER": "0"}, "PREDICTION_LOG_BUFFER='0': must be at least 1"),
+        ({"PREDICTION_LOG": "nosuchscheme://bucket/log"}, "PREDICTION_LOG='nosuchscheme://bucket/log': no filesystem"),
+        ({"FEEDBACK": "maybe"}, "FEEDBACK='maybe': expected 0 or 1"),
+        ({"FEEDBACK_RECENT": "x"}, "FEEDBACK_RECENT='x': expected a whole number"),
+    ],
+)
+def test_ground_truth_settings_name_the_variable(env, message):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value).startswith(message)

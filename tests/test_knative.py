@@ -180,6 +180,7 @@ def test_triggers_follow_the_eventing_webhook_rules():
     triggers = [d for d in docs if d["kind"] == "Trigger"]
     assert sorted(t["spec"]["filter"]["attributes"]["type"] for t in triggers) == [
         "warmstart.batch.v1",
+        "warmstart.feedback.v1",
         "warmstart.predict.v1",
     ]
     for owner in [d for d in docs if d["kind"] in ("Trigger", "Broker")]:

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def on_loaded(model: Model, seconds: float) -> None:
         card = model.card
         metrics.bind_model(card.name, card.version, model.sha256, model.card_version)
+        serving.watch(model)
         if settings.drift:
             serving.drift = Drift(
                 card,
@@ -140,15 +141,19 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def predict() -> Response:
         body = serving.json_bytes()
         model = state.model
-        rows, single = codecs.decode_predict_body(body, model.card, settings.max_rows)
-        return respond(codecs.prediction_body(serving.predict(model, rows), model.card, single))
+        rows, single, request_id = codecs.decode_predict_body(body, model.card, settings.max_rows)
+        return respond(codecs.prediction_body(serving.predict(model, rows, request_id), model.card, single))
 
     @app.post("/v1/models/<model:name>:predict")
     def v1_predict(name: str) -> Response:
         body = serving.json_bytes()
         model = serving.model_named(name)
-        rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
-        return respond({"predictions": serving.predict(model, rows).labels})
+        rows, request_id = codecs.decode_v1_body(body, model.card, settings.max_rows)
+        return respond({"predictions": serving.predict(model, rows, request_id).labels})
+
+    @app.post("/feedback")
+    def feedback() -> Response:
+        return respond(serving.take_feedback(codecs.parse_json(serving.json_bytes())))
 
     explainers = Explainers()
 
@@ -156,7 +161,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def explain_rows() -> Response:
         body = serving.json_bytes()
         model = state.model
-        rows, _ = codecs.decode_predict_body(body, model.card, settings.max_rows)
+        rows, _, _ = codecs.decode_predict_body(body, model.card, settings.max_rows)
         prediction, explanation = explainers.explain(model, rows, serving.predict)
         return respond(explanation_body(explanation, prediction, model.card))
 
@@ -170,7 +175,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     def v1_explain(name: str) -> Response:
         body = serving.json_bytes()
         model = serving.model_named(name)
-        rows = codecs.decode_v1_body(body, model.card, settings.max_rows)
+        rows, _ = codecs.decode_v1_body(body, model.card, settings.max_rows)
         prediction, explanation = explainers.explain(model, rows, serving.predict)
         answer = explanation_body(explanation, prediction, model.card)
         return respond({"predictions": prediction.labels, **answer})

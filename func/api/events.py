@@ -28,6 +28,8 @@ PREDICT = "warmstart.predict.v1"
 PREDICTION = "warmstart.prediction.v1"
 BATCH = "warmstart.batch.v1"
 BATCH_COMPLETED = "warmstart.batch.completed.v1"
+FEEDBACK = "warmstart.feedback.v1"
+FEEDBACK_ACCEPTED = "warmstart.feedback.accepted.v1"
 STRUCTURED = "application/cloudevents+json"
 BATCHED = "application/cloudevents-batch+json"
 SPECVERSION = "1.0"
@@ -80,8 +82,12 @@ class EventHandler:
             reply_type, data = PREDICTION, self._predict(event.data)
         elif kind == BATCH:
             reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
+        elif kind == FEEDBACK:
+            reply_type, data = FEEDBACK_ACCEPTED, self.serving.take_feedback(event.data)
         else:
-            raise UnknownEventType(f"event type {kind!r} is not handled here; send {PREDICT!r} or {BATCH!r}")
+            raise UnknownEventType(
+                f"event type {kind!r} is not handled here; send {PREDICT!r}, {BATCH!r} or {FEEDBACK!r}"
+            )
         return self._reply(event, reply_type, data, record)
 
     def _parse(self) -> CloudEvent:
@@ -112,8 +118,8 @@ class EventHandler:
 
     def _predict(self, data: Any) -> dict[str, Any]:
         model = self.serving.state.model
-        rows, single = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
-        return codecs.prediction_body(self.serving.predict(model, rows), model.card, single)
+        rows, single, request_id = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
+        return codecs.prediction_body(self.serving.predict(model, rows, request_id), model.card, single)
 
     def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
@@ -121,11 +127,16 @@ class EventHandler:
         if not self._batch_slot.acquire(blocking=False):
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=5)
         metrics = self.serving.metrics
+        prediction_id = self.serving.batch_id(event_id)
+
+        def observe(first_row: int, rows: Any, prediction: Any) -> None:
+            self.serving.observe_batch(prediction_id, first_row, rows, prediction)
+
         started = time.perf_counter()
         try:
             settings = self.serving.settings
             result = batch.run_job(
-                job, model, settings.batch_allow, event_id, self.serving.observe_batch, settings.batch_progress_s
+                job, model, settings.batch_allow, event_id, observe, settings.batch_progress_s, prediction_id
             )
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)
@@ -133,8 +144,8 @@ class EventHandler:
         finally:
             self._batch_slot.release()
         metrics.batch_job("completed", result["rows"])
-        self.serving.record_model_call(started, result["rows"])
-        return result
+        self.serving.record_model_call(started, result["rows"], prediction_id)
+        return {**result, "prediction_id": prediction_id}
 
     def _reply(self, event: CloudEvent, reply_type: str, data: dict[str, Any], record: Any) -> Response:
         attributes = {"type": reply_type, "source": self.serving.settings.ce_source, "causationid": event["id"]}

@@ -95,6 +95,94 @@ _DRIFT = {
 }
 
 
+# Every answer of a request that predicted names its prediction id.
+_PREDICTION_ID_HEADER = {
+    "X-Prediction-Id": {
+        "description": "the prediction's id: the request's `id` when it sent one, else a new one; row r of a "
+        "request of several rows is `<id>/<r>`. Quote it in POST /feedback.",
+        "schema": {"type": "string"},
+    }
+}
+_REQUEST_ID = {
+    "anyOf": [
+        {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+        {"type": "integer"},
+    ],
+    "description": "the client's own id for this request (an order number), the prediction id; "
+    "row r of several is then `<id>/<r>`. A new one is made when absent.",
+}
+
+
+def _feedback_schemas(card: ModelCard | None) -> dict[str, Any]:
+    """The body of POST /feedback (and of warmstart.feedback.v1) and its answer."""
+    if card is None:
+        label: dict[str, Any] = {"description": "the true class, or a regressor's true value"}
+    elif card.is_classifier:
+        label = {"enum": list(card.class_labels), "description": "the true class: one of the model's classes"}
+    else:
+        label = {
+            "type": "number",
+            "minimum": -1.7976931348623157e308,
+            "maximum": 1.7976931348623157e308,
+            "description": "the true value",
+        }
+    one = {
+        "type": "object",
+        "required": ["id", "label"],
+        "properties": {
+            "id": {
+                "anyOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}],
+                "description": "a prediction id (X-Prediction-Id), or `<id>/<r>` for row r of a request of several",
+            },
+            "label": label,
+        },
+    }
+    return {
+        "FeedbackLabel": one,
+        "FeedbackRequest": {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "required": ["feedback"],
+                    "properties": {
+                        "feedback": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"$ref": "#/components/schemas/FeedbackLabel"},
+                        }
+                    },
+                },
+                {"$ref": "#/components/schemas/FeedbackLabel"},
+            ]
+        },
+        "FeedbackResponse": {
+            "type": "object",
+            "required": ["accepted", "matched", "unmatched"],
+            "properties": {
+                "accepted": {"type": "integer", "description": "labels taken (and logged, with PREDICTION_LOG)"},
+                "matched": {"type": "integer", "description": "labels of predictions this pod made recently"},
+                "unmatched": {"type": "integer", "description": "labels of predictions this pod does not know"},
+            },
+        },
+    }
+
+
+_FEEDBACK_OP = {
+    "post": {
+        "summary": "The true outcome of earlier predictions: labels by prediction id, scored into live accuracy "
+        "on /metrics and stored in the prediction log. Authentication belongs to the platform.",
+        "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/FeedbackRequest"})},
+        "responses": {
+            "200": {"description": "Labels taken", **_json({"$ref": "#/components/schemas/FeedbackResponse"})},
+            **_ERRORS,
+            "404": _error("Feedback is off here (FEEDBACK=0)"),
+            "413": _error("Body larger than MAX_REQUEST_BYTES or more labels than MAX_ROWS"),
+            "422": _error("A label that is not a class of the model or of the wrong type, or an id that is not one"),
+        },
+    }
+}
+
+
 def _predict_op(
     summary: str,
     request_ref: str,
@@ -106,7 +194,11 @@ def _predict_op(
         "summary": summary,
         "requestBody": {"required": True, **_json({"$ref": f"#/components/schemas/{request_ref}"})},
         "responses": {
-            "200": {"description": "Predictions", **_json({"$ref": f"#/components/schemas/{response_ref}"})},
+            "200": {
+                "description": "Predictions",
+                "headers": _PREDICTION_ID_HEADER,
+                **_json({"$ref": f"#/components/schemas/{response_ref}"}),
+            },
             **_ERRORS,
             **(extra_responses or {}),
         },
@@ -123,7 +215,7 @@ _CE_HEADERS = {
     "ce-specversion": "CloudEvents version, 1.0; binary mode when present",
     "ce-id": "event id (required in binary mode); a batch job's output is written once per id",
     "ce-source": "event source, a URI-reference (required in binary mode)",
-    "ce-type": "warmstart.predict.v1 or warmstart.batch.v1 (required in binary mode)",
+    "ce-type": "warmstart.predict.v1, warmstart.batch.v1 or warmstart.feedback.v1 (required in binary mode)",
     "ce-subject": "echoed in the reply",
     "ce-time": "RFC 3339 timestamp",
     "traceparent": "W3C trace context, passed on to the reply",
@@ -149,6 +241,7 @@ _BATCH_COMPLETED = {
         "rows": {"type": "integer"},
         "duration_s": {"type": "number"},
         "model": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+        "prediction_id": {"type": "string", "description": "row r of the output is `<prediction_id>/<r>`"},
     },
 }
 
@@ -178,15 +271,27 @@ def _envelope(data: dict[str, Any], types: list[str]) -> dict[str, Any]:
 def _root_op() -> dict[str, Any]:
     """POST /: a prediction like /predict, or a CloudEvent in either mode."""
     # anyOf, not oneOf: an event's type, not its data, says which of the two it is
-    data = {"anyOf": [{"$ref": "#/components/schemas/PredictRequest"}, _BATCH_JOB]}
-    reply_data = {"anyOf": [{"$ref": "#/components/schemas/PredictResponse"}, _BATCH_COMPLETED]}
+    data = {
+        "anyOf": [
+            {"$ref": "#/components/schemas/PredictRequest"},
+            _BATCH_JOB,
+            {"$ref": "#/components/schemas/FeedbackRequest"},
+        ]
+    }
+    reply_data = {
+        "anyOf": [
+            {"$ref": "#/components/schemas/PredictResponse"},
+            _BATCH_COMPLETED,
+            {"$ref": "#/components/schemas/FeedbackResponse"},
+        ]
+    }
     reply_headers = {
         name: {"description": f"binary-mode replies: {text}", "schema": {"type": "string"}}
         for name, text in (
             ("ce-specversion", "1.0"),
             ("ce-id", "a new id"),
             ("ce-source", "CE_SOURCE"),
-            ("ce-type", "warmstart.prediction.v1 or warmstart.batch.completed.v1"),
+            ("ce-type", "warmstart.prediction.v1, warmstart.batch.completed.v1 or warmstart.feedback.accepted.v1"),
             ("ce-causationid", "the request's id"),
             ("ce-subject", "the request's subject"),
         )
@@ -195,7 +300,8 @@ def _root_op() -> dict[str, Any]:
         "post": {
             "summary": "Same as POST /predict; or a CloudEvent: warmstart.predict.v1 (data: the bodies of "
             "/predict) -> warmstart.prediction.v1 (data: the answer of /predict), warmstart.batch.v1 (data: "
-            "input and output URIs) -> warmstart.batch.completed.v1. The reply uses the request's mode.",
+            "input and output URIs) -> warmstart.batch.completed.v1, warmstart.feedback.v1 (data: the body of "
+            "/feedback) -> warmstart.feedback.accepted.v1. The reply uses the request's mode.",
             "description": "A CloudEvent comes in binary mode (ce-* headers, the data as a JSON body) or "
             "structured mode (application/cloudevents+json, the whole event as JSON). Binary-mode attributes "
             "come all together or not at all, which header parameters cannot say: a request with some of them "
@@ -209,7 +315,9 @@ def _root_op() -> dict[str, Any]:
                 "content": {
                     "application/json": {"schema": data},
                     "application/cloudevents+json": {
-                        "schema": _envelope(data, ["warmstart.predict.v1", "warmstart.batch.v1"])
+                        "schema": _envelope(
+                            data, ["warmstart.predict.v1", "warmstart.batch.v1", "warmstart.feedback.v1"]
+                        )
                     },
                 },
             },
@@ -217,11 +325,18 @@ def _root_op() -> dict[str, Any]:
                 "200": {
                     "description": "Predictions, or the reply event (binary: ce-* headers and the data as "
                     "the body; structured: the whole event)",
-                    "headers": reply_headers,
+                    "headers": {**reply_headers, **_PREDICTION_ID_HEADER},
                     "content": {
                         "application/json": {"schema": reply_data},
                         "application/cloudevents+json": {
-                            "schema": _envelope(reply_data, ["warmstart.prediction.v1", "warmstart.batch.completed.v1"])
+                            "schema": _envelope(
+                                reply_data,
+                                [
+                                    "warmstart.prediction.v1",
+                                    "warmstart.batch.completed.v1",
+                                    "warmstart.feedback.accepted.v1",
+                                ],
+                            )
                         },
                     },
                 },
@@ -249,7 +364,11 @@ def _explain_op(summary: str, request_ref: str, response_ref: str, extra: dict[s
             "summary": summary,
             "requestBody": {"required": True, **_json({"$ref": f"#/components/schemas/{request_ref}"})},
             "responses": {
-                "200": {"description": "Explanations", **_json({"$ref": f"#/components/schemas/{response_ref}"})},
+                "200": {
+                    "description": "Explanations",
+                    "headers": _PREDICTION_ID_HEADER,
+                    **_json({"$ref": f"#/components/schemas/{response_ref}"}),
+                },
                 **_ERRORS,
                 "413": too_many,
                 "501": _error("The served model cannot be explained (a card without training means)"),
@@ -346,7 +465,11 @@ def _v2_paths(name_param: dict[str, Any], version_param: dict[str, Any]) -> dict
                 "parameters": params,
                 "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/V2InferRequest"})},
                 "responses": {
-                    "200": {"description": "Outputs", **_json({"$ref": "#/components/schemas/V2InferResponse"})},
+                    "200": {
+                        "description": "Outputs",
+                        "headers": _PREDICTION_ID_HEADER,
+                        **_json({"$ref": "#/components/schemas/V2InferResponse"}),
+                    },
                     **{code: v2_error for code in ("400", "404", "413", "415", "503")},
                 },
             }
@@ -392,6 +515,7 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                 )
             },
             "/": _root_op(),
+            "/feedback": _FEEDBACK_OP,
             "/v1/models/{name}:predict": {
                 "post": _predict_op("KServe V1 predict", "V1Request", "V1Response", [name_param], not_found)
             },
@@ -448,15 +572,20 @@ def document(card: ModelCard | None) -> dict[str, Any]:
         "components": {
             "schemas": {
                 "Drift": _DRIFT,
+                **_feedback_schemas(card),
                 "PredictRequest": {
                     "oneOf": [
-                        {"type": "object", "required": ["instances"], "properties": {"instances": instances}},
+                        {
+                            "type": "object",
+                            "required": ["instances"],
+                            "properties": {"instances": instances, "id": _REQUEST_ID},
+                        },
                         {
                             "type": "object",
                             "required": ["features"],
                             # with both fields, `instances` is what is read
                             "not": {"required": ["instances"]},
-                            "properties": {"features": {"oneOf": [row, named_row]}},
+                            "properties": {"features": {"oneOf": [row, named_row]}, "id": _REQUEST_ID},
                         },
                     ]
                 },
@@ -476,7 +605,11 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                         },
                     },
                 },
-                "V1Request": {"type": "object", "required": ["instances"], "properties": {"instances": instances}},
+                "V1Request": {
+                    "type": "object",
+                    "required": ["instances"],
+                    "properties": {"instances": instances, "id": _REQUEST_ID},
+                },
                 "V1Response": {
                     "type": "object",
                     "required": ["predictions"],
@@ -497,7 +630,11 @@ def document(card: ModelCard | None) -> dict[str, Any]:
                     "type": "object",
                     "required": ["inputs"],
                     "properties": {
-                        "id": {"type": "string"},
+                        "id": {
+                            "type": "string",
+                            "description": "echoed; also the prediction id when it is one (1 to 128 letters, "
+                            "digits, '.', '_', ':' or '-'), else the server makes one",
+                        },
                         "parameters": {"type": "object"},
                         "inputs": {
                             "type": "array",

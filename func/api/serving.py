@@ -1,8 +1,19 @@
-"""What every route module shares: settings, serving state, and the one way to read a
-JSON body and write a JSON response (with the X-Model-* headers)."""
+"""What every route module shares: settings, serving state, the one predict call, and
+the one way to read a JSON body and write a JSON response (with the X-Model-* headers).
+
+Every prediction gets its id here, in the one predict call: the client's own request id
+when it sent one, else a new one (16 random hex digits per process, then a counter).
+Row r of a request of several rows is `<id>/<r>`. The id goes out in the
+`X-Prediction-Id` header of whatever answer the request gets, into the prediction log
+and into the pod's recent-prediction index, against which feedback is scored.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import os
+import secrets
 import time
 from typing import Any
 
@@ -10,15 +21,18 @@ import numpy as np
 from flask import Response, request
 
 from ..codecs import rows as codecs
+from ..codecs.feedback import decode_feedback
 from ..config import Settings
-from ..errors import NotFound, UnsupportedMediaType, body_too_large
+from ..errors import NotFound, NotReady, UnsupportedMediaType, WarmstartError, body_too_large
 from ..model.batching import Batcher
 from ..model.card import CardError, check_identity
 from ..model.runtime import Model, Prediction
 from ..model.state import ServingState
 from ..observe.drift import Drift
-from ..observe.metrics import Metrics
+from ..observe.metrics import FeedbackScores, Metrics
 from ..observe.observer import current
+from ..observe.prediction_log import PredictionLog, split_id
+from ..observe.recent import RecentPredictions
 from ..observe.tracing import Tracing
 
 # Of a batch job's chunk of 65,536 rows, drift sees about this many (1.5%).
@@ -44,6 +58,15 @@ class Serving:
         self.metrics = metrics
         self.tracing = Tracing()
         self.drift: Drift | None = None
+        # Set when the model has loaded (func/api/app.py), by the settings.
+        self.log: PredictionLog | None = None
+        self.recent: RecentPredictions | None = None
+        self.scores: FeedbackScores | None = None
+        self._codes: Any = None
+        self._id_prefix = ""
+        self._id_counter: Any = None
+        self._new_id_sequence()
+        os.register_at_fork(after_in_child=self._new_id_sequence)
         self._static_headers = {"X-Revision": settings.k_revision} if settings.k_revision else {}
         self._loaded_headers: dict[str, str] | None = None
         self._batcher: Batcher | None = None
@@ -73,36 +96,70 @@ class Serving:
         return {"error": {"code": code, "message": message}}
 
     def respond(self, body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-        """A JSON response carrying the model headers."""
+        """A JSON response carrying the model headers (and the request's prediction id)."""
         all_headers = {**self.model_headers(), **headers} if headers else self.model_headers()
+        record = current()
+        if record is not None and record.prediction_id is not None:
+            all_headers = {**all_headers, "X-Prediction-Id": record.prediction_id}
         return Response(codecs.dump_json(body), status, all_headers, mimetype="application/json")
 
     def respond_bytes(self, body: bytes | str, headers: dict[str, str]) -> Response:
         """A response whose body and Content-Type the caller already encoded (a reply event)."""
+        record = current()
+        if record is not None and record.prediction_id is not None:
+            headers = {**headers, "X-Prediction-Id": record.prediction_id}
         return Response(body, 200, {**self.model_headers(), **headers})
 
-    def predict(self, model: Model, rows: np.ndarray) -> Prediction:
+    def predict(self, model: Model, rows: np.ndarray, request_id: str | None = None) -> Prediction:
         """The one model call of every request, coalesced with concurrent ones when
-        ADAPTIVE_BATCH_ROWS is set; the request's record gets its rows and timing."""
+        ADAPTIVE_BATCH_ROWS is set. The request gets its prediction id (`request_id`, the
+        client's, or a new one); its record gets the id, its rows and timing."""
         started = time.perf_counter()
         prediction = self._call(model, rows)
+        prediction_id = request_id or self.new_id()
         drift = self.drift
         if drift is not None:
             drift.add(rows, prediction)
-        self.record_model_call(started, len(rows))
+        self.record_model_call(started, len(rows), prediction_id)
+        if self.recent is not None:
+            self.recent.add(prediction_id, self._codes(prediction.labels))
+        if self.log is not None:
+            self.log.predictions(prediction_id, rows, prediction)
         return prediction
 
-    def record_model_call(self, started: float, rows: int) -> None:
+    def record_model_call(self, started: float, rows: int, prediction_id: str | None = None) -> None:
         """The request's record (access log, metrics, trace) gets the rows and timing of
-        its model call, which started at `started`: a predict call, or a whole batch job."""
+        its model call, which started at `started`: a predict call, or a whole batch job;
+        and the prediction id its answer names."""
         record = current()
         if record is not None:
             record.infer_start, record.infer_end = started, time.perf_counter()
             record.rows += rows
+            if prediction_id is not None:
+                record.prediction_id = prediction_id
 
-    def observe_batch(self, rows: np.ndarray, prediction: Prediction) -> None:
-        """A batch job's chunk: drift sees every k-th row, BATCH_DRIFT_ROWS of a chunk at
-        most, so one large job does not fill the pod's drift windows by itself."""
+    def new_id(self) -> str:
+        """A prediction id no other process makes: its own random prefix, then a count."""
+        return f"{self._id_prefix}-{next(self._id_counter):x}"
+
+    def _new_id_sequence(self) -> None:
+        """A process's own prefix; a forked child makes its own (os.register_at_fork)."""
+        self._id_prefix, self._id_counter = secrets.token_hex(8), itertools.count(1)
+
+    def batch_id(self, event_id: str) -> str:
+        """A batch job's prediction id, its rows `<id>/<r>`: the event's id when it is a
+        valid request id, else a digest of it. A re-delivered job gets the same ids."""
+        try:
+            return codecs.request_id(event_id) or ""
+        except WarmstartError:
+            return "batch-" + hashlib.sha256(event_id.encode()).hexdigest()[:24]
+
+    def observe_batch(self, job_id: str, first_row: int, rows: np.ndarray, prediction: Prediction) -> None:
+        """A batch job's chunk: the log gets every k-th row (PREDICTION_LOG_SAMPLE); drift
+        sees every k-th row, BATCH_DRIFT_ROWS of a chunk at most, so one large job does
+        not fill the pod's drift windows by itself."""
+        if self.log is not None:
+            self.log.batch_chunk(job_id, first_row, rows, prediction)
         drift = self.drift
         if drift is None:
             return
@@ -110,6 +167,50 @@ class Serving:
         if step > 1:
             rows, prediction = rows[::step], Prediction(np.asarray(prediction.labels)[::step], None)
         drift.add(rows, prediction)
+
+    def watch(self, model: Model) -> None:
+        """Once the model has loaded: the prediction log, the recent index and the
+        feedback scores, as the settings ask."""
+        settings, card = self.settings, model.card
+        if settings.prediction_log:
+            self.log = PredictionLog(
+                settings.prediction_log,
+                card,
+                model.sha256,
+                settings.k_revision,
+                settings.prediction_log_sample,
+                settings.prediction_log_buffer,
+                settings.prediction_log_flush_s,
+                self.metrics.log_rows,
+            )
+        if settings.feedback:
+            self._codes = _answer_codes(card.class_labels if card.is_classifier else None)
+            self.scores = FeedbackScores(
+                settings.shared_dir, card.class_labels if card.is_classifier else None, self.metrics.model_labels
+            )
+            self.metrics.add_collector(self.scores)
+            self.recent = RecentPredictions(settings.shared_dir, settings.feedback_recent)
+
+    def take_feedback(self, body: Any) -> dict[str, int]:
+        """Score labels against this pod's recent answers, count them, and log them."""
+        if not self.settings.feedback:
+            raise NotFound("feedback is off here (FEEDBACK=0)")
+        model = self.state.model
+        if self.recent is None or self.scores is None:
+            raise NotReady(self.state.not_ready_reason())
+        feedback = decode_feedback(body, model.card, self.settings.max_rows)
+        request_ids, rows = zip(*map(split_id, feedback.ids))
+        matched, answers, first = self.recent.match(list(request_ids), list(rows), feedback.codes)
+        self.scores.add(matched, answers, feedback.codes, first)
+        if self.log is not None:
+            self.log.feedback(feedback.ids, feedback.labels, matched)
+        found = int(matched.sum())
+        return {"accepted": len(feedback.ids), "matched": found, "unmatched": len(feedback.ids) - found}
+
+    def close(self) -> None:
+        """The worker's last step: write what the prediction log holds."""
+        if self.log is not None:
+            self.log.close()
 
     def _call(self, model: Model, rows: np.ndarray) -> Prediction:
         rows_limit = self.settings.adaptive_batch_rows
@@ -155,3 +256,12 @@ class Serving:
         if version is not None and version != card.version:
             raise NotFound(f"model {name!r} has no version {version!r}; this server serves version {card.version!r}")
         return model
+
+
+def _answer_codes(class_labels: tuple[Any, ...] | None) -> Any:
+    """labels -> what the recent index keeps: a class's index in the card (-1 for a label
+    the card does not list), or a regressor's value. Lists: one row is the common case."""
+    if class_labels is None:
+        return lambda labels: np.asarray(labels, dtype=np.float64).reshape(-1).tolist()
+    index = {c: float(i) for i, c in enumerate(class_labels)}
+    return lambda labels: [index.get(v, -1.0) for v in np.asarray(labels).reshape(-1).tolist()]

@@ -196,6 +196,15 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
+def _request_id(header: dict[str, Any]) -> str | None:
+    """The request's `id` as its prediction id, when it is one (letters, digits, . _ : -);
+    else the server makes one, and the answer's header names it."""
+    try:
+        return codecs.request_id(header.get("id") or None)
+    except WarmstartError:
+        return None
+
+
 def encode_infer(header: dict, prediction: Prediction, model: Model) -> tuple[bytes, dict[str, str]]:
     """The response body and its extra headers: JSON, or a JSON header plus raw tensors."""
     available = {name: (dtype, value) for (name, dtype, _), value in zip(_output_specs(model), _values(prediction))}
@@ -324,7 +333,7 @@ def register(app: Flask, serving: Serving) -> None:
         body = serving.body_bytes()
         model = serving.model_named(name, version)
         header, rows = decode_infer(body, header_length, model, serving.settings.max_rows)
-        payload, headers = encode_infer(header, serving.predict(model, rows), model)
+        payload, headers = encode_infer(header, serving.predict(model, rows, _request_id(header)), model)
         return serving.respond_bytes(payload, headers)
 
     app.register_blueprint(v2)

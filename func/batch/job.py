@@ -32,7 +32,8 @@ from ..model.card import ModelCard
 from ..model.runtime import Model, Prediction
 from . import partials
 
-Observe = Callable[[np.ndarray, Prediction], None]
+# (the chunk's first row in the job, its rows, their predictions)
+Observe = Callable[[int, np.ndarray, Prediction], None]
 
 FORMATS = ("csv", "jsonl", "parquet")
 _EXTENSIONS = {
@@ -125,15 +126,18 @@ def run_job(
     job_id: str,
     observe: Observe | None = None,
     progress_s: float = 5.0,
+    prediction_id: str | None = None,
 ) -> dict[str, Any]:
     """Run a batch job and return the completion event's data; `observe` sees each
-    chunk's rows and predictions (drift takes a sample of them). The log says when the
-    job starts, every `progress_s` seconds how far it is, and how it ended."""
+    chunk's rows and predictions (drift and the prediction log take a sample of them). The
+    log says when the job starts, every `progress_s` seconds how far it is, and how it
+    ended. With `prediction_id`, the output has a `prediction_id` column: `<id>/<r>` for
+    row r."""
     started = time.perf_counter()
     log.info("batch job %s started: %s -> %s", job_id, job.input, job.output)
     progress = _Progress(job_id, started, progress_s)
     try:
-        result = _run(job, model, allow, job_id, observe, progress)
+        result = _run(job, model, allow, job_id, observe, progress, prediction_id)
     except Exception as exc:
         log.warning(
             "batch job %s failed after %d rows in %.2f s: %s",
@@ -178,7 +182,13 @@ class _Progress:
 
 
 def _run(
-    job: BatchJob, model: Model, allow: tuple[str, ...], job_id: str, observe: Observe | None, progress: _Progress
+    job: BatchJob,
+    model: Model,
+    allow: tuple[str, ...],
+    job_id: str,
+    observe: Observe | None,
+    progress: _Progress,
+    prediction_id: str | None,
 ) -> dict[str, Any]:
     started = progress.started
     source = resolve_allowed(job.input, allow, "input")
@@ -213,7 +223,9 @@ def _run(
                     # Parsing text costs about what inference does, so it keeps a core and
                     # inference takes the other; Parquet decodes cheaply, so inference takes both.
                     one_thread = input_format != "parquet"
-                    rows = _predict_all(chunks, model, job.input, writer, one_thread, observe, progress.add)
+                    rows = _predict_all(
+                        chunks, model, job.input, writer, one_thread, observe, progress.add, prediction_id
+                    )
                 finally:
                     writer.close()
             out_fs.mv(partial, out_path)
@@ -248,6 +260,7 @@ def _predict_all(
     one_thread: bool,
     observe: Observe | None,
     written: Callable[[int], None],
+    prediction_id: str | None,
 ) -> int:
     """Predict and write every chunk, telling `written` each chunk's rows; returns the
     row count.
@@ -264,7 +277,7 @@ def _predict_all(
         pending: Future[Any] | None = None
         try:
             for chunk in chunks:
-                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe)
+                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe, prediction_id)
                 rows += chunk.num_rows
                 if pending is not None:
                     _write(writer, pending.result(), written)
@@ -440,11 +453,19 @@ def _csv_batches(stream: Any, features: tuple[str, ...] | list[str]) -> tuple[It
 
 
 def _predict_chunk(
-    chunk: Any, model: Model, uri: str, first_row: int, one_thread: bool, observe: Observe | None
+    chunk: Any,
+    model: Model,
+    uri: str,
+    first_row: int,
+    one_thread: bool,
+    observe: Observe | None,
+    prediction_id: str | None,
 ) -> Any:
     """Predict a record batch; the output keeps every non-feature column (ids, keys)
-    and adds `prediction` and, for classifiers, one `probability_<class>` per class."""
+    and adds `prediction_id` (when the job has one), `prediction` and, for classifiers,
+    one `probability_<class>` per class."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     card = model.card
     names = chunk.schema.names
@@ -452,9 +473,12 @@ def _predict_chunk(
     rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
     prediction = model.predict(rows, one_thread=one_thread)
     if observe is not None:
-        observe(rows, prediction)
+        observe(first_row, rows, prediction)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
+    if prediction_id is not None:
+        numbers = pc.cast(pa.array(np.arange(first_row, first_row + len(rows))), pa.string())
+        out["prediction_id"] = pc.binary_join_element_wise(pa.scalar(f"{prediction_id}/"), numbers, pa.scalar(""))
     out["prediction"] = pa.array(prediction.labels)
     if prediction.probabilities is not None:
         for j, label in enumerate(card.class_labels or range(prediction.probabilities.shape[1])):

@@ -33,11 +33,19 @@ _PARSER_LOCK = threading.Lock()
 
 def rows_array(body: bytes, key: str, n_features: int, max_rows: int) -> np.ndarray | None:
     """The rows under `key` as a float64 array of shape (n, n_features), or None."""
+    found = rows_and_field(body, key, n_features, max_rows, "id")
+    return None if found is None else found[0]
+
+
+def rows_and_field(body: bytes, key: str, n_features: int, max_rows: int, field: str) -> tuple[np.ndarray, Any] | None:
+    """`rows_array`, and the value of the body's `field` beside them (None when absent)."""
     if len(body) < MIN_BYTES:
         return None
     try:
         with _PARSER_LOCK:
-            return _rows(_PARSER.parse(body), body, key, n_features, max_rows)
+            doc = _PARSER.parse(body)
+            rows = _rows(doc, body, key, n_features, max_rows)
+            return None if rows is None else (rows, _python(doc.get(field)))
     # ValueError: not JSON (NaN literals too); RuntimeError: an integer past 64 bits;
     # TypeError: a value that is not a number
     except (ValueError, RuntimeError, TypeError):

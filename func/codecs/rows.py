@@ -374,50 +374,71 @@ def prediction_body(prediction: Prediction, card: ModelCard, single: bool = Fals
     return body
 
 
-def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool]:
-    """The own API's three shapes -> (rows, whether it was a single `features` row)."""
+# A client's own request id: what it may quote later (an order number). Row r of the
+# request is then `<id>/<r>`, so an id holds no '/'; and it travels in a header.
+ID_MAX_CHARS = 128
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
+
+
+def request_id(value: Any, where: str = "id") -> str | None:
+    """A request's own id (a string or a whole number), checked; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not 0 < len(value) <= ID_MAX_CHARS or not _ID_CHARS.issuperset(value):
+        raise InvalidInput(
+            f"{where}: a request id is 1 to {ID_MAX_CHARS} letters, digits, '.', '_', ':' or '-' "
+            f"(or a whole number), got {short(value)}"
+        )
+    return value
+
+
+def decode_predict(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool, str | None]:
+    """The own API's three shapes -> (rows, whether it was a single `features` row, the
+    client's request id if it sent one)."""
     if not isinstance(body, dict):
         raise InvalidInput(
             f"request body: expected a JSON object with 'instances' or 'features', got {json_type(body)}"
         )
     if "instances" in body:
-        return rows_from_json(body["instances"], card, max_rows), False
+        return rows_from_json(body["instances"], card, max_rows), False, request_id(body.get("id"))
     if "features" in body:
-        return row_from_json(body["features"], card), True
+        return row_from_json(body["features"], card), True, request_id(body.get("id"))
     raise InvalidInput(
         "request body: expected a field 'instances' (a list of rows) or 'features' (one row); "
         f"got fields {sorted(body)[:5]}"
     )
 
 
-def decode_predict_body(body: bytes, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool]:
+def decode_predict_body(body: bytes, card: ModelCard, max_rows: int) -> tuple[np.ndarray, bool, str | None]:
     """`decode_predict` of a raw body; large `instances` lists skip the Python objects."""
-    rows = _fast_instances(body, card, max_rows)
-    if rows is not None:
-        return rows, False
+    found = _fast_instances(body, card, max_rows)
+    if found is not None:
+        return found[0], False, found[1]
     return decode_predict(parse_json(body), card, max_rows)
 
 
-def decode_v1_body(body: bytes, card: ModelCard, max_rows: int) -> np.ndarray:
+def decode_v1_body(body: bytes, card: ModelCard, max_rows: int) -> tuple[np.ndarray, str | None]:
     """`decode_v1` of a raw body; large `instances` lists skip the Python objects."""
-    rows = _fast_instances(body, card, max_rows)
-    if rows is not None:
-        return rows
+    found = _fast_instances(body, card, max_rows)
+    if found is not None:
+        return found
     return decode_v1(parse_json(body), card, max_rows)
 
 
-def _fast_instances(body: bytes, card: ModelCard, max_rows: int) -> np.ndarray | None:
-    array = fast_rows.rows_array(body, "instances", card.n_features, max_rows)
-    if array is None:
+def _fast_instances(body: bytes, card: ModelCard, max_rows: int) -> tuple[np.ndarray, str | None] | None:
+    found = fast_rows.rows_and_field(body, "instances", card.n_features, max_rows, "id")
+    if found is None:
         return None
     try:
-        return check_rows(array, card, "instances")
+        return check_rows(found[0], card, "instances"), request_id(found[1])
     except InvalidInput:
         return None  # the general path quotes the bad value as it was sent
 
 
-def decode_v1(body: Any, card: ModelCard, max_rows: int) -> np.ndarray:
-    """KServe V1: `{"instances": [...]}`."""
+def decode_v1(body: Any, card: ModelCard, max_rows: int) -> tuple[np.ndarray, str | None]:
+    """KServe V1: `{"instances": [...]}`, and the client's `id` if it sent one."""
     if not isinstance(body, dict) or "instances" not in body:
         raise InvalidInput("request body: KServe V1 expects a JSON object with an 'instances' list")
-    return rows_from_json(body["instances"], card, max_rows)
+    return rows_from_json(body["instances"], card, max_rows), request_id(body.get("id"))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, values
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -46,7 +47,9 @@ PROTOCOL_INDEX = {name: i for i, name in enumerate(PROTOCOLS)}
 STAGES = ("decode", "infer", "encode")
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 # Event types come from callers; any type we do not handle is counted as "other".
-KNOWN_EVENT_TYPES = frozenset({"warmstart.predict.v1", "warmstart.batch.v1", "warmstart.drift.detected.v1"})
+KNOWN_EVENT_TYPES = frozenset(
+    {"warmstart.predict.v1", "warmstart.batch.v1", "warmstart.feedback.v1", "warmstart.drift.detected.v1"}
+)
 # prometheus-client's files of this process, as it names them: one for the Counters and
 # one for the max-mode Gauges below. Allocated before it maps them (tallies.allocate),
 # at the size it would give them: our few dozen series take under 10 KB of it, so a file
@@ -135,6 +138,13 @@ class Metrics:
             (*model, "type", "outcome"),
             registry=r,
         )
+        self.prediction_log_rows = Counter(
+            "warmstart_prediction_log_rows",
+            "Rows of the prediction log (kind: predictions or feedback) by outcome: written, "
+            "dropped (the buffer was full) or failed (a part could not be written)",
+            (*model, "kind", "outcome"),
+            registry=r,
+        )
         self._model = (settings.model_name or "model", settings.model_version or "1", self._revision)
         self.add_collector(self.traffic)
 
@@ -158,6 +168,10 @@ class Metrics:
 
     def event_sent(self, kind: str, outcome: str) -> None:
         self.events_sent.labels(*self._model, kind, outcome).inc()
+
+    def log_rows(self, kind: str, outcome: str, rows: int) -> None:
+        if rows:
+            self.prediction_log_rows.labels(*self._model, kind, outcome).inc(rows)
 
     def batch_job(self, outcome: str, rows: int) -> None:
         self.batch_jobs.labels(*self._model, outcome).inc()
@@ -336,3 +350,84 @@ class Traffic:
         )
         in_flight.add_metric(model, self.tallies.live()[self._in_flight])
         yield from (requests, duration, stages, rows, per_request, in_flight)
+
+
+class FeedbackScores:
+    """Live accuracy from feedback: labels matched or not, and per matched row its first
+    label scored against the answer the pod gave. A classifier's counts per class (true
+    class, predicted class, correct) make accuracy, precision and recall PromQL; a
+    regressor's sums of absolute and squared errors make MAE and RMSE. Kept in a tally
+    vector shared by the workers; a collector of /metrics."""
+
+    def __init__(
+        self,
+        shared_dir: str | None,
+        class_labels: tuple[Any, ...] | None,
+        model_labels: Callable[[], tuple[str, str, str]],
+    ) -> None:
+        self.classes = [str(c) for c in class_labels] if class_labels is not None else None
+        width = 3 * len(self.classes) if self.classes is not None else 3
+        self.tallies = Tallies(shared_dir, "feedback", 2 + width)
+        self._model_labels = model_labels
+
+    def add(self, matched: np.ndarray, answers: np.ndarray, labels: np.ndarray, first: np.ndarray) -> None:
+        """Count a feedback request: `answers` and `labels` are class indices or values."""
+        scored = matched & first
+        counts = np.zeros(self.tallies.size)
+        counts[0], counts[1] = matched.sum(), len(matched) - matched.sum()
+        truth, answer = labels[scored], answers[scored]
+        if self.classes is not None:
+            k = len(self.classes)
+            truth, answer = truth.astype(np.int64), answer.astype(np.int64)
+            known = answer >= 0  # an answer the card does not list is no class's
+            counts[2 : 2 + k] = np.bincount(truth, minlength=k)[:k]
+            truth, answer = truth[known], answer[known]
+            counts[2 + k : 2 + 2 * k] = np.bincount(answer, minlength=k)[:k]
+            counts[2 + 2 * k :] = np.bincount(truth[truth == answer], minlength=k)[:k]
+        else:
+            error = answer - truth
+            counts[2:] = (len(truth), np.abs(error).sum(), (error * error).sum())
+        with self.tallies.lock:
+            self.tallies.array += counts
+
+    def collect(self) -> Iterator[Any]:
+        values = self.tallies.total()
+        model = list(self._model_labels())
+        total = CounterMetricFamily(
+            "warmstart_feedback",
+            "Labels received by feedback: matched to a prediction this pod made, or not",
+            labels=[*MODEL_LABELS, "outcome"],
+        )
+        total.add_metric([*model, "matched"], values[0])
+        total.add_metric([*model, "unmatched"], values[1])
+        yield total
+        if self.classes is None:
+            labelled = CounterMetricFamily(
+                "warmstart_feedback_labels", "Matched predictions scored against their label", labels=list(MODEL_LABELS)
+            )
+            labelled.add_metric(model, values[2])
+            absolute = CounterMetricFamily(
+                "warmstart_feedback_absolute_error",
+                "Sum of |prediction - label| over scored predictions",
+                labels=list(MODEL_LABELS),
+            )
+            absolute.add_metric(model, values[3])
+            squared = CounterMetricFamily(
+                "warmstart_feedback_squared_error",
+                "Sum of (prediction - label)^2 over scored predictions",
+                labels=list(MODEL_LABELS),
+            )
+            squared.add_metric(model, values[4])
+            yield from (labelled, absolute, squared)
+            return
+        k = len(self.classes)
+        families = (
+            ("warmstart_feedback_labels", "Scored predictions by true class (the label)"),
+            ("warmstart_feedback_predicted", "Scored predictions by predicted class"),
+            ("warmstart_feedback_correct", "Scored predictions whose predicted class was the label, by class"),
+        )
+        for f, (name, help_text) in enumerate(families):
+            family = CounterMetricFamily(name, help_text, labels=[*MODEL_LABELS, "class"])
+            for c, label in enumerate(self.classes):
+                family.add_metric([*model, label], values[2 + f * k + c])
+            yield family

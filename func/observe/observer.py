@@ -54,6 +54,7 @@ class RequestRecord:
     span: Any = None
     trace_id: str | None = None
     rule: Any = None
+    prediction_id: str | None = None
 
 
 def current() -> RequestRecord | None:

@@ -60,6 +60,7 @@ class Options:
     event: str | None
     event_id: str | None
     data: str
+    since: str | None
     target: str
     trainer: str
     model: str
@@ -84,7 +85,13 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
 
     option("--event", "K_EVENT_PATH", help="the triggering CloudEvent as a JSON file (structured mode)")
     option("--event-id", "TRIGGER_ID", help="an id for a run by hand without an event (default: a fresh one)")
-    option("--data", "TRAIN_DATA_URI", help="training data: CSV or Parquet with the feature and target columns")
+    option(
+        "--data",
+        "TRAIN_DATA_URI",
+        help="training data: CSV or Parquet with the feature and target columns, or a prediction log's prefix "
+        "(PREDICTION_LOG), whose labelled predictions it trains on (python -m func.dataset --help)",
+    )
+    option("--since", "TRAIN_DATA_SINCE", help="with a prediction log: predictions from this time on (7d, ISO 8601)")
     option("--target", "TARGET_COLUMN", "target", help="the target column")
     option("--trainer", "TRAINER", training.DEFAULT_TRAINER, help="module:function(x, y) -> fitted estimator")
     option("--model", "MODEL_PATH", "models/model.onnx", help="the model served now (path or URI): the parent")
@@ -126,6 +133,7 @@ def parse_options(argv: list[str] | None, env: dict[str, str], settings: Setting
         event=args.event,
         event_id=args.event_id,
         data=args.data,
+        since=args.since,
         target=args.target,
         trainer=args.trainer,
         model=args.model,
@@ -224,7 +232,7 @@ def _train(
     options: Options, trigger: Trigger, store: FileStore | RegistryStore, current: Model, metric: str
 ) -> tuple[str, dict[str, Any]]:
     card = current.card
-    data = training.read_dataset(options.data, card.feature_names, options.target)
+    data = training.read_dataset(options.data, card.feature_names, options.target, options.since)
     x_train, x_test, y_train, y_test = training.split(data, options.holdout, card.is_classifier)
     estimator = training.train(options.trainer, x_train, y_train)
     version = store.next_version(card.version)

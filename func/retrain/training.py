@@ -17,6 +17,7 @@ import numpy as np
 
 from ..model.runtime import Model
 from ..model.source import first_line
+from . import dataset
 
 DEFAULT_TRAINER = "func.retrain.training:default_trainer"
 # Fewer held-out rows than this cannot tell two models apart: one row is already 5% of
@@ -46,11 +47,14 @@ class Dataset:
         return len(self.y)
 
 
-def read_dataset(uri: str, features: tuple[str, ...], target: str) -> Dataset:
-    """Rows of `features` (in that order) and the `target` column from a CSV or Parquet URI."""
+def read_dataset(uri: str, features: tuple[str, ...], target: str, since: str | None = None) -> Dataset:
+    """Rows of `features` (in that order) and the `target` column from a CSV or Parquet URI,
+    or a prediction log's labelled rows (its `label`, predictions from `since` on)."""
     import fsspec
     import pyarrow as pa
 
+    if dataset.is_log(uri):
+        return _from_log(uri, features, since)
     try:
         with fsspec.open(uri, "rb") as fh:
             raw = fh.read()
@@ -73,6 +77,28 @@ def read_dataset(uri: str, features: tuple[str, ...], target: str) -> Dataset:
             raise BadInput(f"TRAIN_DATA_URI={uri}: unknown format; name the file .csv, .csv.gz or .parquet")
     except (pa.ArrowInvalid, OSError) as exc:
         raise BadInput(f"TRAIN_DATA_URI={uri}: not a readable table ({first_line(exc)})") from None
+    return _dataset(uri, hashlib.sha256(raw).hexdigest(), table, features, target)
+
+
+def _from_log(uri: str, features: tuple[str, ...], since: str | None) -> Dataset:
+    """The log's labelled rows (func/retrain/dataset.py), as TRAIN_DATA_URI names them."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    try:
+        table, _ = dataset.join(uri, dataset.parse_time(since, datetime.now(UTC), "TRAIN_DATA_SINCE"))
+    except dataset.DatasetError as exc:
+        raise BadInput(f"TRAIN_DATA_URI={uri}: {exc}") from None
+    except Exception as exc:  # the store did not answer: the pipeline may yet deliver
+        raise Unreachable(f"TRAIN_DATA_URI={uri}: cannot read the prediction log ({first_line(exc)})") from None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return _dataset(uri, hashlib.sha256(sink.getvalue()).hexdigest(), table, features, dataset.LABEL)
+
+
+def _dataset(uri: str, sha256: str, table: Any, features: tuple[str, ...], target: str) -> Dataset:
     columns = table.column_names
     if target not in columns:
         raise BadInput(f"TRAIN_DATA_URI={uri}: no target column {target!r} (columns: {', '.join(columns)})")
@@ -85,7 +111,7 @@ def read_dataset(uri: str, features: tuple[str, ...], target: str) -> Dataset:
     y_column = table.column(target)
     if y_column.null_count:
         raise BadInput(f"TRAIN_DATA_URI={uri}: column {target!r} has {y_column.null_count} empty values")
-    return Dataset(uri, hashlib.sha256(raw).hexdigest(), x, y_column.to_numpy(zero_copy_only=False))
+    return Dataset(uri, sha256, x, y_column.to_numpy(zero_copy_only=False))
 
 
 def _numeric(column: Any, uri: str, name: str) -> np.ndarray:

@@ -704,6 +704,9 @@ class Worker(ThreadWorker):
                 drift.flush()  # the rows its thread has not binned yet
             except Exception:
                 log.exception("drift: the rows of this worker's last %.1f s were not binned", FLUSH_S)
+        # Every accepted request has been answered: what the prediction log holds goes out
+        # now, within the grace period (after it, the master kills the worker).
+        self.serving.close()
         self.tpool.shutdown(wait=False)
         self.poller.close()
         self.method_queue.close()

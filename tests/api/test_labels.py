@@ -58,7 +58,8 @@ def served(request, tmp_path_factory) -> Iterator[tuple[ServerProcess, object, P
     assert result.returncode == 0, result.stderr
     data = folder / "data"
     data.mkdir()
-    server = ServerProcess({"MODEL_PATH": str(folder / "m.onnx"), "BATCH_ALLOW": str(data)}, log_dir=folder).start()
+    env = {"MODEL_PATH": str(folder / "m.onnx"), "BATCH_ALLOW": str(data), "PREDICTION_LOG": str(folder / "log")}
+    server = ServerProcess({**env, "PREDICTION_LOG_FLUSH_S": "0.1"}, log_dir=folder).start()
     try:
         server.wait_ready()
         yield server, model, data
@@ -140,6 +141,59 @@ def test_batch_output_holds_the_trained_labels(served):
     assert resp.status_code == 200, resp.text
     lines = [json.loads(line) for line in (data / "out.jsonl").read_text().splitlines()]
     assert_labels([line["prediction"] for line in lines], model)
+
+
+def test_feedback_takes_labels_of_the_trained_type_and_scores_them(served):
+    """A label is a class as the model has it (a string, a number, a boolean) or, for a
+    regressor, a value: the scores on /metrics count it, and a label of another type is a 422."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server, model, _ = served
+    resp = requests.post(server.url + "/predict", json={"instances": ROWS})
+    pid = resp.headers["X-Prediction-Id"]
+    truth = model.predict(np.array(ROWS)).tolist()
+    if isinstance(truth[0], float):
+        truth = [truth[0] + 0.5, truth[1] - 2.0]  # errors of 0.5 and 2
+    labels = [{"id": f"{pid}/{r}", "label": y} for r, y in enumerate(truth)]
+    answer = requests.post(server.url + "/feedback", json={"feedback": labels})
+    assert answer.json() == {"accepted": 2, "matched": 2, "unmatched": 0}, answer.text
+    text = requests.get(server.url + "/metrics").text
+    samples = {
+        (s.name, s.labels.get("class", "")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    if isinstance(truth[0], float):
+        assert samples[("warmstart_feedback_absolute_error_total", "")] == pytest.approx(2.5, rel=1e-5)
+        assert samples[("warmstart_feedback_squared_error_total", "")] == pytest.approx(4.25, rel=1e-5)
+        wrong = {"id": pid, "label": "1.5"}
+    else:
+        assert sum(v for (name, _), v in samples.items() if name == "warmstart_feedback_correct_total") == 2
+        assert samples[("warmstart_feedback_correct_total", str(truth[1]))] >= 1
+        wrong = {"id": pid, "label": [truth[0]]}
+    refused = requests.post(server.url + "/feedback", json={"feedback": [wrong]})
+    assert refused.status_code == 422 and refused.json()["error"]["message"].startswith("feedback[0].label: ")
+
+
+def test_the_prediction_log_keeps_the_trained_labels(served):
+    import pyarrow.dataset as ds
+
+    from tests.support.server import wait_for
+
+    server, model, data = served
+    resp = requests.post(server.url + "/predict", json={"instances": ROWS, "id": "labels-in-the-log"})
+    assert resp.status_code == 200
+    log = data.parent / "log" / "predictions"
+
+    def logged() -> list:
+        if not log.exists():
+            return []
+        table = ds.dataset(log).to_table()
+        return [
+            p
+            for i, p in zip(table.column("id").to_pylist(), table.column("prediction").to_pylist())
+            if i.startswith("labels-in-the-log/")
+        ]
+
+    assert_labels(wait_for(logged, timeout=20), model)
 
 
 def test_metrics_carry_the_prediction_mix_the_card_expects(served):

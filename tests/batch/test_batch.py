@@ -107,8 +107,11 @@ def test_batch_job_predicts_every_row_and_keeps_extra_columns(batch_server, jobs
     assert reply.data["duration_s"] >= 0
 
     result = read(out)
-    assert result.column_names == ["patient_id", "prediction", "probability_0", "probability_1"]
+    assert result.column_names == ["patient_id", "prediction_id", "prediction", "probability_0", "probability_1"]
     assert result.column("patient_id").to_pylist() == [f"p{i}" for i in range(300)]
+    # row r of the job is `<job's prediction id>/<r>`: the event's id, when it can be one
+    assert reply.data["prediction_id"] == resp.headers["X-Prediction-Id"] == f"job{suffix}"
+    assert result.column("prediction_id").to_pylist() == [f"job{suffix}/{i}" for i in range(300)]
     expected = requests.post(
         batch_server.url + "/predict", json={"instances": x[np.arange(300) % len(x)].tolist()}
     ).json()
@@ -130,7 +133,7 @@ def test_an_input_of_no_rows_gives_a_readable_output_of_no_rows(batch_server, jo
     assert from_http(resp.headers, resp.content).data["rows"] == 0
     result = read(out)
     assert result.num_rows == 0
-    assert result.column_names == ["patient_id", "prediction", "probability_0", "probability_1"]
+    assert result.column_names == ["patient_id", "prediction_id", "prediction", "probability_0", "probability_1"]
 
 
 def test_an_empty_json_lines_input_gives_an_empty_output(batch_server, jobs):

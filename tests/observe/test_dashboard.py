@@ -123,16 +123,25 @@ def test_kustomize_ships_the_dashboard_file_in_a_configmap_for_the_grafana_sidec
 
 def traffic(stable: str, canary: str, benign: list, malignant: list, seconds: float) -> None:
     """Both revisions answer one-row and many-row requests and some bad ones; the canary
-    sees scaled malignant-looking rows only, so its drift windows drift."""
+    sees scaled malignant-looking rows only, so its drift windows drift. Every answer of
+    both gets its true label back (and one label no pod knows)."""
     started, i = time.monotonic(), 0
     while time.monotonic() - started < seconds:
         mixed = benign[i % len(benign)] if i % 2 else malignant[i % len(malignant)]
-        requests.post(stable + "/predict", json={"features": mixed})
+        answer = requests.post(stable + "/predict", json={"features": mixed})
+        label(stable, [(answer.headers["X-Prediction-Id"], int(i % 2))])
         requests.post(stable + "/predict", json={"instances": benign[i % 50 : i % 50 + 8]})
-        requests.post(canary + "/predict", json={"instances": [[v * 1.6 for v in malignant[i % len(malignant)]]] * 5})
+        answer = requests.post(
+            canary + "/predict", json={"instances": [[v * 1.6 for v in malignant[i % len(malignant)]]] * 5}
+        )
+        label(canary, [(f"{answer.headers['X-Prediction-Id']}/{r}", 0) for r in range(5)] + [("unknown", 1)])
         requests.post((stable, canary)[i % 2] + "/predict", json={"features": [1.0]})
         i += 1
         time.sleep(0.01)
+
+
+def label(url: str, labels: list[tuple[str, int]]) -> None:
+    requests.post(url + "/feedback", json={"feedback": [{"id": i, "label": y} for i, y in labels]})
 
 
 @needs_prometheus
@@ -144,9 +153,9 @@ def test_every_dashboard_query_returns_data_from_two_revisions(start_server, tmp
     x, names = dataset
     y = load_breast_cancer().target
     benign, malignant = x[y == 1].tolist(), x[y == 0].tolist()
-    env = {"WORKERS": "2", "DRIFT_WINDOW": "50", "BATCH_ALLOW": f"{tmp_path}/"}
-    stable = start_server({**env, "K_REVISION": "warmstart-v1"})
-    canary = start_server({**env, "K_REVISION": "warmstart-v2"})
+    env = {"WORKERS": "2", "DRIFT_WINDOW": "50", "BATCH_ALLOW": f"{tmp_path}/", "PREDICTION_LOG_FLUSH_S": "0.5"}
+    stable = start_server({**env, "K_REVISION": "warmstart-v1", "PREDICTION_LOG": str(tmp_path / "log-v1")})
+    canary = start_server({**env, "K_REVISION": "warmstart-v2", "PREDICTION_LOG": str(tmp_path / "log-v2")})
     prometheus = Prometheus(tmp_path, {"stable": f"127.0.0.1:{stable.port}", "canary": f"127.0.0.1:{canary.port}"})
     try:
         prometheus.wait_ready()

@@ -551,3 +551,29 @@ def test_the_s3_stores_champion_pointer_names_the_parent_and_the_served_model(
     later = job(K_EVENT_PATH=second_event(tmp_path), **env)
     assert later.returncode == 0, later.stdout + later.stderr
     assert receiver.events[-1].data["parent"] == {"version": "2", "sha256": v2["sha256"]}
+
+
+def test_the_retraining_job_trains_on_the_log_it_is_given(start_server, job, receiver, tmp_path, dataset):
+    """No glue: a server logs shifted rows, a labelling pipeline sends their outcomes,
+    and the retraining job named the log as TRAIN_DATA_URI trains a better model on them."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, _ = dataset
+    y = load_breast_cancer().target
+    log = tmp_path / "log"
+    srv = start_server({"WORKERS": "2", "PREDICTION_LOG": str(log), "K_REVISION": "warmstart-00001"})
+    labels = []
+    for a in range(0, len(x), 50):
+        resp = requests.post(srv.url + "/predict", json={"instances": (x[a : a + 50] * SHIFT).tolist()}, timeout=30)
+        pid = resp.headers["X-Prediction-Id"]
+        labels += [{"id": f"{pid}/{r}", "label": int(label)} for r, label in enumerate(y[a : a + 50])]
+    assert requests.post(srv.url + "/feedback", json={"feedback": labels}, timeout=30).status_code == 200
+    assert srv.terminate() == 0
+
+    result = job(TRAIN_DATA_URI=str(log), TRAIN_DATA_SINCE="1d")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.events
+    assert event["type"] == "warmstart.model.trained.v1"
+    assert event.data["data"]["uri"] == str(log) and event.data["data"]["rows"] == len(x)
+    metrics = event.data["metrics"]
+    assert metrics["candidate"]["roc_auc"] > metrics["current"]["roc_auc"] + 0.05
