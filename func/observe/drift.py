@@ -330,8 +330,12 @@ class Drift:
             state["episode"] = {"window": state["index"], "opened_at": now}
         elif report["status"] != "drift":
             state["episode"] = None
+        report["window"]["started_at"] = state.get("started_at")
         state["index"] += 1
         state["start"] = total.tolist()
+        # every row predicted from now on is binned into a later window (a few predicted up
+        # to FLUSH_S before may be too: a run training "since" this time leaves those out)
+        state["started_at"] = _iso(now)
         state["close_at"] = (total[0] // self.window + 1) * self.window
         state["last"] = report
         state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
@@ -521,7 +525,15 @@ class _WindowState:
 
     @staticmethod
     def _empty(window: int) -> dict[str, Any]:
-        return {"index": 0, "start": [], "close_at": window, "last": None, "windows": {}, "episode": None}
+        return {
+            "index": 0,
+            "start": [],
+            "close_at": window,
+            "last": None,
+            "windows": {},
+            "episode": None,
+            "started_at": _iso(time.time()),
+        }
 
     @property
     def _path(self) -> Path:
@@ -588,3 +600,8 @@ class _Locked:
                 os.close(self._fd)
         finally:
             owner._lock.release()
+
+
+def _iso(seconds: float) -> str:
+    """A UTC time as the prediction log writes them (ISO 8601, to the millisecond)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"

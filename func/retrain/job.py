@@ -232,7 +232,8 @@ def _train(
     options: Options, trigger: Trigger, store: FileStore | RegistryStore, current: Model, metric: str
 ) -> tuple[str, dict[str, Any]]:
     card = current.card
-    data = training.read_dataset(options.data, card.feature_names, options.target, options.since)
+    since = options.since or _drift_began(trigger, options.data)
+    data = training.read_dataset(options.data, card.feature_names, options.target, since)
     x_train, x_test, y_train, y_test = training.split(data, options.holdout, card.is_classifier)
     estimator = training.train(options.trainer, x_train, y_train)
     version = store.next_version(card.version)
@@ -285,6 +286,21 @@ def _train(
         _num(now),
     )
     return TRAINED, record
+
+
+def _drift_began(trigger: Trigger, data_uri: str) -> str | None:
+    """A run a drift event started trains on the world as it is since the drift: with a
+    prediction log and no TRAIN_DATA_SINCE, the rows predicted from the start of the
+    window that drifted (older rows would teach the candidate, and its card's drift
+    reference, the world before the drift)."""
+    window = trigger.data.get("window")
+    started = window.get("started_at") if isinstance(window, dict) else None
+    if not isinstance(started, str) or not training.dataset.is_log(data_uri):
+        return None
+    log.info(
+        "training on the log's rows predicted since the drifted window began, %s (TRAIN_DATA_SINCE unset)", started
+    )
+    return started
 
 
 def _check_drifted_model(trigger: Trigger, current: Model, model_path: str) -> None:

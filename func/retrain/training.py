@@ -5,6 +5,7 @@ Used by the job only (func/retrain/job.py); scikit-learn is imported inside the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import io
@@ -41,6 +42,8 @@ class Dataset:
     sha256: str
     x: np.ndarray
     y: np.ndarray
+    # a prediction log's labelled rows: more arrive as feedback does, so too few is "later"
+    growing: bool = False
 
     @property
     def rows(self) -> int:
@@ -95,7 +98,8 @@ def _from_log(uri: str, features: tuple[str, ...], since: str | None) -> Dataset
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return _dataset(uri, hashlib.sha256(sink.getvalue()).hexdigest(), table, features, dataset.LABEL)
+    found = _dataset(uri, hashlib.sha256(sink.getvalue()).hexdigest(), table, features, dataset.LABEL)
+    return dataclasses.replace(found, growing=True)
 
 
 def _dataset(uri: str, sha256: str, table: Any, features: tuple[str, ...], target: str) -> Dataset:
@@ -134,10 +138,10 @@ def split(data: Dataset, holdout: float, classifier: bool) -> tuple[np.ndarray, 
 
     n_test = math.ceil(data.rows * holdout)
     if n_test < MIN_HOLDOUT_ROWS or data.rows - n_test < MIN_HOLDOUT_ROWS:
-        raise BadInput(
-            f"TRAIN_DATA_URI={data.uri}: {data.rows} rows are too few: a held-out split of {holdout:g} needs "
-            f"at least {MIN_HOLDOUT_ROWS} rows on each side"
-        )
+        need = f"a held-out split of {holdout:g} needs at least {MIN_HOLDOUT_ROWS} rows on each side"
+        if data.growing:  # labels are still arriving: the Job's retry finds more
+            raise Unreachable(f"TRAIN_DATA_URI={data.uri}: {data.rows} labelled rows so far; {need}")
+        raise BadInput(f"TRAIN_DATA_URI={data.uri}: {data.rows} rows are too few: {need}")
     try:
         return tuple(
             train_test_split(data.x, data.y, test_size=n_test, random_state=0, stratify=data.y if classifier else None)

@@ -577,3 +577,60 @@ def test_the_retraining_job_trains_on_the_log_it_is_given(start_server, job, rec
     assert event.data["data"]["uri"] == str(log) and event.data["data"]["rows"] == len(x)
     metrics = event.data["metrics"]
     assert metrics["candidate"]["roc_auc"] > metrics["current"]["roc_auc"] + 0.05
+
+
+def served_and_labelled(srv, rows: np.ndarray, labels: np.ndarray) -> None:
+    """Rows through /predict, 50 a request, then their true labels as feedback."""
+    feedback = []
+    for a in range(0, len(rows), 50):
+        resp = requests.post(srv.url + "/predict", json={"instances": rows[a : a + 50].tolist()}, timeout=30)
+        pid = resp.headers["X-Prediction-Id"]
+        feedback += [{"id": f"{pid}/{r}", "label": int(label)} for r, label in enumerate(labels[a : a + 50])]
+    assert requests.post(srv.url + "/feedback", json={"feedback": feedback}, timeout=30).status_code == 200
+
+
+def test_a_drift_event_trains_on_the_log_since_the_drifted_window_began(start_server, job, receiver, tmp_path, dataset):
+    """The world before the drift would teach the candidate (and its card's drift
+    reference) what no longer holds: a run started by a drift event reads the log from
+    the start of the window that drifted, as the serving pod's event says."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, _ = dataset
+    y = load_breast_cancer().target
+    log = tmp_path / "log"
+    env = {"PREDICTION_LOG": str(log), "PREDICTION_LOG_FLUSH_S": "0.2", "DRIFT_WINDOW": "250", "K_SINK": receiver.url}
+    srv = start_server(env)
+    served_and_labelled(srv, x[:250], y[:250])  # the world before the drift: the first window
+    time.sleep(1.5)  # the first window closes within a drift batch (0.5 s)
+    served_and_labelled(srv, x[250:] * SHIFT, y[250:])
+    deadline = time.monotonic() + 30
+    while not receiver.of_type("warmstart.drift.detected.v1"):
+        assert time.monotonic() < deadline, srv.log()
+        time.sleep(0.1)
+    assert srv.terminate() == 0
+    drift = receiver.of_type("warmstart.drift.detected.v1")[0]
+    assert drift.data["window"]["started_at"] > "2000"
+    (tmp_path / "served-drift").write_text(json.dumps({**drift.get_attributes(), "data": drift.data}))
+    receiver.events.clear()
+
+    result = job(K_EVENT_PATH=str(tmp_path / "served-drift"), TRAIN_DATA_URI=str(log))
+    assert result.returncode == 0, result.stdout + result.stderr
+    (event,) = receiver.of_type("warmstart.model.trained.v1")
+    # the drifted window began when the first closed: the shifted rows alone are trained on
+    assert event.data["data"]["rows"] == len(x) - 250, result.stdout
+    assert "since the drifted window began" in result.stdout
+
+
+def test_too_few_labelled_rows_in_a_log_is_retried_later(start_server, job, tmp_path, dataset):
+    """Labels arrive after predictions: a log with too few of them yet is exit 3 (the Job
+    retries), not 2 (bad input, which fails the Job for good)."""
+    from sklearn.datasets import load_breast_cancer
+
+    x, _ = dataset
+    log = tmp_path / "log"
+    srv = start_server({"PREDICTION_LOG": str(log)})
+    served_and_labelled(srv, x[:30], load_breast_cancer().target[:30])
+    assert srv.terminate() == 0
+    result = job(TRAIN_DATA_URI=str(log), TRAIN_DATA_SINCE="1d")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "30 labelled rows so far" in result.stdout
