@@ -330,7 +330,7 @@ class Drift:
             state["episode"] = {"window": state["index"], "opened_at": now}
         elif report["status"] != "drift":
             state["episode"] = None
-        report["window"]["started_at"] = state.get("started_at")
+        report["window"]["started_at"], report["window"]["closed_at"] = state.get("started_at"), _iso(now)
         state["index"] += 1
         state["start"] = total.tolist()
         # every row predicted from now on is binned into a later window (a few predicted up

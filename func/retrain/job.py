@@ -290,17 +290,16 @@ def _train(
 
 def _drift_began(trigger: Trigger, data_uri: str) -> str | None:
     """A run a drift event started trains on the world as it is since the drift: with a
-    prediction log and no TRAIN_DATA_SINCE, the rows predicted from the start of the
-    window that drifted (older rows would teach the candidate, and its card's drift
-    reference, the world before the drift)."""
+    prediction log and no TRAIN_DATA_SINCE, the rows predicted after the drifted window
+    closed (the window itself mixes the old world with the new, and older rows would
+    teach the candidate, and its card's drift reference, the world before). Until enough
+    of those rows are labelled the run exits 3 and the Job tries again."""
     window = trigger.data.get("window")
-    started = window.get("started_at") if isinstance(window, dict) else None
-    if not isinstance(started, str) or not training.dataset.is_log(data_uri):
+    closed = window.get("closed_at") if isinstance(window, dict) else None
+    if not isinstance(closed, str) or not training.dataset.is_log(data_uri):
         return None
-    log.info(
-        "training on the log's rows predicted since the drifted window began, %s (TRAIN_DATA_SINCE unset)", started
-    )
-    return started
+    log.info("training on the log's rows predicted since drift was detected, %s (TRAIN_DATA_SINCE unset)", closed)
+    return closed
 
 
 def _check_drifted_model(trigger: Trigger, current: Model, model_path: str) -> None:

@@ -589,10 +589,10 @@ def served_and_labelled(srv, rows: np.ndarray, labels: np.ndarray) -> None:
     assert requests.post(srv.url + "/feedback", json={"feedback": feedback}, timeout=30).status_code == 200
 
 
-def test_a_drift_event_trains_on_the_log_since_the_drifted_window_began(start_server, job, receiver, tmp_path, dataset):
+def test_a_drift_event_trains_on_the_log_since_the_drift_was_detected(start_server, job, receiver, tmp_path, dataset):
     """The world before the drift would teach the candidate (and its card's drift
-    reference) what no longer holds: a run started by a drift event reads the log from
-    the start of the window that drifted, as the serving pod's event says."""
+    reference) what no longer holds, and the drifted window mixes both: a run started by
+    a drift event reads the log from the moment that window closed, as the event says."""
     from sklearn.datasets import load_breast_cancer
 
     x, _ = dataset
@@ -601,24 +601,23 @@ def test_a_drift_event_trains_on_the_log_since_the_drifted_window_began(start_se
     env = {"PREDICTION_LOG": str(log), "PREDICTION_LOG_FLUSH_S": "0.2", "DRIFT_WINDOW": "250", "K_SINK": receiver.url}
     srv = start_server(env)
     served_and_labelled(srv, x[:250], y[:250])  # the world before the drift: the first window
-    time.sleep(1.5)  # the first window closes within a drift batch (0.5 s)
-    served_and_labelled(srv, x[250:] * SHIFT, y[250:])
+    served_and_labelled(srv, x[250:500] * SHIFT, y[250:500])  # the window that drifts
     deadline = time.monotonic() + 30
     while not receiver.of_type("warmstart.drift.detected.v1"):
         assert time.monotonic() < deadline, srv.log()
         time.sleep(0.1)
+    served_and_labelled(srv, x[:300] * SHIFT, y[:300])  # the world since
     assert srv.terminate() == 0
     drift = receiver.of_type("warmstart.drift.detected.v1")[0]
-    assert drift.data["window"]["started_at"] > "2000"
+    assert drift.data["window"]["started_at"] <= drift.data["window"]["closed_at"]
     (tmp_path / "served-drift").write_text(json.dumps({**drift.get_attributes(), "data": drift.data}))
     receiver.events.clear()
 
     result = job(K_EVENT_PATH=str(tmp_path / "served-drift"), TRAIN_DATA_URI=str(log))
     assert result.returncode == 0, result.stdout + result.stderr
     (event,) = receiver.of_type("warmstart.model.trained.v1")
-    # the drifted window began when the first closed: the shifted rows alone are trained on
-    assert event.data["data"]["rows"] == len(x) - 250, result.stdout
-    assert "since the drifted window began" in result.stdout
+    assert event.data["data"]["rows"] == 300, result.stdout
+    assert "since drift was detected" in result.stdout
 
 
 def test_too_few_labelled_rows_in_a_log_is_retried_later(start_server, job, tmp_path, dataset):
