@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL := models/model.onnx
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test fuzz lint model clean
+.PHONY: run test fuzz lint model loop clean
 
 run: $(INSTALLED) $(MODEL)
 	$(PY) -m func
@@ -19,6 +19,12 @@ test: $(INSTALLED) $(MODEL)
 FUZZ_EXAMPLES ?= 300
 fuzz: $(INSTALLED) $(MODEL)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_PHASES=examples,coverage,fuzzing,stateful $(PY) -m pytest -q tests/api/test_fuzz.py
+
+# The whole loop on this machine (needs Debian's prometheus): drift, retraining, canary,
+# promotion; LOOP_ARGS=--quick for the short run, --scenario worse for a bad trainer.
+LOOP_ARGS ?=
+loop: $(INSTALLED) $(MODEL)
+	$(PY) scripts/loop.py $(LOOP_ARGS)
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check func scripts tests loadtests

@@ -178,7 +178,7 @@ def test_rollout_image_answers_help_and_dry_runs_against_a_service_file(images, 
     before = SERVICE.read_text()
     done = podman(
         "run", "--rm", "--read-only", f"--volume={SERVICE}:/work/service.yaml:ro", images["rollout"],
-        "start", "--service-file=/work/service.yaml", "--dry-run", "--model-uri=s3://models/rf/2/model.onnx",
+        "start", "--service-file=/work/service.yaml", "--dry-run", "--allow=s3://models/", "--model-uri=s3://models/rf/2/model.onnx",
         "--model-version=2", f"--model-sha256={'a' * 64}",
         check=True,
     )  # fmt: skip

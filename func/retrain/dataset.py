@@ -42,6 +42,10 @@ class DatasetError(Exception):
     """The log or the window cannot give a dataset; the message says why."""
 
 
+class EmptyWindow(DatasetError):
+    """No prediction, or no label, in the window yet: a later join may find some."""
+
+
 def parse_time(text: str | None, now: datetime, name: str) -> datetime | None:
     """An ISO 8601 time (UTC unless it says otherwise) or a span back from now (30m, 24h, 7d)."""
     if not text:
@@ -117,7 +121,7 @@ def join(uri: str, since: datetime | None = None, until: datetime | None = None)
         if table.num_rows:
             tables.append(table)
     if not tables:
-        raise DatasetError(f"{uri}: no predictions logged in the window")
+        raise EmptyWindow(f"{uri}: no predictions logged in the window")
     predictions = _latest(pa.concat_tables(tables, promote_options="permissive"), ["time"])
     labels = []
     for number, part in enumerate(_parts(fs, root, FEEDBACK)):
@@ -130,7 +134,7 @@ def join(uri: str, since: datetime | None = None, until: datetime | None = None)
     feedback = pa.concat_tables(labels) if labels else None
     received = feedback.num_rows if feedback is not None else 0
     if feedback is None or received == 0:
-        raise DatasetError(f"{uri}: no feedback logged yet (labels come from POST /feedback or warmstart.feedback.v1)")
+        raise EmptyWindow(f"{uri}: no feedback logged yet (labels come from POST /feedback or warmstart.feedback.v1)")
     latest = _latest(feedback, ["label_time", "part", "position"]).select([*KEY, LABEL])
     features = predictions.column("features")
     names = [field.name for field in features.type]

@@ -91,6 +91,8 @@ def _from_log(uri: str, features: tuple[str, ...], since: str | None) -> Dataset
 
     try:
         table, _ = dataset.join(uri, dataset.parse_time(since, datetime.now(UTC), "TRAIN_DATA_SINCE"))
+    except dataset.EmptyWindow as exc:  # predictions or their labels are still to come: retry later
+        raise Unreachable(f"TRAIN_DATA_URI={uri}: {exc}") from None
     except dataset.DatasetError as exc:
         raise BadInput(f"TRAIN_DATA_URI={uri}: {exc}") from None
     except Exception as exc:  # the store did not answer: the pipeline may yet deliver

@@ -79,7 +79,9 @@ def test_rows_from_every_worker_fill_one_window(start_server, tmp_path, training
     srv = start_server({"WORKERS": "2", "DRIFT_WINDOW": "300", "SHARED_DIR": str(tmp_path)})
     send_rows(srv, training_rows[:300])
     report = wait_for(lambda: (r := drift(srv))["last_complete"] and r)
-    assert report["last_complete"]["window"] == {"index": 0, "rows": 300, "size": 300}
+    window = report["last_complete"]["window"]
+    assert {k: window[k] for k in ("index", "rows", "size")} == {"index": 0, "rows": 300, "size": 300}
+    assert window["started_at"] <= window["closed_at"]
     assert report["windows"] == {report["last_complete"]["status"]: 1}
     assert report["last_complete"]["status"] in ("ok", "warning")  # a sample of the training data
     assert report["current"]["window"]["rows"] == 0 and report["rows_seen"] == 300
@@ -164,7 +166,8 @@ def test_one_large_request_fills_as_many_windows_as_it_has_rows_for(start_server
     send_rows(srv, drifted[30:], per_request=350)  # crosses three window boundaries
     report = wait_for(lambda: (r := drift(srv))["rows_seen"] == 380 and r)
     # windows 0-2 closed at rows 100, 200 and 300, whichever worker binned them
-    assert report["last_complete"]["window"] == {"index": 2, "rows": 100, "size": 100}
+    window = report["last_complete"]["window"]
+    assert {k: window[k] for k in ("index", "rows", "size")} == {"index": 2, "rows": 100, "size": 100}
     assert report["windows"] == {"drift": 3}
     assert report["current"]["window"] == {"index": 3, "rows": 80, "size": 100}
     assert wait_for(lambda: len(Sink.events) == 1), Sink.events
