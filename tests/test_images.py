@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import requests
 
-from tests.retrain.test_retrain import DRIFT_ID, SHIFT, drift_event, write_csv
 from tests.support.images import (
     BUILD_SCRIPT,
     SERVICE,
@@ -27,6 +26,7 @@ from tests.support.images import (
     rows,
     write_batch_inputs,
 )
+from tests.support.retrain import DRIFT_ID, SHIFT, drift_event, write_csv
 from tests.support.server import free_port
 
 pytestmark = pytest.mark.image

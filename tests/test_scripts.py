@@ -13,11 +13,8 @@ import onnxruntime as ort
 import pytest
 import requests
 
+from tests.support.scripts import run_script
 from tests.support.server import ROOT, ServerProcess
-
-
-def run_script(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def run_with_umask_022(*args: str) -> subprocess.CompletedProcess[str]:

@@ -16,8 +16,8 @@ import requests
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
+from tests.support.scripts import run_script
 from tests.support.server import ServerProcess
-from tests.test_scripts import run_script
 
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 # Two rows the models tell apart: a setosa and a virginica.

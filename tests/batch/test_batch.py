@@ -16,9 +16,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import requests
-from cloudevents.conversion import to_binary, to_structured
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import from_http
 
+from tests.support.batch import batch_event, send, table, write
 from tests.support.server import ServerProcess, wait_for
 
 
@@ -35,14 +35,6 @@ def batch_server(jobs, tmp_path_factory, default_model):
     proc.kill()
 
 
-def table(x: np.ndarray, names: list[str], n: int, shuffle_columns: bool = True) -> pa.Table:
-    """n rows with an id column and the feature columns in a shuffled order."""
-    order = list(np.random.default_rng(1).permutation(len(names))) if shuffle_columns else list(range(len(names)))
-    columns = {"patient_id": [f"p{i}" for i in range(n)]}
-    rows = x[np.arange(n) % len(x)]
-    for j in order:
-        columns[names[j]] = rows[:, j]
-    return pa.table(columns)
 
 
 def with_column(tab: pa.Table, name: str, values: list) -> pa.Table:
@@ -57,14 +49,6 @@ def with_value(tab: pa.Table, name: str, row: int, value: object) -> pa.Table:
     return with_column(tab, name, values)
 
 
-def write(path: Path, tab: pa.Table) -> Path:
-    if path.suffix == ".csv":
-        pacsv.write_csv(tab, path)
-    elif path.suffix == ".parquet":
-        pq.write_table(tab, path)
-    else:
-        path.write_text("".join(json.dumps(row) + "\n" for row in tab.to_pylist()))
-    return path
 
 
 def read(path: Path) -> pa.Table:
@@ -75,13 +59,8 @@ def read(path: Path) -> pa.Table:
     return pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])
 
 
-def batch_event(data: dict, event_id: str = "job-1") -> CloudEvent:
-    return CloudEvent({"type": "warmstart.batch.v1", "source": "/tests", "id": event_id, "subject": "nightly"}, data)
 
 
-def send(url: str, event: CloudEvent, structured: bool = False, timeout: float = 120) -> requests.Response:
-    headers, body = (to_structured if structured else to_binary)(event)
-    return requests.post(url + "/", data=body, headers=headers, timeout=timeout)
 
 
 def error_of(resp) -> dict:

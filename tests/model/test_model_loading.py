@@ -4,48 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-
-def readiness(srv) -> requests.Response:
-    return requests.get(srv.url + "/health/readiness", timeout=5)
-
-
-def wait_for_load_failure(srv, timeout: float = 30) -> requests.Response:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        resp = readiness(srv)
-        if "still loading" not in resp.text:
-            return resp
-        time.sleep(0.05)
-    raise TimeoutError(srv.log())
-
-
-def error_lines(srv) -> list[dict]:
-    lines = [json.loads(line) for line in srv.log().splitlines() if line.startswith("{")]
-    return [entry for entry in lines if entry["level"] == "error"]
-
-
-def assert_not_ready_with_one_log_line(srv, *phrases: str) -> None:
-    resp = wait_for_load_failure(srv)
-    assert resp.status_code == 503
-    assert resp.headers["Retry-After"] == "1"
-    # callers learn that it failed; the path and digests stay in the server's log
-    assert resp.json()["error"]["message"] == "the model failed to load; the server log says why"
-    # probes keep coming; the process stays up and does not log once per probe
-    for _ in range(5):
-        assert readiness(srv).status_code == 503
-    assert requests.get(srv.url + "/health/liveness").status_code == 200
-    assert srv.proc.poll() is None
-    errors = error_lines(srv)
-    assert len(errors) == 1, errors
-    assert "Traceback" not in srv.log()
-    for phrase in phrases:
-        assert phrase in errors[0]["message"]
+from tests.support.server import assert_not_ready_with_one_log_line, readiness
 
 
 def test_readiness_is_503_until_loaded_then_200(start_server, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from func.model.source import Fetch, FetchError, local_model_file
-from tests.model.test_model_loading import assert_not_ready_with_one_log_line, error_lines
+from tests.support.server import assert_not_ready_with_one_log_line, error_lines
 from tests.support.services import S3_ENV, register_in_mlflow
 
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import requests
 
+from tests.support.batch import batch_event, send, table, write
+from tests.support.knative import needs_kubectl
 from tests.support.prometheus import Prometheus, needs_prometheus
 from tests.support.server import ROOT
-from tests.test_knative import needs_kubectl
 
 DASHBOARD = ROOT / "knative" / "observability" / "dashboard.json"
 REVISIONS = ("warmstart-v1", "warmstart-v2")
@@ -147,8 +148,6 @@ def label(url: str, labels: list[tuple[str, int]]) -> None:
 @needs_prometheus
 def test_every_dashboard_query_returns_data_from_two_revisions(start_server, tmp_path, dataset):
     from sklearn.datasets import load_breast_cancer
-
-    from tests.batch.test_batch import batch_event, send, table, write
 
     x, names = dataset
     y = load_breast_cancer().target

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.server import free_port, wait_for
+from tests.support.server import children, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +272,6 @@ def test_a_worker_stopped_by_sigterm_bins_the_rows_it_queued_first(start_server,
     (SIGTERM: a scale-down, a max-requests recycle) bins them before it exits."""
     import os
     import signal
-
-    from tests.observe.test_observability import children
 
     srv = start_server({"WORKERS": "1", "DRAIN_S": "0"})
     send_rows(srv, training_rows[:200], per_request=200)

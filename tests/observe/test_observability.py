@@ -12,14 +12,13 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import DEFAULT_MODEL, ROOT, free_port, wait_for
+from tests.support.server import DEFAULT_MODEL, ROOT, children, free_port, wait_for
 
 N = 30
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -129,16 +128,6 @@ def test_a_killed_worker_leaves_the_counts_and_no_stale_request_in_flight(start_
     assert outcome, "the request its worker held while killed was answered"
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def test_openmetrics_when_the_scraper_asks_for_it(server):

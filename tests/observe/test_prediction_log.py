@@ -17,7 +17,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.server.test_faults import in_mount_namespace, needs_mounts
+from tests.support.mounts import in_mount_namespace, needs_mounts
 from tests.support.server import wait_for
 from tests.support.services import S3_ENV
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.knative import needs_kubectl, needs_schemas, render, schema_errors
 from tests.support.prometheus import Prometheus, needs_prometheus
 from tests.support.server import DEFAULT_MODEL, ROOT, free_port
-from tests.test_knative import needs_kubectl, needs_schemas, render, schema_errors
 
 # short intervals through the tool's own options: a verdict every 2 s, on the counts since the step began
 FAST = [

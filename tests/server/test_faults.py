@@ -6,37 +6,19 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
-from tests.observe.test_observability import children
-from tests.support.server import ServerProcess, wait_for
-
-
-def can_mount() -> bool:
-    """Whether this process may make its own mounts (root, and unshare allowed here)."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
-
-
-needs_mounts = pytest.mark.skipif(not can_mount(), reason="needs root and `unshare -m` to mount a folder")
-
-
-def in_mount_namespace(setup: str) -> list[str]:
-    """`python -m func` in a mount namespace of its own, after the shell commands `setup`."""
-    return ["unshare", "-m", "sh", "-c", f"{setup} && exec {shlex.quote(sys.executable)} -m func"]
+from tests.support.mounts import in_mount_namespace, needs_mounts
+from tests.support.server import ServerProcess, children, wait_for
 
 
 def batch(url: str, src: Path, out: Path, event_id: str) -> requests.Response:
