@@ -205,7 +205,7 @@ class Client:
         self._stop.set()
 
 
-def service_manifest(model: Path, version: str, env: dict[str, str]) -> dict[str, Any]:
+def service_manifest(model: Path | str, version: str, env: dict[str, str]) -> dict[str, Any]:
     """knative/base's Service with the local model and the loop's short windows."""
     service = yaml.safe_load((ROOT / "knative" / "base" / "service.yaml").read_text())
     container = service["spec"]["template"]["spec"]["containers"][0]
@@ -312,10 +312,11 @@ def targets_writer(path: Path) -> Any:
     return add
 
 
-def watch_steps(broker: Broker, store: Path, timeline: Timeline, stop: threading.Event) -> None:
-    """Turn what the broker carried and what the store holds into the timeline's steps."""
+def watch_steps(broker: Broker, champion: Any, timeline: Timeline, stop: threading.Event) -> None:
+    """Turn what the broker carried and what the store holds into the timeline's steps;
+    `champion()` is the store's champion ({"version", "uri"}) or None."""
     said: set[str] = set()
-    pointer = store / MODEL_NAME / "champion.json"
+    first = champion()
     while not stop.wait(0.5):
         for d in broker.history():
             key = f"{d.type}/{d.id}/{d.subscriber}/{d.outcome}"
@@ -344,10 +345,56 @@ def watch_steps(broker: Broker, store: Path, timeline: Timeline, stop: threading
                     "rolledback": "rolled back",
                 }
                 timeline.say(names.get(verb, verb), f"{data.get('revision', '')} at {data.get('step', '')} %")
-        if pointer.exists() and "champion" not in said:
-            champion = json.loads(pointer.read_text())
+        now = champion()
+        if now and now != first and "champion" not in said:
             said.add("champion")
-            timeline.say("champion moved", f"v{champion['version']} ({champion['uri']})")
+            timeline.say("champion moved", f"v{now['version']} ({now['uri']})")
+
+
+def folder_champion(store: Path) -> Any:
+    pointer = store / MODEL_NAME / "champion.json"
+    return lambda: json.loads(pointer.read_text()) if pointer.exists() else None
+
+
+def mlflow_champion(url: str) -> Any:
+    def read() -> dict[str, str] | None:
+        resp = requests.get(
+            f"{url}/api/2.0/mlflow/registered-models/alias",
+            params={"name": MODEL_NAME, "alias": "champion"},
+            timeout=10,
+        )
+        if resp.status_code != 200:
+            return None
+        version = resp.json()["model_version"]["version"]
+        return {"version": version, "uri": f"models:/{MODEL_NAME}/{version}"}
+
+    return read
+
+
+def start_mlflow(folder: Path) -> tuple[Any, str]:
+    """An MLflow tracking server (the tests' own venv, tests/support/services.py) with v1
+    registered and aliased champion, as a team's registry would hold it."""
+    import subprocess
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support.services import MLFLOW_VENV, mlflow_server_command, register_in_mlflow
+
+    python = MLFLOW_VENV / "bin" / "python"
+    if not python.exists():
+        raise SystemExit(f"--store mlflow needs MLflow in {MLFLOW_VENV} (the tests install it there)")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen(
+        mlflow_server_command(python, port, folder),
+        cwd=folder,
+        stdout=(folder / "mlflow.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/health", timeout=120)
+    register_in_mlflow(url, MODEL_NAME, DEFAULT_MODEL, alias="champion")
+    return proc, url
 
 
 def drift_status(url: str) -> str:
@@ -363,6 +410,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a short run (a few minutes on 2 cores)")
     parser.add_argument("--scenario", choices=["retrained", "worse"], default="retrained")
+    parser.add_argument(
+        "--store",
+        choices=["folder", "mlflow"],
+        default="folder",
+        help="where versions are published: a folder (default), or an MLflow registry (needs MLflow installed)",
+    )
     parser.add_argument(
         "--out", type=Path, help="logs, the store, the timeline and the plot (default: a new temp folder)"
     )
@@ -384,9 +437,19 @@ def main(argv: list[str] | None = None) -> int:
     targets = out / "prometheus" / "targets.json"
     add_target = targets_writer(targets)
     prom, prom_url = prometheus(out / "prometheus", targets)
+    mlflow, tracking = None, ""
+    if args.store == "mlflow":  # v1 registered and aliased champion; served and retrained from the alias
+        mlflow, tracking = start_mlflow(out / "mlflow")
+        model_store, served, champion = (
+            f"models:/{MODEL_NAME}",
+            f"models:/{MODEL_NAME}@champion",
+            mlflow_champion(tracking),
+        )
+    else:  # v1 is the image's file until a promotion writes the folder's champion.json
+        model_store, served, champion = store.as_uri(), str(v1), folder_champion(store)
 
     service_file = out / "service.yaml"
-    service_file.write_text(yaml.safe_dump(service_manifest(v1, "1", {})))
+    service_file.write_text(yaml.safe_dump(service_manifest(served, "1", {})))
     revisions = Revisions(
         service_file, out, {}, on_start=lambda r: (add_target(r), timeline.say("revision started", r.name))
     )
@@ -402,22 +465,23 @@ def main(argv: list[str] | None = None) -> int:
             "PREDICTION_LOG": str(log),
             "PREDICTION_LOG_FLUSH_S": "1",
             "MODEL_CACHE_DIR": str(cache),
-            "MODEL_STORE": store.as_uri(),
+            "MODEL_STORE": model_store,
+            "MLFLOW_TRACKING_URI": tracking,
         }
     )
     # the store ConfigMap's settings, and where the local services are
     sinks["warmstart-retrain"].overrides.update(
         {
-            "MODEL_STORE": store.as_uri(),
-            "MODEL_PATH": str(v1),
+            "MODEL_STORE": model_store,
+            "MODEL_PATH": served,
             "TRAIN_DATA_URI": str(log),
             "MODEL_CACHE_DIR": str(cache),
-            "MLFLOW_TRACKING_URI": "",
+            "MLFLOW_TRACKING_URI": tracking,
             **({"TRAINER": "tests.support.trainers:swapped_labels"} if args.scenario == "worse" else {}),
         }
     )
     sinks["warmstart-rollout"].overrides.update(
-        {"PROMETHEUS_URL": prom_url, "MODEL_STORE": store.as_uri(), "MLFLOW_TRACKING_URI": ""}
+        {"PROMETHEUS_URL": prom_url, "MODEL_STORE": model_store, "MLFLOW_TRACKING_URI": tracking}
     )
     sinks["warmstart-rollout"].extra_args += [
         "--service-file",
@@ -440,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         revisions.watch()
         wait_ready(router.url + "/health/readiness")
         wait_ready(prom_url + "/-/ready")
-        threading.Thread(target=watch_steps, args=(broker, store, timeline, stop), daemon=True).start()
+        threading.Thread(target=watch_steps, args=(broker, champion, timeline, stop), daemon=True).start()
         threading.Thread(target=client.run, daemon=True, name="client").start()
         timeline.say("traffic", f"{timing.requests_per_s:g} requests/s of {timing.rows_per_request} rows, labelled")
         time.sleep(timing.before_drift_s)
@@ -455,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         router.stop()
         broker.stop()
         prom.terminate()
+        if mlflow is not None:
+            mlflow.terminate()
     names = list(revisions.running)
     plot(client, names, timeline, out / "loop.png")
     (out / "timeline.json").write_text(

@@ -12,12 +12,13 @@ import pytest
 
 from tests.support.prometheus import needs_prometheus
 from tests.support.server import ROOT
+from tests.support.services import mlflow_python
 
 
-def loop(tmp_path, scenario: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+def loop(tmp_path, scenario: str, *args: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
     out = tmp_path / scenario
     result = subprocess.run(
-        [sys.executable, "scripts/loop.py", "--quick", "--scenario", scenario, "--out", str(out)],
+        [sys.executable, "scripts/loop.py", "--quick", "--scenario", scenario, "--out", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -46,6 +47,17 @@ def test_a_degraded_model_is_retrained_once_rolled_out_and_becomes_the_champion(
     order = [s["step"] for s in timeline]
     assert order.index("drift detected") < order.index("retrained") < order.index("promoted")
     assert (tmp_path / "retrained" / "loop.png").stat().st_size > 10_000
+
+
+@needs_prometheus
+def test_the_loop_closes_on_an_mlflow_registry_and_moves_its_champion_alias(tmp_path):
+    mlflow_python()  # the tests' own MLflow venv, installed once (skips if it cannot be)
+    result, timeline = loop(tmp_path, "retrained", "--store", "mlflow")
+    assert result.returncode == 0, result.stdout + result.stderr
+    (published,) = steps(timeline, "retrained")
+    assert published["detail"].startswith("v2 published")
+    (champion,) = steps(timeline, "champion moved")
+    assert champion["detail"] == "v2 (models:/breast-cancer-rf/2)"
 
 
 @needs_prometheus
