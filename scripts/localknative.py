@@ -123,14 +123,15 @@ class Revisions:
         if mtime == self._seen_mtime:
             return
         self._seen_mtime = mtime
-        template = self.service()["spec"]["template"]
+        service = self.service()
+        template = service["spec"]["template"]
         name = template["metadata"]["name"]
         with self._lock:
             if name not in self.running:
-                self.running[name] = self._start(name, template)
+                self.running[name] = self._start(name, template, service["metadata"]["name"])
                 self.on_start(self.running[name])
 
-    def _start(self, name: str, template: dict[str, Any]) -> Revision:
+    def _start(self, name: str, template: dict[str, Any], service: str) -> Revision:
         container = template["spec"]["containers"][0]
         env = {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
         port = free_port()
@@ -145,7 +146,7 @@ class Revisions:
                 "PORT": str(port),
                 "HOST": "127.0.0.1",
                 "K_REVISION": name,
-                "K_SERVICE": self.service()["metadata"]["name"],
+                "K_SERVICE": service,
             },
             stdout=log_path.open("wb"),
             stderr=subprocess.STDOUT,

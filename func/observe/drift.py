@@ -50,6 +50,7 @@ import numpy as np
 
 from ..model.card import ModelCard
 from ..model.runtime import Prediction
+from .logs import iso_time
 from .tallies import Tallies
 
 log = logging.getLogger("warmstart.drift")
@@ -330,12 +331,12 @@ class Drift:
             state["episode"] = {"window": state["index"], "opened_at": now}
         elif report["status"] != "drift":
             state["episode"] = None
-        report["window"]["started_at"], report["window"]["closed_at"] = state.get("started_at"), _iso(now)
+        report["window"]["started_at"], report["window"]["closed_at"] = state.get("started_at"), iso_time(now)
         state["index"] += 1
         state["start"] = total.tolist()
         # every row predicted from now on is binned into a later window (a few predicted up
         # to FLUSH_S before may be too: a run training "since" this time leaves those out)
-        state["started_at"] = _iso(now)
+        state["started_at"] = iso_time(now)
         state["close_at"] = (total[0] // self.window + 1) * self.window
         state["last"] = report
         state["windows"][report["status"]] = state["windows"].get(report["status"], 0) + 1
@@ -532,7 +533,7 @@ class _WindowState:
             "last": None,
             "windows": {},
             "episode": None,
-            "started_at": _iso(time.time()),
+            "started_at": iso_time(time.time()),
         }
 
     @property
@@ -600,8 +601,3 @@ class _Locked:
                 os.close(self._fd)
         finally:
             owner._lock.release()
-
-
-def _iso(seconds: float) -> str:
-    """A UTC time as the prediction log writes them (ISO 8601, to the millisecond)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"

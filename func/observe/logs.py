@@ -10,6 +10,11 @@ import time
 from ..config import Settings
 
 
+def iso_time(seconds: float) -> str:
+    """A UTC time as every log line and event of ours writes it: ISO 8601, to the millisecond."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, labels: dict[str, str]) -> None:
         super().__init__()
@@ -17,7 +22,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
