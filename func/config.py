@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -41,6 +42,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float | N
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r}: expected a number") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={raw!r}: expected a finite number")
     if minimum is not None and not value >= minimum:
         raise ConfigError(f"{name}={raw!r}: must be at least {minimum:g}")
     return value
