@@ -31,12 +31,13 @@ ENTRYPOINT ["python", "-m", "func.retrain"]
 # --- runtime deps in a venv, so the final stage copies one folder and no build tools.
 # scripts/prune_venv.sh then removes what no serving process loads (measured by
 # loadtests/loaded_libs.py): pip, setuptools, tests, headers, Arrow Flight and pyarrow's
-# S3 client, onnxruntime's C API library and model tools, symbol tables (binutils' strip).
+# S3 client, onnxruntime's C API library and model tools, NumPy's unused subpackages,
+# symbol tables (binutils' strip), bytecode (the last stage compiles what is imported).
 FROM ${BASE} AS deps
 RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /venv
 COPY requirements.txt /tmp/requirements.txt
-RUN /venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+RUN /venv/bin/pip install --no-cache-dir --no-compile -r /tmp/requirements.txt
 COPY scripts/prune_venv.sh /tmp/prune_venv.sh
 RUN bash /tmp/prune_venv.sh /venv
 
@@ -58,8 +59,10 @@ RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin warmstart
 COPY --from=deps /venv /venv
 WORKDIR /app
 COPY func/ func/
-# func's bytecode now: the read-only root cannot cache it, so each start would compile it
-RUN python -m compileall -q func/
+# Bytecode for exactly what the server imports, func's and the venv's: the read-only root
+# cannot cache it, so each start would compile it; what is never imported needs none.
+RUN --mount=type=bind,source=scripts/compile_imported.py,target=/tmp/compile_imported.py \
+    /venv/bin/python /tmp/compile_imported.py
 COPY --from=train /src/models/model.onnx models/model.onnx
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

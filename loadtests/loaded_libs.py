@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_file  # noqa: E402
 
-from tests.support.images import exercise_every_path, write_batch_inputs  # noqa: E402
+from tests.support.images import exercise_every_path, imported_modules, write_batch_inputs  # noqa: E402
 from tests.support.server import ServerProcess  # noqa: E402
 
 PACKAGES = ("pyarrow", "onnxruntime", "numpy", "numpy.libs")
@@ -52,15 +52,6 @@ def mapped_files(pids: list[int]) -> set[str]:
             if len(parts) == 6 and parts[5].startswith("/"):
                 files.add(os.path.realpath(parts[5]))
     return files
-
-
-def imported_modules(log: str) -> set[str]:
-    """Module names from `-X importtime` lines: `import time: self | cumulative | name`."""
-    return {
-        line.rsplit("|", 1)[1].strip()
-        for line in log.splitlines()
-        if line.startswith("import time:") and line.count("|") == 2
-    }
 
 
 def site_packages(python: str) -> Path:

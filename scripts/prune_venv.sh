@@ -52,15 +52,27 @@ rm -f "$site"/onnxruntime/capi/libonnxruntime.so*
 # (quantization, transformers, tools, datasets, backend) and NumPy's build tools (f2py,
 # distutils, the PyInstaller hook, the type-checker plugin).
 rm -rf "$site"/onnxruntime/{backend,datasets,quantization,tools,transformers} \
-  "$site"/numpy/{f2py,distutils,_pyinstaller,typing}
+  "$site"/numpy/{f2py,distutils,_pyinstaller,typing,fft,polynomial,testing}
+# NumPy's own test modules (the SIMD dispatch probe and the C-API test module), never loaded.
+rm -f "$site"/numpy/_core/{_simd,_multiarray_tests}.cpython-*.so
+# tzdata: the IANA zone files python-dateutil (the cloudevents SDK's) falls back to where the
+# system has none. No serving path names a zone: event times carry UTC offsets.
+rm -rf "$site"/tzdata "$site"/tzdata-*.dist-info
 rm -f "$venv/bin/f2py" "$venv/bin/numpy-config" "$venv/bin/onnxruntime_test"
 
-# Symbol tables: pyarrow's own libraries ship with theirs (libarrow.so alone 48.7 MB,
-# 38.7 MB without); --strip-unneeded keeps the dynamic symbols the loader links against.
-# Only these: strip breaks libraries that auditwheel rewrote with patchelf (NumPy's
-# OpenBLAS then fails to load: "ELF load command address/offset not page-aligned").
-find "$site/pyarrow" -maxdepth 1 -name 'lib*.so.*' -type f -exec strip --strip-unneeded {} +
+# Symbol tables and debug information: pyarrow's libraries ship with theirs (libarrow.so
+# alone 48.7 MB, 38.7 MB without), pysimdjson's extension with its debug information
+# (7.5 MB, 0.6 MB without). --strip-unneeded keeps the dynamic symbols the loader links
+# against. Not the libraries auditwheel rewrote with patchelf, the bundled ones in
+# *.libs/ and the extensions whose RPATH points there: strip breaks them (NumPy's OpenBLAS
+# then fails to load: "ELF load command address/offset not page-aligned").
+find "$site" -path "$site/*.libs" -prune -o -name '*.so*' -type f -print | while read -r lib; do
+  if ! readelf -d "$lib" | grep -E 'R(UN)?PATH' | grep -q '\.libs'; then
+    strip --strip-unneeded "$lib"
+  fi
+done
 
-# Bytecode stays (a read-only root cannot write it, so every cold start would compile),
-# but only for what is left, and none of the uninstalled tools' caches.
-find "$site" -type d -name __pycache__ -empty -delete
+# Bytecode: none here. The image's last stage writes it for exactly the modules the
+# server imports (scripts/compile_imported.py): a read-only root cannot cache it, and 8.5
+# of the 15 MB pip compiled was for modules no serving process imports.
+find "$venv" -type d -name __pycache__ -prune -exec rm -rf {} +

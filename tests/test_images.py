@@ -21,6 +21,8 @@ from tests.support.images import (
     deployed_container,
     exercise_every_path,
     image_names,
+    imported_modules,
+    modules_without_bytecode,
     podman,
     podman_problem,
     rows,
@@ -88,6 +90,8 @@ def function(images, jobs):
     podman(
         "run", "--detach", f"--name={name}", *options, *env,
         f"--publish=127.0.0.1:{port}:8080", f"--volume={jobs}:/jobs", "--env=BATCH_ALLOW=/jobs/",
+        # every process logs each import: which ones the image compiled is checked below
+        "--env=PYTHONPROFILEIMPORTTIME=1",
         images["function"], check=True,
     )  # fmt: skip
     container = Container(name, port)
@@ -95,13 +99,20 @@ def function(images, jobs):
     podman("rm", "--force", "--time=0", name, timeout=60)
 
 
-def test_function_image_serves_every_protocol_and_batch_jobs_as_knative_runs_it(function, jobs):
+def test_function_image_serves_every_protocol_and_batch_jobs_as_knative_runs_it(images, function, jobs):
     """Ready as uid 10001 on a read-only root (its model readable, its shared folder in the
     /tmp tmpfs); own JSON, V1, V2 binary and a CloudEvent agree; a batch job from and to
-    each format on the mounted folder; /metrics."""
+    each format on the mounted folder; /metrics; an explanation. Every module the server
+    imported for all of it has bytecode in the image (scripts/compile_imported.py), so no
+    start compiles any."""
     function.wait_ready()
     inputs = write_batch_inputs(jobs)
     exercise_every_path(function.url, inputs, jobs, served_jobs="/jobs")
+    explained = requests.post(function.url + "/explain", json={"instances": rows(2).tolist()}, timeout=60)
+    assert explained.status_code == 200, explained.text
+    imported = imported_modules(function.logs())
+    assert "func.api.app" in imported and "pyarrow.parquet" in imported, sorted(imported)[:20]
+    assert modules_without_bytecode(images["function"], imported) == []
 
 
 def test_function_image_holds_no_installer_tests_or_headers(images):

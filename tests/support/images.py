@@ -37,9 +37,11 @@ def podman_problem() -> str | None:
     return None
 
 
-def podman(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
+def podman(
+    *args: str, timeout: float = 300, check: bool = False, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "CONTAINERS_CONF": str(ROOT / "scripts" / "containers.conf")}
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(["podman", *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert result.returncode == 0, f"podman {' '.join(args)}: {result.stdout}{result.stderr}"
     return result
@@ -66,6 +68,40 @@ def deployed_container() -> tuple[list[str], list[str]]:
     ]
     env = [f"--env={e['name']}={e['value']}" for e in container["env"]]
     return options, env
+
+
+def imported_modules(log: str) -> set[str]:
+    """Module names from `-X importtime` lines (PYTHONPROFILEIMPORTTIME=1) in a log:
+    `import time: self | cumulative | name`."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in log.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+def modules_without_bytecode(image: str, modules: set[str]) -> list[str]:
+    """Those of `modules` whose source in the image (the venv or func/) has no bytecode
+    beside it: each start on a read-only root would compile them again."""
+    probe = (
+        "import importlib.util, json, os, sys\n"
+        "missing = []\n"
+        "for name in json.load(sys.stdin):\n"
+        "    try:\n"
+        "        spec = importlib.util.find_spec(name)\n"
+        "    except Exception:\n"
+        "        continue\n"
+        "    origin = spec and spec.origin or ''\n"
+        "    if origin.startswith(('/venv/', '/app/func/')) and origin.endswith('.py')"
+        " and not os.path.exists(spec.cached):\n"
+        "        missing.append(name)\n"
+        "print(json.dumps(sorted(missing)))\n"
+    )
+    result = podman(
+        "run", "--rm", "-i", "--read-only", "--entrypoint=python", image, "-c", probe,
+        stdin=json.dumps(sorted(modules)), timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(result.stdout)
 
 
 def image_names() -> dict[str, str]:
