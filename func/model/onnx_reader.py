@@ -19,7 +19,8 @@ import numpy as np
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 # Field numbers from onnx.proto.
-_MODEL_GRAPH = 7
+_MODEL_GRAPH, _MODEL_METADATA = 7, 14
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _GRAPH_NODE, _GRAPH_INPUT, _GRAPH_OUTPUT = 1, 11, 12
 _VALUE_INFO_NAME = 1
 _NODE_INPUT, _NODE_OUTPUT, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN = 1, 2, 4, 5, 7
@@ -62,6 +63,19 @@ def read_graph(data: bytes) -> Graph:
     if not graph.nodes:
         raise OnnxReadError("not a readable ONNX model (no graph nodes)")
     return graph
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The model's metadata_props (where our model card lives), without reading the graph."""
+    found = {}
+    try:
+        for number, _, value in _fields(memoryview(data)):
+            if number == _MODEL_METADATA:
+                entry = {n: _text(v) for n, _, v in _fields(value)}
+                found[entry.get(_ENTRY_KEY, "")] = entry.get(_ENTRY_VALUE, "")
+    except (IndexError, ValueError) as exc:
+        raise OnnxReadError(f"not a readable ONNX model ({exc})") from None
+    return found
 
 
 def _read_graph(data: memoryview, graph: Graph) -> None:
