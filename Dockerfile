@@ -61,6 +61,8 @@ COPY func/ func/
 # func's bytecode now: the read-only root cannot cache it, so each start would compile it
 RUN python -m compileall -q func/
 COPY --from=train /src/models/model.onnx models/model.onnx
+# the same trees as mapped arrays: the server answers from them while onnxruntime starts
+COPY --from=train /src/models/model.forest models/model.forest
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -84,8 +84,10 @@ class Forest:
         """(labels, probabilities) of a classifier, (None, values) of a regressor."""
         x = np.ascontiguousarray(rows, dtype=np.float32)
         step = max(1, _CHUNK_CELLS // max(1, len(self.roots)))
-        scores = np.concatenate([self._scores(x[s : s + step]) for s in range(0, len(x), step)]) if len(x) else (
-            np.zeros((0, self.values.shape[1]), np.float32)
+        scores = (
+            np.concatenate([self._scores(x[s : s + step]) for s in range(0, len(x), step)])
+            if len(x)
+            else (np.zeros((0, self.values.shape[1]), np.float32))
         )
         if self.kind == "binary":
             s = scores[:, 0]
@@ -213,9 +215,7 @@ def _kind(trees: Trees, card: ModelCard) -> str:
         return "binary"
     if n_labels > 2 and trees.n_columns == n_labels and trees.base.size in (0, n_labels):
         return "classes"
-    raise Unsupported(
-        f"{n_labels} class labels scored in {trees.n_columns} columns with {trees.base.size} base values"
-    )
+    raise Unsupported(f"{n_labels} class labels scored in {trees.n_columns} columns with {trees.base.size} base values")
 
 
 def _children(trees: Trees) -> np.ndarray:
@@ -291,7 +291,7 @@ def _read(mapping: mmap.mmap, onnx_sha256: str) -> Forest:
     if header.get("onnx_sha256") != onnx_sha256:
         raise ValueError(
             f"it was made from ONNX bytes with sha256 {header.get('onnx_sha256')}, not the served "
-            f"model's {onnx_sha256} (stale: rewrite it with scripts/export_onnx.py --forest)"
+            f"model's {onnx_sha256} (stale: rewrite it with python -m func.model.forest MODEL.onnx)"
         )
     start = -(-start // _ALIGN) * _ALIGN
     arrays = {}
@@ -341,3 +341,30 @@ def write_forest(onnx_path: Path, onnx_bytes: bytes, onnx_sha256: str) -> str | 
         return str(exc)
     write_atomically(target, data)
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m func.model.forest MODEL.onnx: write MODEL.forest beside it."""
+    import hashlib
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].endswith(".onnx"):
+        print("usage: python -m func.model.forest MODEL.onnx", file=sys.stderr)
+        return 2
+    onnx_path = Path(args[0])
+    try:
+        data = onnx_path.read_bytes()
+    except OSError as exc:
+        print(f"error: {onnx_path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    why_not = write_forest(onnx_path, data, hashlib.sha256(data).hexdigest())
+    if why_not is not None:
+        print(f"error: {onnx_path}: no forest file, onnxruntime alone will serve it: {why_not}", file=sys.stderr)
+        return 1
+    print(f"wrote {forest_path(onnx_path)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
