@@ -152,11 +152,6 @@ def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
     model cannot have one."""
     graph = read_graph(onnx_bytes)
     node = find_tree_ensemble(graph)
-    if len(graph.nodes) != 1:
-        others = sorted({n.op_type for n in graph.nodes if n is not node})
-        raise Unsupported(f"the graph has other nodes than the tree ensemble ({', '.join(others)})")
-    if node.outputs != graph.outputs:
-        raise Unsupported("the tree ensemble's outputs are not the model's outputs")
     card_json = read_metadata(onnx_bytes).get(CARD_METADATA_KEY)
     if card_json is None:
         raise Unsupported("the ONNX model has no warmstart card (export it with scripts/export_onnx.py)")
@@ -166,6 +161,11 @@ def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
         raise Unsupported(str(exc)) from None
     trees = read_trees(node, card.n_features)
     kind = _kind(trees, card)
+    if len(graph.nodes) != 1:
+        others = sorted({n.op_type for n in graph.nodes if n is not node})
+        raise Unsupported(f"the graph has other nodes than the tree ensemble ({', '.join(others)})")
+    if node.outputs != graph.outputs:
+        raise Unsupported("the tree ensemble's outputs are not the model's outputs")
     branch_modes = sorted({m for m in trees.modes if m in BRANCH_MODES})
     arrays: dict[str, np.ndarray] = {
         "roots": trees.roots.astype(np.int32),
