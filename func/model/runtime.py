@@ -164,6 +164,9 @@ def _load_onnx(path: Path, bulk_threads: int, digest: str) -> Model:
         return model
     sessions.forest = forest
     sessions.boolean = _boolean_labels(card)
+    # The forest file vouches that the graph is one TreeEnsemble node: graph optimisations
+    # have nothing to fuse, and skipping them builds the session sooner (25 MB: 0.26 -> 0.19 s).
+    sessions.optimize = False
     model = Model(card, sessions.run, "onnx")
     model.evaluator = "forest"
     log.info(
@@ -199,6 +202,7 @@ class _OnnxSessions:
         self._outputs: list[str] = []
         self._outputs_labels = False
         self.boolean = False
+        self.optimize = True
         # Set once the one-thread session is built, or could not be.
         self._built = threading.Event()
 
@@ -219,13 +223,13 @@ class _OnnxSessions:
             model.evaluator = "onnxruntime"
             log.info("onnxruntime session built in %.3f s; it answers from now on", time.perf_counter() - started)
         try:
-            self._bulk = _session(self.path, self.bulk_threads, spin=True)
+            self._bulk = _session(self.path, self.bulk_threads, spin=True, optimize=self.optimize)
         except ModelLoadError as exc:
             log.error("the multi-threaded session was not built, large inputs run on one thread: %s", exc)
 
     def build(self) -> None:
         """The one-thread session and the card it carries; ModelLoadError says what is wrong."""
-        session = _session(self.path, 1)
+        session = _session(self.path, 1, optimize=self.optimize)
         inputs = session.get_inputs()
         if len(inputs) != 1:
             raise ModelLoadError(
@@ -294,11 +298,14 @@ def _boolean_labels(card: ModelCard) -> bool:
     return bool(card.class_labels) and all(isinstance(c, bool) for c in card.class_labels)
 
 
-def _session(path: Path, threads: int, spin: bool = False) -> Any:
+def _session(path: Path, threads: int, spin: bool = False, optimize: bool = True) -> Any:
     import onnxruntime as ort
 
+    options = _session_options(ort, threads, spin)
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return ort.InferenceSession(str(path), _session_options(ort, threads, spin), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise ModelLoadError(f"MODEL_PATH={path}: not a valid ONNX model ({_first_line(exc)})") from None
 
