@@ -79,9 +79,7 @@ class TreeShap:
             raise Unsupported("the tree ensemble has no node sample counts (nodes_hitrates)")
         features, thresholds, modes = trees.feature, trees.threshold, trees.modes
         is_leaf = trees.is_leaf
-        children = {
-            i: (int(trees.true_child[i]), int(trees.false_child[i])) for i in np.flatnonzero(~is_leaf).tolist()
-        }
+        children = {i: (int(trees.true_child[i]), int(trees.false_child[i])) for i in np.flatnonzero(~is_leaf).tolist()}
         for i, (yes, no) in children.items():
             if not covers[i] > 0 or not np.isclose(covers[yes] + covers[no], covers[i], rtol=_COVER_RTOL):
                 raise Unsupported(

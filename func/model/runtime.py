@@ -207,7 +207,11 @@ class _OnnxSessions:
         self._built = threading.Event()
 
     def start(self, model: Model, build_first: bool) -> None:
-        thread = threading.Thread(target=self._build_rest, args=(model, build_first), name="onnx-sessions", daemon=True)
+        # Not a daemon: a process leaving while onnxruntime is still building a session
+        # (a worker refusing its model, a SIGTERM just after start) tore its C++ state down
+        # under the builder and aborted (SIGABRT instead of its exit code). Exit waits for
+        # the build instead.
+        thread = threading.Thread(target=self._build_rest, args=(model, build_first), name="onnx-sessions")
         thread.start()
 
     def _build_rest(self, model: Model, build_first: bool) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import requests
 from func.model.export import build_card, to_onnx_bytes
 from func.model.forest import forest_bytes, forest_path, open_forest, write_forest
 from func.model.trees import Unsupported
-from tests.support.server import wait_for
+from tests.support.server import ROOT, wait_for
 
 N_FEATURES = 8
 
@@ -186,3 +188,18 @@ def test_a_server_ignores_a_stale_forest_with_one_log_line(start_server, large_f
     assert _evaluator(srv) == "onnxruntime"
     stale = [line for line in srv.log().splitlines() if "not used" in line]
     assert len(stale) == 1 and "stale" in stale[0]
+
+
+def test_a_process_leaving_while_onnxruntime_builds_a_session_exits_with_its_own_code(large_forest, tmp_path):
+    """The retraining job loads models and exits, a worker refusing its model too; the
+    multi-threaded session still being built must not turn the exit code into SIGABRT."""
+    model, _ = large_forest
+    alone = tmp_path / "model.onnx"  # no forest: load_model returns as the second session starts
+    alone.write_bytes(model.read_bytes())
+    script = (
+        "import sys; from func.config import Settings; from func.model.runtime import load_model; "
+        f"load_model(Settings(model_path={str(alone)!r}, inference_threads=2)); sys.exit(7)"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 7, done.stderr[-2000:]
