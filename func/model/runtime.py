@@ -226,6 +226,8 @@ class _OnnxSessions:
                 self._built.set()
             model.evaluator = "onnxruntime"
             log.info("onnxruntime session built in %.3f s; it answers from now on", time.perf_counter() - started)
+        if not threading.main_thread().is_alive():
+            return  # the process is leaving: it would only wait for a session it never uses
         try:
             self._bulk = _session(self.path, self.bulk_threads, spin=True, optimize=self.optimize)
         except ModelLoadError as exc:
