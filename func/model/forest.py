@@ -31,14 +31,15 @@ import json
 import logging
 import mmap
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..atomic_file import write_atomically
 from .card import CARD_METADATA_KEY, CardError, ModelCard
-from .onnx_reader import OnnxReadError, read_graph, read_metadata
-from .trees import BRANCH_MODES, Trees, Unsupported, find_tree_ensemble, read_trees
+
+if TYPE_CHECKING:
+    from .trees import Trees
 
 log = logging.getLogger("warmstart.model")
 
@@ -138,7 +139,8 @@ def _compare(value: np.ndarray, threshold: np.ndarray, mode: str, modes: np.ndar
     return result
 
 
-_MODE_NAMES = tuple(m.decode() for m in BRANCH_MODES)
+# The split modes by their code in a forest's `modes` array (func/model/trees.py reads the same).
+_MODE_NAMES = ("BRANCH_LEQ", "BRANCH_LT", "BRANCH_GTE", "BRANCH_GT")
 _COMPARE = {
     "BRANCH_LEQ": np.less_equal,
     "BRANCH_LT": np.less,
@@ -150,6 +152,10 @@ _COMPARE = {
 def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
     """The forest file of these ONNX bytes; Unsupported (or OnnxReadError) says why a
     model cannot have one."""
+    # The ONNX reader loads here, off the serving path: only explanations need it there.
+    from .onnx_reader import read_graph, read_metadata
+    from .trees import Unsupported, find_tree_ensemble, read_trees
+
     graph = read_graph(onnx_bytes)
     node = find_tree_ensemble(graph)
     card_json = read_metadata(onnx_bytes).get(CARD_METADATA_KEY)
@@ -166,7 +172,7 @@ def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
         raise Unsupported(f"the graph has other nodes than the tree ensemble ({', '.join(others)})")
     if node.outputs != graph.outputs:
         raise Unsupported("the tree ensemble's outputs are not the model's outputs")
-    branch_modes = sorted({m for m in trees.modes if m in BRANCH_MODES})
+    branch_modes = sorted({m for m in trees.modes if m != b"LEAF"})
     arrays: dict[str, np.ndarray] = {
         "roots": trees.roots.astype(np.int32),
         "feature": trees.feature.astype(np.int32),
@@ -177,7 +183,7 @@ def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
     if trees.missing_true.any():
         arrays["missing_true"] = trees.missing_true.astype(np.uint8)
     if len(branch_modes) > 1:
-        codes = {m: i for i, m in enumerate(BRANCH_MODES)}
+        codes = {m.encode(): i for i, m in enumerate(_MODE_NAMES)}
         arrays["modes"] = np.array([codes.get(m, 0) for m in trees.modes], dtype=np.uint8)
     header = {
         "format": "warmstart forest",
@@ -196,6 +202,8 @@ def forest_bytes(onnx_bytes: bytes, onnx_sha256: str) -> bytes:
 
 
 def _kind(trees: Trees, card: ModelCard) -> str:
+    from .trees import Unsupported
+
     if trees.weights_per_leaf > 1:
         raise Unsupported("a leaf has several weights for one score column")
     if trees.post_transform != "NONE":
@@ -231,6 +239,8 @@ def _children(trees: Trees) -> np.ndarray:
 
 def _depth(trees: Trees) -> int:
     """The most splits on any root-to-leaf path."""
+    from .trees import Unsupported
+
     frontier, depth = trees.roots, 0
     while True:
         branches = frontier[~trees.is_leaf[frontier]]
@@ -333,6 +343,9 @@ def _check(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
 def write_forest(onnx_path: Path, onnx_bytes: bytes, onnx_sha256: str) -> str | None:
     """Write the forest beside an ONNX model just written; None when written, else the
     reason it cannot be (a stale forest beside the model is removed either way)."""
+    from .onnx_reader import OnnxReadError
+    from .trees import Unsupported
+
     target = forest_path(onnx_path)
     try:
         data = forest_bytes(onnx_bytes, onnx_sha256)

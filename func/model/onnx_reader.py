@@ -78,6 +78,23 @@ def read_metadata(data: bytes) -> dict[str, str]:
     return found
 
 
+def node_ops(data: bytes | memoryview) -> list[tuple[str, str]]:
+    """(domain, op_type) of each graph node, without reading attributes: microseconds
+    for a forest of hundreds of megabytes (a memoryview of a mapped file is not copied)."""
+    ops = []
+    try:
+        for number, _, graph in _fields(memoryview(data)):
+            if number != _MODEL_GRAPH:
+                continue
+            for field_number, _, node in _fields(graph):
+                if field_number == _GRAPH_NODE:
+                    found = {n: _text(v) for n, _, v in _fields(node) if n in (_NODE_OP_TYPE, _NODE_DOMAIN)}
+                    ops.append((found.get(_NODE_DOMAIN, ""), found.get(_NODE_OP_TYPE, "")))
+    except (IndexError, ValueError) as exc:
+        raise OnnxReadError(f"not a readable ONNX model ({exc})") from None
+    return ops
+
+
 def _read_graph(data: memoryview, graph: Graph) -> None:
     for number, _, value in _fields(data):
         if number == _GRAPH_NODE:

@@ -203,3 +203,19 @@ def test_a_process_leaving_while_onnxruntime_builds_a_session_exits_with_its_own
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 7, done.stderr[-2000:]
+
+
+def test_node_ops_names_every_graph_node_without_reading_attributes(large_forest):
+    """What decides that onnxruntime may skip graph optimisations (a lone TreeEnsemble)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    from func.model.onnx_reader import node_ops
+
+    model, _ = large_forest
+    assert node_ops(model.read_bytes()) == [("ai.onnx.ml", "TreeEnsembleClassifier")]
+    x, score = _data(300)
+    scaled = make_pipeline(StandardScaler(), DecisionTreeClassifier()).fit(x, score > 0)
+    ops = node_ops(_onnx(scaled, x))
+    assert ("ai.onnx.ml", "Scaler") in ops and ("ai.onnx.ml", "TreeEnsembleClassifier") in ops
