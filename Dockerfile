@@ -64,6 +64,8 @@ COPY func/ func/
 RUN --mount=type=bind,source=scripts/compile_imported.py,target=/tmp/compile_imported.py \
     /venv/bin/python /tmp/compile_imported.py
 COPY --from=train /src/models/model.onnx models/model.onnx
+# the same trees as mapped arrays: the server answers from them while onnxruntime starts
+COPY --from=train /src/models/model.forest models/model.forest
 ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from func.atomic_file import write_atomically  # noqa: E402
 from func.model.card import CardError, ModelCard, sidecar_path  # noqa: E402
 from func.model.export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes  # noqa: E402
+from func.model.forest import forest_path, write_forest  # noqa: E402
 
 
 def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> float:
@@ -34,11 +36,17 @@ def write_model(estimator: Any, card: ModelCard, x: np.ndarray, out: Path) -> fl
     passes (the difference is at most MAX_DIFFERENCE); return the difference either way.
 
     `out` may be the model being served: it is replaced in one rename, by a complete
-    file, or left as it was."""
+    file, or left as it was. A tree ensemble's forest file (func/model/forest.py), which
+    the server answers from while onnxruntime builds its session, is written beside it."""
     data = to_onnx_bytes(estimator, card)
     diff = max_difference(estimator, data, x, card.is_classifier)
     if diff <= MAX_DIFFERENCE:
         write_atomically(out, data)
+        why_not = write_forest(out, data, hashlib.sha256(data).hexdigest())
+        if why_not is None:
+            print(f"wrote {forest_path(out)}: the server answers from it while onnxruntime starts")
+        else:
+            print(f"no forest file beside {out}, onnxruntime alone will serve it: {why_not}")
     return diff
 
 

@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
     @app.get("/model")
     def model_card() -> Response:
         model = state.model
-        return respond({**model.card.to_dict(), "format": model.format})
+        return respond({**model.card.to_dict(), "format": model.format, "evaluator": model.evaluator})
 
     @app.get("/health/liveness")
     def liveness() -> Response:

@@ -35,10 +35,10 @@ from math import factorial
 
 import numpy as np
 
-from ..model.onnx_reader import Graph, Node
+from ..model.onnx_reader import Node
+from ..model.trees import Trees, Unsupported, find_tree_ensemble, read_trees
 
-_ML_DOMAIN = "ai.onnx.ml"
-_OPS = ("TreeEnsembleClassifier", "TreeEnsembleRegressor")
+__all__ = ["TreeExplanation", "TreeShap", "Unsupported", "find_tree_ensemble"]
 # mode -> (compare with "<" rather than "<=", the true branch is where the comparison fails)
 _BRANCH_MODES = {
     b"BRANCH_LEQ": (False, False),
@@ -55,10 +55,6 @@ _OUTPUT_SPACES = {"NONE": "probability", "LOGISTIC": "log_odds", "SOFTMAX": "mar
 _CHUNK_ROWS = 16
 
 
-class Unsupported(ValueError):
-    """The model is not a tree ensemble this module can explain exactly; says why."""
-
-
 @dataclass(frozen=True)
 class TreeExplanation:
     """SHAP values of rows in the ensemble's raw-score space, one score column each."""
@@ -72,53 +68,29 @@ class TreeShap:
     """A tree ensemble's paths, covers and leaf values, laid out for `shap_values`."""
 
     def __init__(self, node: Node, n_features: int) -> None:
-        attrs = node.attributes
-        self.is_classifier = node.op_type == "TreeEnsembleClassifier"
-        self.post_transform = _text(attrs.get("post_transform", b"NONE"))
+        trees = read_trees(node, n_features)
+        self.is_classifier = trees.is_classifier
+        self.post_transform = trees.post_transform
         supported = _OUTPUT_SPACES if self.is_classifier else ("NONE",)
         if self.post_transform not in supported:
             raise Unsupported(f"post_transform {self.post_transform} is not supported")
-        tree_ids = _ints(attrs, "nodes_treeids")
-        node_ids = _ints(attrs, "nodes_nodeids")
-        features = _ints(attrs, "nodes_featureids")
-        thresholds = _floats(attrs, "nodes_values")
-        true_ids = _ints(attrs, "nodes_truenodeids")
-        false_ids = _ints(attrs, "nodes_falsenodeids")
-        modes = attrs.get("nodes_modes")
-        covers = attrs.get("nodes_hitrates")
-        if not isinstance(modes, list) or len(modes) != len(tree_ids):
-            raise Unsupported("the tree ensemble has no readable nodes_modes")
-        if not isinstance(covers, np.ndarray) or len(covers) != len(tree_ids):
+        covers = trees.covers
+        if covers is None:
             raise Unsupported("the tree ensemble has no node sample counts (nodes_hitrates)")
-        if features.size and (features.min() < 0 or features.max() >= n_features):
-            raise Unsupported(f"a split uses a feature index outside 0..{n_features - 1}")
-        unknown = {m for m in modes if m != b"LEAF" and m not in _BRANCH_MODES}
-        if unknown:
-            raise Unsupported(f"split modes {sorted(m.decode() for m in unknown)} are not supported")
-
-        position = {(t, n): i for i, (t, n) in enumerate(zip(tree_ids.tolist(), node_ids.tolist()))}
-        is_leaf = np.array([m == b"LEAF" for m in modes])
-        children: dict[int, tuple[int, int]] = {}
-        for i in np.flatnonzero(~is_leaf).tolist():
-            t = int(tree_ids[i])
-            try:
-                children[i] = (position[t, int(true_ids[i])], position[t, int(false_ids[i])])
-            except KeyError:
-                raise Unsupported(f"tree {t} node {int(node_ids[i])} points at a missing child") from None
+        features, thresholds, modes = trees.feature, trees.threshold, trees.modes
+        is_leaf = trees.is_leaf
+        children = {i: (int(trees.true_child[i]), int(trees.false_child[i])) for i in np.flatnonzero(~is_leaf).tolist()}
         for i, (yes, no) in children.items():
             if not covers[i] > 0 or not np.isclose(covers[yes] + covers[no], covers[i], rtol=_COVER_RTOL):
                 raise Unsupported(
                     "nodes_hitrates do not hold node sample counts (a node's count is not the sum of its "
                     "children's); export the model with scripts/export_onnx.py to store them"
                 )
-        child_set = {c for pair in children.values() for c in pair}
-        roots = [i for i in range(len(tree_ids)) if i not in child_set]
+        roots = trees.roots.tolist()
         self.n_trees = len(roots)
 
-        leaf_values, self.n_columns, self.base = _leaf_values(node, position, is_leaf, self.n_trees)
-        self.n_labels = len(_ints(attrs, "classlabels_int64s", required=False)) or len(
-            attrs.get("classlabels_strings") or []
-        )
+        leaf_values, self.n_columns, self.base = _leaf_values(trees)
+        self.n_labels = len(trees.labels)
 
         # Every root-to-leaf path: its edges as (parent node, took the true branch).
         leaves: list[int] = []
@@ -257,66 +229,17 @@ class TreeShap:
         return totals.reshape(n_rows, self.n_features + 1)[:, : self.n_features]
 
 
-def find_tree_ensemble(graph: Graph) -> Node:
-    """The graph's one TreeEnsemble node, which must read the model input itself."""
-    trees = [n for n in graph.nodes if n.domain == _ML_DOMAIN and n.op_type in _OPS]
-    if len(trees) != 1:
-        raise Unsupported(f"the graph has {len(trees)} TreeEnsemble nodes, not one")
-    node = trees[0]
-    if not node.inputs or not graph.inputs or node.inputs[0] != graph.inputs[0]:
-        raise Unsupported("the tree ensemble does not read the model input directly (a preprocessing step?)")
-    return node
-
-
-def _leaf_values(
-    node: Node, position: dict[tuple[int, int], int], is_leaf: np.ndarray, n_trees: int
-) -> tuple[np.ndarray, int, np.ndarray]:
-    """(node value matrix (nodes, columns), columns, base values) of either op."""
-    attrs = node.attributes
-    prefix = "class" if node.op_type == "TreeEnsembleClassifier" else "target"
-    tree_ids = _ints(attrs, f"{prefix}_treeids")
-    node_ids = _ints(attrs, f"{prefix}_nodeids")
-    column_ids = _ints(attrs, f"{prefix}_ids")
-    weights = _floats(attrs, f"{prefix}_weights")
-    if prefix == "target":
-        if int(attrs.get("n_targets", 1)) != 1:
-            raise Unsupported("regressors with several targets are not supported")
-        aggregate = _text(attrs.get("aggregate_function", b"SUM"))
-        if aggregate not in ("SUM", "AVERAGE"):
-            raise Unsupported(f"aggregate_function {aggregate} is not additive")
-        if aggregate == "AVERAGE":
-            weights = weights / n_trees
-    n_columns = int(column_ids.max()) + 1 if column_ids.size else 1
-    values = np.zeros((len(is_leaf), n_columns))
-    for t, n, c, w in zip(tree_ids.tolist(), node_ids.tolist(), column_ids.tolist(), weights.tolist()):
-        i = position.get((t, n))
-        if i is None or not is_leaf[i]:
-            raise Unsupported(f"a {prefix} weight names tree {t} node {n}, which is not a leaf")
-        values[i, c] += w
-    base = np.zeros(n_columns)
-    base_values = attrs.get("base_values")
-    if isinstance(base_values, np.ndarray) and base_values.size:
-        if base_values.size != n_columns:
-            raise Unsupported(f"{base_values.size} base_values for {n_columns} score columns")
-        base = base_values.astype(np.float64)
-    return values, n_columns, base
-
-
-def _ints(attrs: dict, name: str, required: bool = True) -> np.ndarray:
-    value = attrs.get(name)
-    if isinstance(value, np.ndarray) and value.dtype.kind == "i":
-        return value
-    if required:
-        raise Unsupported(f"the tree ensemble has no readable {name} attribute")
-    return np.zeros(0, np.int64)
-
-
-def _floats(attrs: dict, name: str) -> np.ndarray:
-    value = attrs.get(name)
-    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-        return value
-    raise Unsupported(f"the tree ensemble has no readable {name} attribute (stored as a tensor?)")
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _leaf_values(trees: Trees) -> tuple[np.ndarray, int, np.ndarray]:
+    """(node value matrix (nodes, columns), columns, base values), additive over trees."""
+    values = trees.values
+    if not trees.is_classifier:
+        if trees.aggregate not in ("SUM", "AVERAGE"):
+            raise Unsupported(f"aggregate_function {trees.aggregate} is not additive")
+        if trees.aggregate == "AVERAGE":
+            values = values / trees.n_trees
+    base = np.zeros(trees.n_columns)
+    if trees.base.size:
+        if trees.base.size != trees.n_columns:
+            raise Unsupported(f"{trees.base.size} base_values for {trees.n_columns} score columns")
+        base = trees.base
+    return values, trees.n_columns, base

@@ -13,6 +13,10 @@ with backoff, and every error says what it was: not found, refused, a refused re
 or unreachable (the only retryable one). The registry client loads only for a `models:/` reference, so
 a local model's cold start pays nothing for it.
 
+An ONNX model's forest file (`model.forest` beside `model.onnx` in the store, which makes
+a large tree ensemble ready at once: func/model/forest.py) is fetched with it, once, if
+the store has one.
+
 A champion pointer (`<store>/<name>/champion.json`, func/model/champion.py) is read on
 every start, as an alias is, and the model it names is fetched into the cache and
 checked against the digest the pointer gives (MODEL_SHA256, when set, wins).
@@ -89,7 +93,7 @@ def local_model_file(
         return Path(urllib.parse.unquote(parts.path))
     if parts.scheme == "models":
         return _from_registry(location, cache_dir, tracking_uri, sha256, fetch)
-    return _cached(location, location, cache_dir, sha256, fetch, _opener(location, fetch))
+    return _cached(location, location, cache_dir, sha256, fetch, _opener(location, fetch), forest=True)
 
 
 def _opener(uri: str, fetch: Fetch) -> Callable[[], AbstractContextManager[IO[bytes]]]:
@@ -137,7 +141,8 @@ def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha25
         raise FetchError(f"MODEL_PATH={location}: the pointer names another pointer, {target}; it must name a model")
     if target.startswith("models:/"):
         return _from_registry(target, cache_dir, tracking_uri, digest, fetch)
-    return _cached(f"{location} ({target})", target, cache_dir, digest, fetch, _opener(target, fetch), required_by)
+    where = f"{location} ({target})"
+    return _cached(where, target, cache_dir, digest, fetch, _opener(target, fetch), required_by, forest=True)
 
 
 def _model_file_in(registry: Any, folder: str) -> str:
@@ -164,9 +169,11 @@ def _cached(
     fetch: Fetch,
     open_source: Callable[[], AbstractContextManager[IO[bytes]]],
     required_by: str = "MODEL_SHA256",
+    forest: bool = False,
 ) -> Path:
     """The cached copy of `source`, fetched first if this pod has none; `required_by`
-    names where `sha256` came from, for the error.
+    names where `sha256` came from, for the error. `forest`: fetch the ONNX model's
+    forest file beside it too, if the store has one (_fetch_forest).
 
     The processes of a pod take one lock per source, so one fetches while the others
     wait and then find the file, or its failure: one fetch per pod, never one per
@@ -192,9 +199,32 @@ def _cached(
                     failed.write_text(json.dumps({"message": str(exc), "retryable": exc.retryable}))
                     raise
                 failed.unlink(missing_ok=True)
+            if forest:
+                _fetch_forest(source, target, fetch)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
+
+
+def _fetch_forest(source: str, target: Path, fetch: Fetch) -> None:
+    """The forest file beside an ONNX model in its store (`model.forest` beside
+    `model.onnx`: func/model/forest.py), fetched once beside the cached model. It only
+    makes a large model ready sooner, so one try, and a failure costs nothing but a log
+    line; it names its model's sha256, which the runtime checks before using it."""
+    parts = urllib.parse.urlsplit(source)
+    if not parts.path.lower().endswith(".onnx"):
+        return
+    uri = urllib.parse.urlunsplit(parts._replace(path=parts.path[: -len(".onnx")] + ".forest"))
+    forest = target.with_suffix(".forest")
+    absent = target.with_name(f".{target.name}.no-forest")  # the store has none: ask once
+    if forest.is_file() or absent.exists():
+        return
+    try:
+        _fetch(uri, _opener(uri, fetch), forest, None, "")
+    except FetchError as exc:
+        if not exc.retryable:
+            absent.touch()
+        log.info("no forest file fetched, onnxruntime alone will serve the model: %s", exc)
 
 
 def _raise_failure_since(failed: Path, since: float) -> None:

@@ -108,7 +108,12 @@ class ServingState:
         else:
             self._model = model
             log.info(
-                "model %s version %s (%s) ready in %.3f s", model.card.name, model.card.version, model.format, seconds
+                "model %s version %s (%s, answered by %s) ready in %.3f s",
+                model.card.name,
+                model.card.version,
+                model.format,
+                model.evaluator,
+                seconds,
             )
         finally:
             self._loaded.set()

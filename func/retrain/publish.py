@@ -1,9 +1,10 @@
 """Where the retraining job publishes a model: MODEL_STORE, a URI prefix or an MLflow registry.
 
-- A URI prefix (`file://`, `s3://`, `gs://`, a path): `<prefix>/<name>/<version>/model.onnx`
-  and, written last, `trained.json` (the `warmstart.model.trained.v1` data). A version
-  with a `trained.json` is published and never written again; one without is the
-  leftover of a job killed half-way, and the next run writes it afresh.
+- A URI prefix (`file://`, `s3://`, `gs://`, a path): `<prefix>/<name>/<version>/model.onnx`,
+  a tree ensemble's `model.forest` (func/model/forest.py) and, written last,
+  `trained.json` (the `warmstart.model.trained.v1` data). A version with a
+  `trained.json` is published and never written again; one without is the leftover of
+  a job killed half-way, and the next run writes it afresh.
 - `models:/<name>` with MLFLOW_TRACKING_URI: a new version of registered model `<name>`,
   tagged with the triggering event id and the trained event data.
 
@@ -33,8 +34,11 @@ from typing import Any
 
 from ..model import champion
 from ..model.champion import MODEL_FILE, RECORD_FILE, write_whole
+from ..model.forest import forest_bytes, forest_path
+from ..model.onnx_reader import OnnxReadError
 from ..model.registry import Registry, RegistryError
 from ..model.source import first_line
+from ..model.trees import Unsupported
 from .training import BadInput, Unreachable
 
 log = logging.getLogger("warmstart.retrain")
@@ -195,6 +199,9 @@ class FileStore(Ledger):
     def publish(self, version: str, model: bytes, record: dict[str, Any]) -> None:
         folder = f"{self.root}/{version}"
         self._put(f"{folder}/{MODEL_FILE}", model)
+        forest = _forest(model)
+        if forest is not None:
+            self._put(f"{folder}/{forest_path(MODEL_FILE).name}", forest)
         self._put(f"{folder}/{RECORD_FILE}", json.dumps(record, indent=2).encode())
 
     def _put(self, path: str, data: bytes) -> None:
@@ -272,6 +279,16 @@ class RegistryStore(Ledger):
             return call(*args)
         except RegistryError as exc:
             raise (Unreachable if exc.retryable else BadInput)(f"MODEL_STORE=models:/{self.name}: {exc}") from None
+
+
+def _forest(model: bytes) -> bytes | None:
+    """The forest file the server answers from while onnxruntime starts (func/model/forest.py),
+    or None, with one log line, for a model that cannot have one."""
+    try:
+        return forest_bytes(model, hashlib.sha256(model).hexdigest())
+    except (Unsupported, OnnxReadError) as exc:
+        log.info("no forest file published beside the model, onnxruntime alone will serve it: %s", exc)
+        return None
 
 
 def _is_record(record: Any) -> bool:

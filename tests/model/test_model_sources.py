@@ -38,12 +38,27 @@ def test_model_from_a_url_is_fetched_once_per_pod(start_server, file_server, def
     }
     srv = start_server(env)
     assert predict(srv).headers["X-Model-Version"] == "1"
-    assert file_server.gets == {"/model.onnx": 1}, "two workers, one fetch"
+    assert file_server.gets == {"/model.onnx": 1, "/model.forest": 1}, "two workers, one fetch, one try for a forest"
     # a restarted container of the same pod finds the file in the cache
     srv.kill()
     again = start_server(env)
     predict(again)
-    assert file_server.gets == {"/model.onnx": 1}
+    assert file_server.gets == {"/model.onnx": 1, "/model.forest": 1}
+
+
+def test_a_models_forest_is_fetched_with_it_and_answers_first(start_server, file_server, default_model, tmp_path):
+    from func.model.forest import write_forest
+
+    data = default_model.read_bytes()
+    (file_server.root / "model.onnx").write_bytes(data)
+    assert write_forest(file_server.root / "model.onnx", data, hashlib.sha256(data).hexdigest()) is None
+    cache = tmp_path / "cache"
+    env = {"MODEL_PATH": f"{file_server.url}/model.onnx", "MODEL_CACHE_DIR": str(cache), "WORKERS": "2"}
+    srv = start_server(env)
+    predict(srv)
+    assert file_server.gets == {"/model.onnx": 1, "/model.forest": 1}
+    assert [p.read_bytes() for p in cache.glob("*.forest")] == [(file_server.root / "model.forest").read_bytes()]
+    assert srv.log().count("answering from the mapped forest") == 2
 
 
 def test_model_url_not_found_is_not_ready(start_server, file_server, tmp_path):
@@ -127,7 +142,8 @@ class MisbehavingStore:
     """A model store on a loopback port that misbehaves as told: `plan[path]` lists what
     each GET of `path` gets in turn (the last one repeats): "ok" (the file from `files`,
     whole, Range headers ignored), an HTTP status code, ("redirect", location), or
-    "stall" (the head and half the body, then nothing)."""
+    "stall" (the head and half the body, then nothing). Without a plan: "ok" for a file
+    in `files`, else 404."""
 
     def __init__(self) -> None:
         import threading
@@ -142,7 +158,7 @@ class MisbehavingStore:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 n = store.gets[self.path] = store.gets.get(self.path, 0) + 1
-                steps = store.plan.get(self.path, ["ok"])
+                steps = store.plan.get(self.path, ["ok" if self.path in store.files else 404])
                 step = steps[min(n, len(steps)) - 1]
                 body = store.files.get(self.path, b"")
                 if isinstance(step, tuple):
@@ -196,7 +212,7 @@ def test_a_store_that_answers_503_once_is_retried_and_fetched_once_per_pod(start
     env = {"MODEL_PATH": f"{store.url}/model.onnx", "MODEL_CACHE_DIR": str(tmp_path / "cache"), "WORKERS": "2"}
     srv = start_server(env)
     predict(srv)
-    assert store.gets == {"/model.onnx": 2}, "one 503, then one fetch for both workers"
+    assert store.gets == {"/model.onnx": 2, "/model.forest": 1}, "one 503, then one fetch for both workers"
     assert "503" in srv.log() and "attempt 1 of 5" in srv.log()
 
 
@@ -262,4 +278,4 @@ def test_a_large_model_from_a_server_that_ignores_range_requests(store, tmp_path
     store.files["/big.onnx"] = big
     path = local_model_file(f"{store.url}/big.onnx", str(tmp_path / "cache"), None, None)
     assert path.read_bytes() == big
-    assert store.gets == {"/big.onnx": 1}
+    assert store.gets == {"/big.onnx": 1, "/big.forest": 1}
