@@ -171,7 +171,8 @@ def test_trainer_image_retrains_on_mounted_data_and_publishes_to_a_mounted_store
     assert event["type"] == "warmstart.model.trained.v1" and event["causationid"] == DRIFT_ID
     published = store / "breast-cancer-rf" / "2" / "model.onnx"
     assert event.data["model"]["uri"] == "file:///store/breast-cancer-rf/2/model.onnx"
-    assert sorted(p.name for p in published.parent.iterdir()) == ["model.onnx", "trained.json"]
+    # the trees as mapped arrays beside the model: a pod answers from them while onnxruntime starts
+    assert sorted(p.name for p in published.parent.iterdir()) == ["model.forest", "model.onnx", "trained.json"]
     metrics = event.data["metrics"]
     assert metrics["candidate"]["roc_auc"] > metrics["current"]["roc_auc"]
 
