@@ -199,7 +199,6 @@ def peers(work: Path) -> dict[str, System]:
     """MLServer's SKLearn runtime (adaptive batching off and on) and a KServe ModelServer,
     each from its own virtualenv under loadtests/.peers (installed on first use)."""
     _install_peer("mlserver", ["mlserver==1.7.1", "mlserver-sklearn==1.7.1"])
-    _install_peer("kserve", ["kserve==0.21.0", "scikit-learn==1.9.1", "joblib"])
     v2_row = json.dumps({"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP64", "data": row()}]})
     found = {}
     for name, batching in (
@@ -221,6 +220,14 @@ def peers(work: Path) -> dict[str, System]:
         ports = {"http_port": system.port, "grpc_port": free_port(), "metrics_port": free_port()}
         (folder / "settings.json").write_text(json.dumps({**ports, "parallel_workers": 0, "debug": False}))
         found[name] = system
+    found["KServe ModelServer"] = kserve_peer()
+    return found
+
+
+def kserve_peer() -> System:
+    """A KServe ModelServer (loadtests/baseline/kserve_app.py) from its own virtualenv
+    under loadtests/.peers (installed on first use), answering V1 on the joblib model."""
+    _install_peer("kserve", ["kserve==0.21.0", "scikit-learn==1.9.1", "joblib"])
     v1_row = json.dumps({"instances": [row()]})
     cmd = [
         str(PEERS / "kserve" / "bin" / "python"),
@@ -230,10 +237,9 @@ def peers(work: Path) -> dict[str, System]:
         "--grpc_port",
         str(free_port()),
     ]
-    found["KServe ModelServer"] = System(
+    return System(
         "KServe ModelServer", cmd, {"MODEL_PATH": str(JOBLIB)}, path=f"/v1/models/{MODEL_NAME}:predict", body=v1_row
     )
-    return found
 
 
 def peer_calls(servers: dict[str, System]) -> Callable[[np.ndarray], dict[str, Callable[[], None]]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rows per second of one large request, per protocol, against onnxruntime in-process.
 
-    .venv/bin/python loadtests/bench_rows.py [--rows 1000 10000] [--seconds 3]
+    .venv/bin/python loadtests/bench_rows.py [--rows 1000 10000] [--seconds 3] [--peers kserve]
 
 For each request size: warmstart's own JSON (`/predict`, labels and probabilities), the
 same body on its KServe V1 route (labels only), Open Inference Protocol V2 as
@@ -178,17 +178,44 @@ def main() -> int:
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--seconds", type=float, default=3.0, help="per case")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--peers", nargs="*", choices=["kserve"], default=[], help="peers to add to the rounds")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "rows.json")
     args = parser.parse_args()
 
     server = ServerProcess({"WORKERS": "1", "MAX_ROWS": str(max(args.rows))}).start()
+    peers = {}
+    others = None
     try:
+        if "kserve" in args.peers:
+            import bench  # imports this module: only here, for its peers
+
+            peers[KSERVE] = bench.kserve_peer()
+            peers[KSERVE].start()
+            others = bench.peer_calls(peers)
         server.wait_ready()
-        results = measure(server.url, args.rows, args.seconds, args.rounds)
+        results = measure(server.url, args.rows, args.seconds, args.rounds, others)
     finally:
         server.kill()
-    results_file.write(args.out, {"results": results})
+        for peer in peers.values():
+            peer.stop()
+    ratios = ratios_to(KSERVE, results) if peers else []
+    results_file.write(args.out, {"results": results, **({"ratios_to_kserve": ratios} if ratios else {})})
     return 0
+
+
+KSERVE = "KServe ModelServer"
+
+
+def ratios_to(peer: str, results: list[dict]) -> list[dict]:
+    """Each warmstart case's rows/s over `peer`'s on the same rows, printed."""
+    found = []
+    for entry in results:
+        base = next(r for r in results if r["system"] == peer and r["rows"] == entry["rows"])
+        if entry["system"].startswith("warmstart"):
+            ratio = entry["rows_per_s"] / base["rows_per_s"]
+            found.append({"system": entry["system"], "rows": entry["rows"], "ratio": ratio})
+            print(f"{entry['rows']:>6} rows  {entry['system']:42} {ratio:.2f}x {peer}")
+    return found
 
 
 if __name__ == "__main__":

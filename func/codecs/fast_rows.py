@@ -119,6 +119,6 @@ def _rows(doc: object, body: bytes, key: str, n_features: int, max_rows: int) ->
     if not 0 < n <= max_rows or _count_byte(body, b"[") != n + 1:
         return None
     flat = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)
-    if flat.size != n * n_features or any(len(row) != n_features for row in rows):
+    if flat.size != n * n_features or set(map(len, rows)) != {n_features}:
         return None
     return flat.reshape(n, n_features)

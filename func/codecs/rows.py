@@ -174,7 +174,7 @@ def rows_from_json(instances: Any, card: ModelCard, max_rows: int, where: str = 
         if problem:
             raise InvalidInput(problem)
         array = np.asarray(instances, dtype=np.float64)  # integers beyond int64, say
-    return check_rows(array, card, where, instances)
+    return check_rows(_as_read(array), card, where, instances)
 
 
 def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np.ndarray:
@@ -193,7 +193,14 @@ def row_from_json(features: Any, card: ModelCard, where: str = "features") -> np
         if problem:
             raise InvalidInput(problem)
         array = np.asarray([features], dtype=np.float64)  # integers beyond int64, say
-    return check_rows(array, card, where, [features], one_row=True)
+    return check_rows(_as_read(array), card, where, [features], one_row=True)
+
+
+def _as_read(array: np.ndarray) -> np.ndarray:
+    """JSON numbers as float64, integers too, before float32: NumPy reads rows of integers
+    only as int64, and past 2^53 int64 -> float32 can round otherwise than float64 ->
+    float32, which rows with any fraction in them (and the simdjson path) go through."""
+    return array.astype(np.float64) if array.dtype.kind in "iu" else array
 
 
 def check_rows(

@@ -83,7 +83,7 @@ class RecentPredictions:
     def _set(self, key: int) -> int:
         return ((key * _MIX) & _M) >> self._shift
 
-    def add(self, request_id: str, answers: list[float]) -> None:
+    def add(self, request_id: str, answers: list[float] | np.ndarray) -> None:
         """Remember a request's answers (a class index or a value per row)."""
         base = request_key(request_id)
         if len(answers) == 1:

@@ -242,3 +242,114 @@ def test_results_stay_usable_while_the_next_body_is_parsed(dataset):
     assert all(result is not None for result in kept + again)
     np.testing.assert_array_equal(kept[0], again[0])
     np.testing.assert_array_equal(kept[1]["inputs"][0]["data"], again[1]["inputs"][0]["data"])
+
+
+# Literals where a parser could round differently: exponents, signed zeros, long
+# mantissas, integers around 2^24 and 2^53 and past 2^63's float64 precision,
+# float32 and float64 subnormals, halfway cases of float32.
+TRICKY = [
+    "0",
+    "-0",
+    "0.0",
+    "-0.0",
+    "0e0",
+    "-0E-0",
+    "1",
+    "-1",
+    "16777216",
+    "16777217",
+    "16777219",
+    "9007199254740993",
+    "1152921573326323713",
+    "-1152921573326323713",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "1e5",
+    "1E+5",
+    "1.5e-3",
+    "2.5E-03",
+    "0.1",
+    "0.30000000000000004",
+    "17.989999771118164",
+    "3.4028234663852886e38",
+    "3.4028235e38",
+    "1e-45",
+    "1.4e-45",
+    "7.006492321624086e-46",
+    "7.0064923216240862e-46",
+    "1e-46",
+    "1.1754943508222875e-38",
+    "2.2250738585072014e-308",
+    "4.9e-324",
+    "1e-400",
+    "3.14159265358979323846264338327950288419716939937510582097494459",
+    "0.000000000000000000000000000000000000000000001401298464324817070923729583289916131280",
+    "1000000000000000000000000000000e-30",
+    "1e38",
+    "3.40282356e38",
+    "1.00000005960464477539062500000000001",
+    "1.000000059604644775390625",
+    "33554431",
+    "33554433",
+]
+WHITESPACE = ["", " ", "\n", "\t", "\r\n", "  \n\t "]
+
+
+def tricky_body(n_rows: int, seed: int = 3) -> bytes:
+    """A body of rows drawn from TRICKY, with whitespace of every kind between tokens."""
+    rng = np.random.default_rng(seed)
+
+    def ws() -> str:
+        return WHITESPACE[int(rng.integers(0, len(WHITESPACE)))]
+
+    rows = []
+    for r in range(n_rows):
+        values = [TRICKY[(r * N_FEATURES + c) % len(TRICKY)] for c in range(N_FEATURES)]
+        rows.append(ws() + "[" + ws() + (ws() + "," + ws()).join(values) + ws() + "]" + ws())
+    return ("{" + ws() + '"instances"' + ws() + ":" + ws() + "[" + ",".join(rows) + "]" + ws() + "}").encode()
+
+
+def decoded_both_ways(raw: bytes, card: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of a V1 body as the fast path and as the general path decode them."""
+    from func.codecs import rows as codecs
+    from func.model.card import ModelCard
+
+    model_card = ModelCard.from_dict(card)
+    assert fast_rows.rows_array(raw, "instances", N_FEATURES, 10_000) is not None  # the fast path takes it
+    fast, _ = codecs.decode_v1_body(raw, model_card, 10_000)
+    general, _ = codecs.decode_v1(codecs.parse_json(raw), model_card, 10_000)
+    assert fast.dtype == general.dtype == np.float32
+    return fast, general
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_tricky_numbers_give_the_general_paths_float32_rows_bit_for_bit(card, seed):
+    raw = tricky_body(700, seed)
+    assert len(raw) >= fast_rows.MIN_BYTES
+    fast, general = decoded_both_ways(raw, card)
+    np.testing.assert_array_equal(fast.view(np.uint32), general.view(np.uint32))
+
+
+def test_rows_of_integers_only_give_the_general_paths_float32_rows_bit_for_bit(card):
+    """NumPy reads a list of integers only as int64, not float64: past 2^53 a direct
+    conversion to float32 can round otherwise than one through float64."""
+    integers = [t for t in TRICKY if t.lstrip("-").isdigit() and abs(int(t)) < 2**63]
+    assert "1152921573326323713" in integers
+    row = ", ".join(integers[c % len(integers)] for c in range(N_FEATURES))
+    raw = ('{"instances": [' + ", ".join(f"[{row}]" for _ in range(200)) + "]}").encode()
+    fast, general = decoded_both_ways(raw, card)
+    np.testing.assert_array_equal(fast.view(np.uint32), general.view(np.uint32))
+
+
+def test_a_row_reads_the_same_with_or_without_a_fraction_beside_its_integers(card):
+    from func.codecs import rows as codecs
+    from func.model.card import ModelCard
+
+    model_card = ModelCard.from_dict(card)
+    integers = [1152921573326323713] * (N_FEATURES - 1)
+    plain = codecs.row_from_json([*integers, 1], model_card)
+    with_fraction = codecs.row_from_json([*integers, 1.0], model_card)
+    np.testing.assert_array_equal(plain.view(np.uint32), with_fraction.view(np.uint32))
+    rows = codecs.rows_from_json([[*integers, 1]], model_card, 10)
+    np.testing.assert_array_equal(rows.view(np.uint32), with_fraction.view(np.uint32))
