@@ -11,7 +11,7 @@ and round by round:
 - cold start: exec until the pod is ready and has answered a first prediction. warmstart
   is ready when /health/readiness says so (every worker has loaded the model); the bare
   stack has no readiness, so its first 200 from /predict. Also warmstart's first 200
-  alone, before readiness;
+  alone, before readiness, and the CPU time the server's processes used until ready;
 - memory: RSS of the largest process and of all of them, once ready and again after
   --seconds of load at c=32;
 - request CPU: one-row /predict at c=32 with wrk for each --workers, the servers' CPU
@@ -22,6 +22,8 @@ and round by round:
 func's bytecode is compiled first (python -m compileall func/), as the image does: with
 PYTHONDONTWRITEBYTECODE=1 and no __pycache__, every start would compile warmstart's own
 modules again (about 100 ms here) while the bare stack has one small module to compile.
+
+With --compare DIR, also the warmstart of another checkout (a copy from before a change).
 
 Writes loadtests/results/startup.json. Loopback only; every phase is bounded.
 """
@@ -51,19 +53,24 @@ THREADS = 4
 
 
 def make(name: str, workers: int) -> bench.System:
-    if name == WARMSTART:
+    if name.startswith(WARMSTART):
         env = {"MODEL_PATH": str(bench.ONNX), "WORKERS": str(workers), "THREADS": str(THREADS)}
-        return bench.System(WARMSTART, [sys.executable, "-m", "func"], env)
+        # "warmstart at DIR": another checkout's func/, which `python -m` finds first in its cwd
+        cwd = Path(name.removeprefix(f"{WARMSTART} at ")) if name != WARMSTART else bench.ROOT
+        return bench.System(name, [sys.executable, "-m", "func"], env, cwd=cwd)
     bare = bench.systems()[BARE]
     cmd = [str(workers) if previous == "-w" else part for previous, part in zip(["", *bare.cmd], bare.cmd)]
     return bench.System(BARE, cmd, bare.env)
 
 
 def start_until_ready(system: bench.System) -> dict[str, float]:
-    """Start the server; seconds from exec to its first prediction and to ready."""
+    """Start the server; seconds from exec to its first prediction and to ready, and the
+    CPU seconds its processes had used by then (steadier than the wall clock on a busy
+    machine)."""
     first = system.start()
-    if system.name != WARMSTART:
-        return {"first_prediction_s": first, "ready_s": first}
+    assert system.proc is not None
+    if not system.name.startswith(WARMSTART):
+        return {"first_prediction_s": first, "ready_s": first, "cpu_to_ready_s": cpu_seconds(system.proc.pid)}
     started = time.perf_counter() - first
     url = system.url.removesuffix("/predict") + "/health/readiness"
     deadline = time.perf_counter() + 120
@@ -72,11 +79,12 @@ def start_until_ready(system: bench.System) -> dict[str, float]:
             raise TimeoutError(f"{url}: not ready within 120 s")
         time.sleep(0.002)
     requests.post(system.url, data=system.body, headers={"Content-Type": "application/json"}, timeout=2)
-    return {"first_prediction_s": first, "ready_s": time.perf_counter() - started}
+    ready = time.perf_counter() - started
+    return {"first_prediction_s": first, "ready_s": ready, "cpu_to_ready_s": cpu_seconds(system.proc.pid)}
 
 
-def cold_and_memory(starts: int, seconds: float, body_file: Path) -> dict[str, dict]:
-    samples: dict[str, list[dict]] = {WARMSTART: [], BARE: []}
+def cold_and_memory(names: list[str], starts: int, seconds: float, body_file: Path) -> dict[str, dict]:
+    samples: dict[str, list[dict]] = {name: [] for name in names}
     for n in range(starts):
         for name in samples:
             system = make(name, 2)
@@ -90,7 +98,8 @@ def cold_and_memory(starts: int, seconds: float, body_file: Path) -> dict[str, d
             samples[name].append(sample)
             print(
                 f"start {n + 1} {name:26} first prediction {sample['first_prediction_s']:.3f} s, ready "
-                f"{sample['ready_s']:.3f} s; largest process {sample['rss_ready_mb']['largest']:.1f} MB ready, "
+                f"{sample['ready_s']:.3f} s, CPU {sample['cpu_to_ready_s']:.2f} s; largest process "
+                f"{sample['rss_ready_mb']['largest']:.1f} MB ready, "
                 f"{sample['rss_loaded_mb']['largest']:.1f} MB after load",
                 flush=True,
             )
@@ -99,6 +108,7 @@ def cold_and_memory(starts: int, seconds: float, body_file: Path) -> dict[str, d
         summary[name] = {
             "first_prediction_s": round(statistics.median(r["first_prediction_s"] for r in runs), 3),
             "ready_s": round(statistics.median(r["ready_s"] for r in runs), 3),
+            "cpu_to_ready_s": round(statistics.median(r["cpu_to_ready_s"] for r in runs), 3),
             "largest_rss_ready_mb": round(statistics.median(r["rss_ready_mb"]["largest"] for r in runs), 1),
             "largest_rss_loaded_mb": round(statistics.median(r["rss_loaded_mb"]["largest"] for r in runs), 1),
             "total_rss_loaded_mb": round(statistics.median(r["rss_loaded_mb"]["total"] for r in runs), 1),
@@ -107,8 +117,8 @@ def cold_and_memory(starts: int, seconds: float, body_file: Path) -> dict[str, d
     return summary
 
 
-def request_cpu(workers: list[int], seconds: float, rounds: int, body_file: Path) -> dict[str, dict]:
-    systems = {(w, name): make(name, w) for w in workers for name in (WARMSTART, BARE)}
+def request_cpu(names: list[str], workers: list[int], seconds: float, rounds: int, body_file: Path) -> dict[str, dict]:
+    systems = {(w, name): make(name, w) for w in workers for name in names}
     samples: dict[tuple[int, str], list[tuple[float, float]]] = {key: [] for key in systems}
     try:
         for system in systems.values():
@@ -137,13 +147,18 @@ def request_cpu(workers: list[int], seconds: float, rounds: int, body_file: Path
                 statistics.median(r for r, _ in samples[(w, name)]),
                 statistics.median(c for _, c in samples[(w, name)]),
             )
-            for name in (WARMSTART, BARE)
+            for name in names
         }
+        bare_rps, bare_per_cpu = medians[BARE]
         summary[str(w)] = {
-            name: {"rps": round(rps), "requests_per_cpu_s": round(per_cpu)} for name, (rps, per_cpu) in medians.items()
+            name: {
+                "rps": round(rps),
+                "requests_per_cpu_s": round(per_cpu),
+                "ratio_rps": round(rps / bare_rps, 3),
+                "ratio_requests_per_cpu_s": round(per_cpu / bare_per_cpu, 3),
+            }
+            for name, (rps, per_cpu) in medians.items()
         }
-        summary[str(w)]["ratio_rps"] = round(medians[WARMSTART][0] / medians[BARE][0], 3)
-        summary[str(w)]["ratio_requests_per_cpu_s"] = round(medians[WARMSTART][1] / medians[BARE][1], 3)
     return summary
 
 
@@ -154,32 +169,49 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-cpu", action="store_true", help="cold start and memory only")
+    parser.add_argument(
+        "--compare", type=Path, nargs="*", default=[], help="also the warmstart of these checkouts (before a change)"
+    )
     parser.add_argument("--out", type=Path, default=LOADTESTS / "results" / "startup.json")
     args = parser.parse_args()
     bench.ensure_prerequisites()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(bench.ROOT / "func")], check=True)
+    for tree in [bench.ROOT, *args.compare]:
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "func")], check=True)
     body_file = Path(tempfile.mkstemp(suffix=".json")[1])
     body_file.write_text(make(WARMSTART, 1).body)
     try:
-        cold = cold_and_memory(args.starts, args.seconds, body_file)
-        cpu = {} if args.skip_cpu else request_cpu(args.workers, args.seconds, args.rounds, body_file)
+        names = [WARMSTART, BARE, *(f"{WARMSTART} at {path.resolve()}" for path in args.compare)]
+        cold = cold_and_memory(names, args.starts, args.seconds, body_file)
+        cpu = {} if args.skip_cpu else request_cpu(names, args.workers, args.seconds, args.rounds, body_file)
     finally:
         body_file.unlink()
-    warm, bare = cold[WARMSTART], cold[BARE]
+    bare = cold[BARE]
     print(f"\nmedians of {args.starts} starts (2 workers x {THREADS} threads)")
     for name, c in cold.items():
         print(
-            f"  {name:26} first prediction {c['first_prediction_s']:.3f} s, ready {c['ready_s']:.3f} s; largest "
+            f"  {name:26} first prediction {c['first_prediction_s']:.3f} s, ready {c['ready_s']:.3f} s, "
+            f"CPU to ready {c['cpu_to_ready_s']:.2f} s; largest "
             f"process {c['largest_rss_ready_mb']:.1f} MB ready, {c['largest_rss_loaded_mb']:.1f} MB after load"
         )
-    print(f"  cold start (ready) {warm['ready_s'] / bare['ready_s']:.2f}x bare")
-    for w, by in cpu.items():
+    for name, c in cold.items():
         print(
-            f"  {w} worker(s): {by['ratio_requests_per_cpu_s']:.2f}x bare's requests per CPU-second "
-            f"({by[WARMSTART]['requests_per_cpu_s']:,} vs {by[BARE]['requests_per_cpu_s']:,}), "
-            f"req/s {by['ratio_rps']:.2f}x"
+            f"  cold start (ready) of {name}: {c['ready_s'] / bare['ready_s']:.2f}x bare, "
+            f"CPU to ready {c['cpu_to_ready_s'] / bare['cpu_to_ready_s']:.2f}x"
         )
-    results_file.write(args.out, {"settings": vars(args) | {"out": str(args.out)}, "cold": cold, "request_cpu": cpu})
+    for w, by in cpu.items():
+        for name, m in by.items():
+            print(
+                f"  {w} worker(s), {name}: {m['ratio_requests_per_cpu_s']:.2f}x bare's requests per CPU-second "
+                f"({m['requests_per_cpu_s']:,}), req/s {m['ratio_rps']:.2f}x"
+            )
+    results_file.write(
+        args.out,
+        {
+            "settings": vars(args) | {"out": str(args.out), "compare": [str(p) for p in args.compare]},
+            "cold": cold,
+            "request_cpu": cpu,
+        },
+    )
     return 0
 
 
