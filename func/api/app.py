@@ -87,6 +87,12 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
 
     state = ServingState(settings, on_loaded)
     serving = Serving(settings, state, metrics)
+    if metrics.problem:
+        state.refuse(metrics.problem)
+    elif load:
+        # Before the routes are built: onnxruntime's import and sessions overlap the 20 ms
+        # werkzeug spends compiling them.
+        state.start_loading()
     respond = serving.respond
     app = Flask("warmstart")
     app.url_map.converters["model"] = ModelNameConverter
@@ -219,8 +225,4 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         return respond(openapi.document(model.card if model else None))
 
     v2.register(app, serving)
-    if metrics.problem:
-        state.refuse(metrics.problem)
-    elif load:
-        state.start_loading()
     return app

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tallies import allocate
+
 WAYS = 4  # RecentPredictions.add reads a set's four ways unrolled
 MIN_SETS = 16
 _WORDS = 4  # key, age, answer, label: a slot is four 8-byte words
@@ -70,8 +72,10 @@ class RecentPredictions:
             self._buffer: object = bytearray(size)
         else:
             path = self._folder / f"recent-{os.getpid()}.bin"
-            with path.open("wb") as fh:
-                fh.truncate(size)
+            # Storage allocated now, as for the counts (tallies.allocate): a sparse file
+            # would get it at each page's first write through the map, a SIGBUS on a full
+            # folder and, on a disk-backed one, a block allocation on the request path.
+            allocate(path, size)
             with path.open("r+b") as fh:
                 self._buffer = mmap.mmap(fh.fileno(), size)
             self._tables[path.name] = _Table(self._buffer, self.slots)

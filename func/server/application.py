@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.glogging import Logger as GunicornLogger
 
 from ..config import Settings
@@ -58,6 +59,18 @@ def _post_fork(arbiter: Any, worker: Any) -> None:
     arbiter.app.worker_age = worker.age
 
 
+class BackToBackArbiter(Arbiter):
+    """gunicorn's master, forking the workers it needs one straight after another.
+
+    gunicorn sleeps up to 0.1 s (at random) after each fork. The pod is ready only once
+    every first-generation worker has loaded its model (func/model/readiness.py), so those
+    sleeps were on the cold start's path: 50 ms a worker on average, 150 ms for 4."""
+
+    def spawn_workers(self) -> None:
+        for _ in range(self.num_workers - len(self.WORKERS)):
+            self.spawn_worker()
+
+
 class Server(BaseApplication):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,6 +108,13 @@ class Server(BaseApplication):
         }
         for key, value in options.items():
             self.cfg.set(key, value)
+
+    def run(self) -> None:
+        try:
+            BackToBackArbiter(self).run()
+        except RuntimeError as exc:  # gunicorn's own configuration errors, as BaseApplication.run says them
+            print(f"\nError: {exc}\n", file=sys.stderr)
+            sys.exit(1)
 
     def load(self) -> Any:
         # Imported here, after run() made the shared folder: prometheus-client picks its

@@ -221,3 +221,16 @@ def test_feedback_off_is_a_404(start_server):
     assert not [
         n for n, _, _ in parse_metrics(requests.get(server.url + "/metrics").text) if n.startswith("warmstart_feedback")
     ]
+
+
+def test_the_recent_index_has_its_storage_before_it_serves(tmp_path):
+    """The shared folder is in memory on a pod: a page of a sparse table would get its
+    storage at its first write through the map, a SIGBUS on a full folder (as for the
+    counts, func/observe/tallies.py allocate)."""
+    import os
+
+    from func.observe.recent import RecentPredictions
+
+    recent = RecentPredictions(str(tmp_path), 4096)
+    table = tmp_path / f"recent-{os.getpid()}.bin"
+    assert table.stat().st_blocks * 512 >= table.stat().st_size == recent.slots * 32

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import requests
 
@@ -115,3 +116,19 @@ def test_a_port_in_use_is_one_clear_error_not_a_crash_loop(tmp_path):
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in done.stdout
     assert "Booting worker" not in done.stdout
+
+
+def test_the_master_forks_its_workers_back_to_back(monkeypatch):
+    """gunicorn sleeps up to 0.1 s after each fork; the pod is ready only when every
+    worker has loaded, so those sleeps were on the cold start's path."""
+    import gunicorn.arbiter
+
+    from func.server.application import BackToBackArbiter
+
+    slept: list[float] = []
+    monkeypatch.setattr(gunicorn.arbiter.time, "sleep", slept.append)
+    spawned: list[int] = []
+    master = SimpleNamespace(num_workers=4, WORKERS={101: "a worker still running"})
+    master.spawn_worker = lambda: spawned.append(len(spawned))
+    BackToBackArbiter.spawn_workers(master)
+    assert (spawned, slept) == ([0, 1, 2], [])
