@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -127,9 +128,11 @@ def run_job(
     observe: Observe | None = None,
     progress_s: float = 5.0,
     prediction_id: str | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Run a batch job and return the completion event's data; `observe` sees each
-    chunk's rows and predictions (drift and the prediction log take a sample of them). The
+    """Run a batch job on `threads` threads (INFERENCE_THREADS: the CPUs the pod may use)
+    and return the completion event's data; `observe` sees each chunk's rows and
+    predictions, in input order (drift and the prediction log take a sample of them). The
     log says when the job starts, every `progress_s` seconds how far it is, and how it
     ended. With `prediction_id`, the output has a `prediction_id` column: `<id>/<r>` for
     row r."""
@@ -137,7 +140,7 @@ def run_job(
     log.info("batch job %s started: %s -> %s", job_id, job.input, job.output)
     progress = _Progress(job_id, started, progress_s)
     try:
-        result = _run(job, model, allow, job_id, observe, progress, prediction_id)
+        result = _run(job, model, allow, job_id, observe, progress, prediction_id, threads)
     except Exception as exc:
         log.warning(
             "batch job %s failed after %d rows in %.2f s: %s",
@@ -189,6 +192,7 @@ def _run(
     observe: Observe | None,
     progress: _Progress,
     prediction_id: str | None,
+    threads: int,
 ) -> dict[str, Any]:
     started = progress.started
     source = resolve_allowed(job.input, allow, "input")
@@ -212,6 +216,7 @@ def _run(
         with partials.partial_file(out_fs, out_path, job_id) as partial:
             with in_fs.open(in_path, "rb") as reader, out_fs.open(partial, "wb") as sink:
                 writer = _writer(output_format, sink)
+                pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="batch")
                 try:
                     chunks = _read_chunks(
                         reader,
@@ -220,13 +225,11 @@ def _run(
                         model.card.feature_names,
                         lambda schema: _check_columns(schema, model.card, output_format, job.input),
                     )
-                    # Parsing text costs about what inference does, so it keeps a core and
-                    # inference takes the other; Parquet decodes cheaply, so inference takes both.
-                    one_thread = input_format != "parquet"
                     rows = _predict_all(
-                        chunks, model, job.input, writer, one_thread, observe, progress.add, prediction_id
+                        chunks, model, job.input, writer, pool, threads + 1, observe, progress.add, prediction_id
                     )
                 finally:
+                    pool.shutdown(cancel_futures=True)
                     writer.close()
             out_fs.mv(partial, out_path)
     except OSError as exc:
@@ -257,46 +260,53 @@ def _predict_all(
     model: Model,
     uri: str,
     writer: Any,
-    one_thread: bool,
+    pool: ThreadPoolExecutor,
+    ahead: int,
     observe: Observe | None,
     written: Callable[[int], None],
     prediction_id: str | None,
 ) -> int:
-    """Predict and write every chunk, telling `written` each chunk's rows; returns the
-    row count.
+    """Predict and write every chunk, in input order, telling `written` each chunk's rows;
+    returns the row count.
 
-    Chunk k is predicted on a second thread while this one reads and decodes chunk k+1
-    (pyarrow and onnxruntime both release the GIL), so the two overlap; at most two
-    chunks are in memory at once. 1M rows, in process: CSV 2.12 s one after the other
-    (parse 1.1 s, inference 0.9 s on both cores), 2.21 s overlapped with inference on
-    both cores, 1.87 s overlapped with inference on one; Parquet 1.17 s one after the
-    other, 1.08 s overlapped with inference on both cores, 1.71 s on one.
+    Chunks are predicted on the pool, one onnxruntime thread each, while this thread reads
+    and decodes the next ones (pyarrow and onnxruntime both release the GIL); at most
+    `ahead` chunks wait or run there, so memory stays flat. Several one-thread calls in
+    flight beat one call on every core, whose pool threads spin and wait on the slowest:
+    on 2 cores (busy ones), 1M rows of Parquet took 1.9 s and 3.0 s of CPU with one call
+    at a time on both cores, 1.4 s and 2.1 s of CPU with two one-thread calls in flight.
     """
     rows = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-predict") as pool:
-        pending: Future[Any] | None = None
+    in_flight: deque[tuple[int, Future[Any]]] = deque()
+    while True:
         try:
-            for chunk in chunks:
-                predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, one_thread, observe, prediction_id)
-                rows += chunk.num_rows
-                if pending is not None:
-                    _write(writer, pending.result(), written)
-                pending = predicted
+            chunk = next(chunks, None)
         except BaseException:
-            # A bad row in the chunk being predicted comes before whatever went wrong
-            # reading the next one: report the first problem in the file.
-            earlier = pending.exception() if pending is not None else None
-            if earlier is not None:
-                raise earlier from None
+            # A bad row in a chunk being predicted comes before whatever went wrong
+            # reading a later one: report the first problem in the file.
+            for _, predicted in in_flight:
+                if predicted.exception() is not None:
+                    raise predicted.exception() from None
             raise
-        if pending is not None:
-            _write(writer, pending.result(), written)
+        if chunk is None:
+            break
+        in_flight.append((rows, pool.submit(_predict_chunk, chunk, model, uri, rows, prediction_id)))
+        rows += chunk.num_rows
+        if len(in_flight) >= ahead:
+            _write(writer, *in_flight.popleft(), observe, written)
+    while in_flight:
+        _write(writer, *in_flight.popleft(), observe, written)
     return rows
 
 
-def _write(writer: Any, chunk: Any, written: Callable[[int], None]) -> None:
-    writer.write(chunk)
-    written(chunk.num_rows)
+def _write(
+    writer: Any, first_row: int, predicted: Future[Any], observe: Observe | None, written: Callable[[int], None]
+) -> None:
+    out, rows, prediction = predicted.result()
+    if observe is not None:
+        observe(first_row, rows, prediction)
+    writer.write(out)
+    written(out.num_rows)
 
 
 def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
@@ -457,13 +467,11 @@ def _predict_chunk(
     model: Model,
     uri: str,
     first_row: int,
-    one_thread: bool,
-    observe: Observe | None,
     prediction_id: str | None,
-) -> Any:
-    """Predict a record batch; the output keeps every non-feature column (ids, keys)
-    and adds `prediction_id` (when the job has one), `prediction` and, for classifiers,
-    one `probability_<class>` per class."""
+) -> tuple[Any, np.ndarray, Prediction]:
+    """Predict a record batch: (the output batch, the rows, their predictions). The output
+    keeps every non-feature column (ids, keys) and adds `prediction_id` (when the job has
+    one), `prediction` and, for classifiers, one `probability_<class>` per class."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -471,9 +479,7 @@ def _predict_chunk(
     names = chunk.schema.names
     columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
     rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
-    prediction = model.predict(rows, one_thread=one_thread)
-    if observe is not None:
-        observe(first_row, rows, prediction)
+    prediction = model.predict(rows, one_thread=True)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
     if prediction_id is not None:
@@ -483,7 +489,7 @@ def _predict_chunk(
     if prediction.probabilities is not None:
         for j, label in enumerate(card.class_labels or range(prediction.probabilities.shape[1])):
             out[f"probability_{label}"] = pa.array(prediction.probabilities[:, j])
-    return pa.RecordBatch.from_pydict(out)
+    return pa.RecordBatch.from_pydict(out), rows, prediction
 
 
 def _column_values(column: Any) -> np.ndarray:
