@@ -3,18 +3,25 @@
 called directly in-process on the same rows.
 
     .venv/bin/python loadtests/bench_batch.py [--rows 100000 1000000] [--repeat 3]
+    .venv/bin/python loadtests/bench_batch.py --cpus [N ...] [--rows 1000000] [--repeat 3]
 
 For each size and format (CSV, Parquet) a fresh server (one worker) runs the job, so the
 worker's peak RSS (VmHWM) belongs to that job alone. Rows/s is rows over the job time the
-server reports; the direct figure is onnxruntime on the same rows already in memory, with
-warmstart's session options and with onnxruntime's defaults. Loopback only; bounded by
---repeat. Writes loadtests/results/batch.json.
+server reports; the direct figure is onnxruntime on the same rows already in memory (the
+first million at most), with warmstart's session options and with onnxruntime's defaults.
+Loopback only; bounded by --repeat. Writes loadtests/results/batch.json.
+
+--cpus is the scaling curve: for N = 1, 2, 4, ... up to the CPUs this process may use
+(or the N given), the server runs pinned to N of them (its affinity) with
+INFERENCE_THREADS=N, and onnxruntime alone runs pinned to the same N on N threads; the
+sizes and repeats interleave. Writes loadtests/results/batch_scaling.json and .png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -62,8 +69,15 @@ def worker_peak_rss_mb(master_pid: int) -> float:
     return max(peaks)
 
 
-def run_job(src: Path, out: Path, work: Path, job_id: str) -> dict:
-    server = ServerProcess({"BATCH_ALLOW": f"{work}/", "WORKERS": "1"}, log_dir=work).start()
+def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | None = None) -> dict:
+    """The job on a fresh one-worker server; with `cpus`, pinned to them, one inference
+    thread each."""
+    env = {"BATCH_ALLOW": f"{work}/", "WORKERS": "1"}
+    cmd = None
+    if cpus is not None:
+        env["INFERENCE_THREADS"] = str(len(cpus))
+        cmd = ["taskset", "--cpu-list", ",".join(map(str, cpus)), sys.executable, "-m", "func"]
+    server = ServerProcess(env, cmd=cmd, log_dir=work).start()
     try:
         server.wait_ready()
         event = CloudEvent(
@@ -88,6 +102,7 @@ def run_job(src: Path, out: Path, work: Path, job_id: str) -> dict:
 def direct_rows_per_s(x: np.ndarray, options: ort.SessionOptions | None, chunk: int, repeat: int) -> float:
     session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
+    x = x[:1_000_000]
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
@@ -97,32 +112,129 @@ def direct_rows_per_s(x: np.ndarray, options: ort.SessionOptions | None, chunk: 
     return len(x) / statistics.median(times)
 
 
-def warmstart_options() -> ort.SessionOptions:
+def threads_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return options
+
+
+def pinned_direct_rows_per_s(x: np.ndarray, cpus: list[int], repeat: int) -> float:
+    """onnxruntime alone on `cpus`, a thread each; this process's affinity is put back after."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        return direct_rows_per_s(x, threads_options(len(cpus)), 65_536, repeat)
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def cpu_counts(given: list[int]) -> list[int]:
+    """The N to measure: those given, else 1, 2, 4, ... and the CPUs this process may use."""
+    most = len(os.sched_getaffinity(0))
+    if given:
+        too_many = [n for n in given if not 1 <= n <= most]
+        if too_many:
+            raise SystemExit(f"--cpus {too_many}: this process may use 1 to {most} CPUs")
+        return sorted(set(given))
+    counts = [1 << i for i in range(most.bit_length()) if 1 << i <= most]
+    return counts if counts[-1] == most else [*counts, most]
+
+
+def write_inputs(rows: int, names: list[str], work: Path) -> tuple[pa.Table, dict[str, Path]]:
+    tab = make_table(rows, names)
+    files = {"csv": work / f"in-{rows}.csv", "parquet": work / f"in-{rows}.parquet"}
+    pacsv.write_csv(tab, files["csv"])
+    pq.write_table(tab, files["parquet"])
+    return tab, files
+
+
+def features(tab: pa.Table, names: list[str]) -> np.ndarray:
+    return np.column_stack([tab.column(n).to_numpy() for n in names]).astype(np.float32)
+
+
+def scaling(rows: int, counts: list[int], repeat: int, names: list[str], out: Path) -> None:
+    """Rows/s of each format's job and of onnxruntime alone on N CPUs, for each N."""
+    allowed = sorted(os.sched_getaffinity(0))
+    samples: dict[tuple[str, int], list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        work = Path(tmp)
+        tab, files = write_inputs(rows, names, work)
+        x = features(tab, names)
+        del tab
+        for r in range(repeat):
+            for n in counts:
+                cpus = allowed[:n]
+                samples.setdefault(("direct", n), []).append(pinned_direct_rows_per_s(x, cpus, 1))
+                for fmt, src in files.items():
+                    job = run_job(src, work / f"out.{fmt}", work, f"{fmt}-{n}-{r}", cpus)
+                    samples.setdefault((fmt, n), []).append(rows / job["job_s"])
+    results = []
+    for n in counts:
+        entry = {"cpus": n, "rows": rows, **{f"{k}_rows_per_s": statistics.median(samples[k, n]) for k in KINDS}}
+        for fmt in ("csv", "parquet"):
+            entry[f"{fmt}_vs_direct"] = entry[f"{fmt}_rows_per_s"] / entry["direct_rows_per_s"]
+        results.append(entry)
+        print(
+            f"{n:3} CPUs  CSV {entry['csv_rows_per_s']:>10,.0f} rows/s ({entry['csv_vs_direct']:.2f}x)  "
+            f"Parquet {entry['parquet_rows_per_s']:>10,.0f} rows/s ({entry['parquet_vs_direct']:.2f}x)  "
+            f"onnxruntime alone {entry['direct_rows_per_s']:>10,.0f} rows/s",
+            flush=True,
+        )
+    results_file.write(out, {"rows": rows, "repeat": repeat, "results": results})
+    plot(results, out.with_suffix(".png"))
+
+
+KINDS = ("csv", "parquet", "direct")
+LABELS = {"csv": "CSV job", "parquet": "Parquet job", "direct": "onnxruntime alone, same rows in memory"}
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    counts = [e["cpus"] for e in results]
+    for kind in KINDS:
+        ax.plot(counts, [e[f"{kind}_rows_per_s"] / 1e3 for e in results], marker="o", label=LABELS[kind])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.set_xlabel("CPUs (affinity and INFERENCE_THREADS)")
+    ax.set_ylabel("thousand rows/s")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    machine = results_file.machine()["cpus"]
+    ax.set_title(f"batch job throughput, {results[0]['rows']:,} rows, on a {machine}-CPU machine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "batch.json")
+    parser.add_argument("--cpus", type=int, nargs="*", help="scaling curve on these CPU counts (default 1, 2, 4...)")
+    parser.add_argument("--out", type=Path, help="loadtests/results/batch.json, or batch_scaling.json with --cpus")
     args = parser.parse_args()
 
     meta = json.loads(ort.InferenceSession(str(MODEL)).get_modelmeta().custom_metadata_map["warmstart.card"])
     names = meta["feature_names"]
+    results_dir = ROOT / "loadtests" / "results"
+    if args.cpus is not None:
+        counts = cpu_counts(args.cpus)
+        scaling(args.rows[0], counts, args.repeat, names, args.out or results_dir / "batch_scaling.json")
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         work = Path(tmp)
         for rows in args.rows:
-            tab = make_table(rows, names)
-            files = {"csv": work / f"in-{rows}.csv", "parquet": work / f"in-{rows}.parquet"}
-            pacsv.write_csv(tab, files["csv"])
-            pq.write_table(tab, files["parquet"])
-            x = np.column_stack([tab.column(n).to_numpy() for n in names]).astype(np.float32)
-            direct_one = direct_rows_per_s(x, warmstart_options(), 65_536, args.repeat)
+            tab, files = write_inputs(rows, names, work)
+            x = features(tab, names)
+            del tab
+            direct_one = direct_rows_per_s(x, threads_options(1), 65_536, args.repeat)
             direct_default = direct_rows_per_s(x, None, 65_536, args.repeat)
             for fmt, src in files.items():
                 runs = [run_job(src, work / f"out-{rows}.{fmt}", work, f"{fmt}-{rows}-{i}") for i in range(args.repeat)]
@@ -147,7 +259,7 @@ def main() -> int:
                     f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}",
                     flush=True,
                 )
-    results_file.write(args.out, {"results": results})
+    results_file.write(args.out or results_dir / "batch.json", {"results": results})
     return 0
 
 

@@ -136,7 +136,14 @@ class EventHandler:
         try:
             settings = self.serving.settings
             result = batch.run_job(
-                job, model, settings.batch_allow, event_id, observe, settings.batch_progress_s, prediction_id
+                job,
+                model,
+                settings.batch_allow,
+                event_id,
+                observe,
+                settings.batch_progress_s,
+                prediction_id,
+                settings.inference_threads,
             )
         except Exception as exc:
             metrics.batch_job(exc.code if isinstance(exc, WarmstartError) else "internal", 0)

@@ -18,6 +18,7 @@ import pytest
 import requests
 from cloudevents.http import from_http
 
+from func.batch.csv_pieces import PIECE_BYTES
 from tests.support.batch import batch_event, send, table, write
 from tests.support.server import ServerProcess, wait_for
 
@@ -35,8 +36,6 @@ def batch_server(jobs, tmp_path_factory, default_model):
     proc.kill()
 
 
-
-
 def with_column(tab: pa.Table, name: str, values: list) -> pa.Table:
     """`tab` with column `name` replaced by `values`."""
     return tab.set_column(tab.column_names.index(name), name, pa.array(values))
@@ -49,18 +48,12 @@ def with_value(tab: pa.Table, name: str, row: int, value: object) -> pa.Table:
     return with_column(tab, name, values)
 
 
-
-
 def read(path: Path) -> pa.Table:
     if path.suffix == ".csv":
         return pacsv.read_csv(path)
     if path.suffix == ".parquet":
         return pq.read_table(path)
     return pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])
-
-
-
-
 
 
 def error_of(resp) -> dict:
@@ -365,17 +358,64 @@ def test_csv_feature_column_of_integers_then_a_fraction_reads(batch_server, jobs
 
 
 def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, dataset):
-    """Chunk k is predicted while chunk k+1 is read: a bad value in the first chunk is
-    still reported before a broken line in the second."""
+    """Chunk k is predicted while piece k+1 is parsed: a bad value in the first chunk is
+    still reported before a broken line in the second piece."""
     x, names = dataset
-    tab = with_value(table(x, names, 12_000, shuffle_columns=False), "mean texture", 5, None)
+    tab = with_value(table(x, names, 40_000, shuffle_columns=False), "mean texture", 5, None)
     src = write(jobs / "two-problems.csv", tab)
     text = src.read_text()
-    cut = text.index("\n", 1_500_000) + 1  # in the second 1 MB block
+    cut = text.index("\n", PIECE_BYTES * 3 // 2) + 1  # in the second piece
     src.write_text(text[:cut] + '"p-extra",1,2\n' + text[cut:])  # a line of too few columns
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "two-out.csv")}, "two"))
     assert resp.status_code == 422
     assert "row[5][2] (mean texture): the cell is empty; expected a number" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_rows_come_out_in_input_order_when_chunks_are_read_and_predicted_in_parallel(
+    start_server, tmp_path, dataset, suffix
+):
+    """A CSV of many pieces, a Parquet file of many row groups: four threads parse and
+    predict them at once, and output row r is still input row r, with its prediction."""
+    x, names = dataset
+    # Many more chunks (Parquet: 16,384 rows, CSV: a piece) than the job keeps in flight, 4 + 1
+    n = 200_000
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".csv":
+        write(src, table(x, names, n))
+        assert src.stat().st_size > 8 * PIECE_BYTES
+    else:
+        pq.write_table(table(x, names, n), src, row_group_size=7_000)
+        assert pq.ParquetFile(src).metadata.num_row_groups > 8
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "INFERENCE_THREADS": "4"})
+    out = tmp_path / f"out{suffix}"
+    resp = send(srv.url, batch_event({"input": str(src), "output": str(out)}, "in-order"))
+    assert resp.status_code == 200, resp.text
+
+    result = read(out)
+    assert result.column("patient_id").to_pylist() == [f"p{i}" for i in range(n)]
+    assert result.column("prediction_id").to_pylist() == [f"in-order/{i}" for i in range(n)]
+    # The input repeats the dataset's rows: row r's prediction is that of row r % len(x).
+    expected = requests.post(srv.url + "/predict", json={"instances": x.tolist()}).json()
+    repeated = np.arange(n) % len(x)
+    assert result.column("prediction").to_pylist() == np.asarray(expected["predictions"])[repeated].tolist()
+    np.testing.assert_allclose(
+        result.column("probability_1").to_numpy(), np.asarray(expected["probabilities"])[repeated, 1], atol=1e-6
+    )
+
+
+def test_a_broken_line_deep_in_a_large_csv_is_422_naming_its_row_in_the_file(batch_server, jobs, dataset):
+    """pyarrow counts rows within the piece it parses; the message counts them in the
+    file (the header is row 1)."""
+    x, names = dataset
+    src = write(jobs / "deep.csv", table(x, names, 100_000, shuffle_columns=False))
+    lines = src.read_bytes().split(b"\n")
+    lines[1 + 90_000] = b"p90000,1,2"  # data row 90,000 (from 0), after the header
+    src.write_bytes(b"\n".join(lines))
+    assert src.stat().st_size > 3 * PIECE_BYTES
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "deep-out.csv")}))
+    assert resp.status_code == 422
+    assert "Row #90002: Expected 31 columns, got 3: p90000,1,2" in error_of(resp)["message"]
 
 
 def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
