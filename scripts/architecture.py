@@ -85,15 +85,30 @@ def draw(arrows: Counter[tuple[str, str]], path: Path) -> None:
         (x1, y1), (x2, y2) = pos[a], pos[b]
         bend = 0.06 + 0.1 * max(0.0, abs(y1 - y2) - 1)
         ax.annotate(
-            "", xy=(x2, y2), xytext=(x1, y1),
-            arrowprops={"arrowstyle": "-|>", "color": "#ccc" if b == "root" else "#555", "shrinkA": 22, "shrinkB": 22,
-                        "connectionstyle": f"arc3,rad={bend:.2f}", "lw": 0.6 + 0.15 * min(n, 12)},
+            "",
+            xy=(x2, y2),
+            xytext=(x1, y1),
+            arrowprops={
+                "arrowstyle": "-|>",
+                "color": "#ccc" if b == "root" else "#555",
+                "shrinkA": 22,
+                "shrinkB": 22,
+                "connectionstyle": f"arc3,rad={bend:.2f}",
+                "lw": 0.6 + 0.15 * min(n, 12),
+            },
         )
         ax.text((x1 + x2) / 2, (y1 + y2) / 2, str(n), fontsize=7, color="#333", ha="center")
     for name, (x, y) in pos.items():
         colour = "#fde7c8" if name in JOBS else "#d9e8fb"
-        ax.text(x, y, name, ha="center", va="center", fontsize=11,
-                bbox={"boxstyle": "round,pad=0.5", "fc": colour, "ec": "#334"})
+        ax.text(
+            x,
+            y,
+            name,
+            ha="center",
+            va="center",
+            fontsize=11,
+            bbox={"boxstyle": "round,pad=0.5", "fc": colour, "ec": "#334"},
+        )
     ax.set_xlim(-2.4, 3.6)
     ax.set_ylim(-len(ROWS) + 0.4, 0.6)
     ax.axis("off")

@@ -26,13 +26,6 @@ GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 
 
-
-
-
-
-
-
-
 def all_docs() -> list[tuple[str, dict]]:
     return [(tree, doc) for tree in TREES for doc in render(tree)]
 

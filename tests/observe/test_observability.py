@@ -128,8 +128,6 @@ def test_a_killed_worker_leaves_the_counts_and_no_stale_request_in_flight(start_
     assert outcome, "the request its worker held while killed was answered"
 
 
-
-
 def test_openmetrics_when_the_scraper_asks_for_it(server):
     resp = requests.get(server.url + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
