@@ -233,8 +233,11 @@ class _OnnxSessions:
         # Not a daemon: a process leaving while onnxruntime is still building a session
         # (a worker refusing its model, a SIGTERM just after start) tore its C++ state down
         # under the builder and aborted (SIGABRT instead of its exit code). Exit waits for
-        # the build instead.
-        thread = threading.Thread(target=self._build_rest, args=(model, build_first), name="onnx-sessions")
+        # the build instead. Said explicitly: a thread is a daemon by default when the
+        # thread starting it is one, as the model loader is (func/model/state.py).
+        thread = threading.Thread(
+            target=self._build_rest, args=(model, build_first), name="onnx-sessions", daemon=False
+        )
         thread.start()
 
     def _build_rest(self, model: Model, build_first: bool) -> None:

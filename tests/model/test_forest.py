@@ -205,6 +205,26 @@ def test_a_process_leaving_while_onnxruntime_builds_a_session_exits_with_its_own
         assert done.returncode == 7, done.stderr[-2000:]
 
 
+def test_a_worker_leaving_while_its_loader_builds_the_session_exits_with_its_own_code(large_forest):
+    """As in a worker: the app's model loader (a daemon thread) answers from the forest and
+    starts onnxruntime's build, and the process leaves at once. A thread is a daemon when
+    the thread starting it is one, so the build must say it is not: a daemon still
+    building at exit aborted the process (SIGABRT)."""
+    model, _ = large_forest
+    assert forest_path(model).exists()
+    script = (
+        "import sys; from func.api.app import create_app; from func.config import Settings; "
+        f"app = create_app(Settings(model_path={str(model)!r}, inference_threads=2)); "
+        "state = app.extensions['warmstart']; state.wait_loaded(); "
+        # onnxruntime has its one-thread session: the multi-threaded one is being built
+        "import time\nwhile state.loaded.evaluator != 'onnxruntime': time.sleep(0.001)\n"
+        "sys.exit(7)"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 7, done.stderr[-2000:]
+
+
 def test_node_ops_names_every_graph_node_without_reading_attributes(large_forest):
     """What decides that onnxruntime may skip graph optimisations (a lone TreeEnsemble)."""
     from sklearn.pipeline import make_pipeline
