@@ -135,21 +135,7 @@ def systems() -> dict[str, System]:
         "warmstart, unobserved": System(
             "warmstart, unobserved", [sys.executable, "-m", "func"], {**warm, "METRICS": "0", "ACCESS_LOG": "off"}
         ),
-        "naive, uvicorn": System(
-            "naive, uvicorn",
-            [
-                str(BIN / "uvicorn"),
-                "loadtests.baseline.naive_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ],
-            naive,
-        ),
+        "naive, uvicorn": naive_uvicorn(),
         "naive, gunicorn 2 workers": System(
             "naive, gunicorn 2 workers",
             [
@@ -224,9 +210,25 @@ def peers(work: Path) -> dict[str, System]:
     return found
 
 
-def kserve_peer() -> System:
+def naive_uvicorn(model: Path = JOBLIB, name: str = "naive, uvicorn") -> System:
+    """The naive FastAPI + joblib app (loadtests/baseline/naive_app.py) under uvicorn."""
+    cmd = [
+        str(BIN / "uvicorn"),
+        "loadtests.baseline.naive_app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    return System(name, cmd, {"MODEL_PATH": str(model)})
+
+
+def kserve_peer(model: Path = JOBLIB, name: str = "KServe ModelServer") -> System:
     """A KServe ModelServer (loadtests/baseline/kserve_app.py) from its own virtualenv
-    under loadtests/.peers (installed on first use), answering V1 on the joblib model."""
+    under loadtests/.peers (installed on first use), answering V1 on a joblib model."""
     _install_peer("kserve", ["kserve==0.21.0", "scikit-learn==1.9.1", "joblib"])
     v1_row = json.dumps({"instances": [row()]})
     cmd = [
@@ -237,9 +239,7 @@ def kserve_peer() -> System:
         "--grpc_port",
         str(free_port()),
     ]
-    return System(
-        "KServe ModelServer", cmd, {"MODEL_PATH": str(JOBLIB)}, path=f"/v1/models/{MODEL_NAME}:predict", body=v1_row
-    )
+    return System(name, cmd, {"MODEL_PATH": str(model)}, path=f"/v1/models/{MODEL_NAME}:predict", body=v1_row)
 
 
 def peer_calls(servers: dict[str, System]) -> Callable[[np.ndarray], dict[str, Callable[[], None]]]:

@@ -28,7 +28,6 @@ import argparse
 import copy
 import fcntl
 import hashlib
-import json
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_file  # noqa: E402
-from bench import LOADTESTS, MODEL_NAME, PEERS, System, _install_peer, free_port, row  # noqa: E402
+from bench import LOADTESTS, System, kserve_peer, naive_uvicorn  # noqa: E402
 
 N_FEATURES = 30
 LOCK = Path("/tmp/warmstart-bench.lock")
@@ -110,18 +109,11 @@ def repeated_onnx(onnx_bytes: bytes, copies: int) -> bytes:
             values = (np.asarray(attr.floats, dtype=np.float32) / copies).tolist()
             del attr.floats[:]
             attr.floats.extend(values * copies)
-        elif attr.floats:
-            values = list(attr.floats)
-            del attr.floats[:]
-            attr.floats.extend(values * copies)
-        elif attr.ints:
-            values = list(attr.ints)
-            del attr.ints[:]
-            attr.ints.extend(values * copies)
-        elif attr.strings:
-            values = list(attr.strings)
-            del attr.strings[:]
-            attr.strings.extend(values * copies)
+        else:
+            repeated = attr.floats or attr.ints or attr.strings
+            values = list(repeated)
+            del repeated[:]
+            repeated.extend(values * copies)
     return model.SerializeToString()
 
 
@@ -169,29 +161,8 @@ def prepare(sizes: list[int], rows: int, base_trees: int) -> dict[int, Path]:
 
 def systems(folder: Path) -> dict[str, System]:
     python = sys.executable
-    joblib_path = str(folder / "model.joblib")
+    joblib_path = folder / "model.joblib"
     one_worker = {"WORKERS": "1"}
-    v1_row = json.dumps({"instances": [row()]})
-    uvicorn = str(Path(python).parent / "uvicorn")
-    naive_cmd = [
-        uvicorn,
-        "loadtests.baseline.naive_app:app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "{port}",
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    kserve_cmd = [
-        str(PEERS / "kserve" / "bin" / "python"),
-        str(LOADTESTS / "baseline" / "kserve_app.py"),
-        "--http_port",
-        "{port}",
-        "--grpc_port",
-        str(free_port()),
-    ]
     return {
         WARM_ONNX: System(
             WARM_ONNX, [python, "-m", "func"], {**one_worker, "MODEL_PATH": str(folder / "onnx" / "model.onnx")}
@@ -199,10 +170,8 @@ def systems(folder: Path) -> dict[str, System]:
         WARM_FOREST: System(
             WARM_FOREST, [python, "-m", "func"], {**one_worker, "MODEL_PATH": str(folder / "forest" / "model.onnx")}
         ),
-        NAIVE: System(NAIVE, naive_cmd, {"MODEL_PATH": joblib_path}),
-        KSERVE: System(
-            KSERVE, kserve_cmd, {"MODEL_PATH": joblib_path}, path=f"/v1/models/{MODEL_NAME}:predict", body=v1_row
-        ),
+        NAIVE: naive_uvicorn(joblib_path, NAIVE),
+        KSERVE: kserve_peer(joblib_path, KSERVE),
     }
 
 
@@ -317,7 +286,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=LOADTESTS / "results" / "model_size.json")
     args = parser.parse_args()
     sizes = [int(t) for t in args.trees.split(",")]
-    _install_peer("kserve", ["kserve==0.21.0", "scikit-learn==1.9.1", "joblib"])
+    kserve_peer()  # installs KServe's virtualenv on first use, before the lock is held
     folders = prepare(sizes, args.rows, args.base_trees)
     with bench_lock():
         results = measure(folders, args.runs)
