@@ -340,19 +340,26 @@ def _check(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         raise ValueError("mixed split modes without a modes array")
 
 
-def write_forest(onnx_path: Path, onnx_bytes: bytes, onnx_sha256: str) -> str | None:
-    """Write the forest beside an ONNX model just written; None when written, else the
-    reason it cannot be (a stale forest beside the model is removed either way)."""
+def forest_or_reason(onnx_bytes: bytes, onnx_sha256: str) -> bytes | str:
+    """The forest file of these ONNX bytes, or why the model cannot have one."""
     from .onnx_reader import OnnxReadError
     from .trees import Unsupported
 
-    target = forest_path(onnx_path)
     try:
-        data = forest_bytes(onnx_bytes, onnx_sha256)
+        return forest_bytes(onnx_bytes, onnx_sha256)
     except (Unsupported, OnnxReadError) as exc:
-        target.unlink(missing_ok=True)
         return str(exc)
-    write_atomically(target, data)
+
+
+def write_forest(onnx_path: Path, onnx_bytes: bytes, onnx_sha256: str) -> str | None:
+    """Write the forest beside an ONNX model just written; None when written, else the
+    reason it cannot be (a stale forest beside the model is removed either way)."""
+    target = forest_path(onnx_path)
+    forest = forest_or_reason(onnx_bytes, onnx_sha256)
+    if isinstance(forest, str):
+        target.unlink(missing_ok=True)
+        return forest
+    write_atomically(target, forest)
     return None
 
 

@@ -34,11 +34,9 @@ from typing import Any
 
 from ..model import champion
 from ..model.champion import MODEL_FILE, RECORD_FILE, write_whole
-from ..model.forest import forest_bytes, forest_path
-from ..model.onnx_reader import OnnxReadError
+from ..model.forest import forest_or_reason, forest_path
 from ..model.registry import Registry, RegistryError
 from ..model.source import first_line
-from ..model.trees import Unsupported
 from .training import BadInput, Unreachable
 
 log = logging.getLogger("warmstart.retrain")
@@ -284,11 +282,11 @@ class RegistryStore(Ledger):
 def _forest(model: bytes) -> bytes | None:
     """The forest file the server answers from while onnxruntime starts (func/model/forest.py),
     or None, with one log line, for a model that cannot have one."""
-    try:
-        return forest_bytes(model, hashlib.sha256(model).hexdigest())
-    except (Unsupported, OnnxReadError) as exc:
-        log.info("no forest file published beside the model, onnxruntime alone will serve it: %s", exc)
+    forest = forest_or_reason(model, hashlib.sha256(model).hexdigest())
+    if isinstance(forest, str):
+        log.info("no forest file published beside the model, onnxruntime alone will serve it: %s", forest)
         return None
+    return forest
 
 
 def _is_record(record: Any) -> bool:
