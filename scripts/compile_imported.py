@@ -15,6 +15,7 @@ their own, and `__main__` modules would run, so neither is imported here.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import pkgutil
@@ -68,6 +69,7 @@ def serving_modules() -> list[str]:
 
 
 def main() -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     sys.path.insert(0, str(Path.cwd()))
     for name in serving_modules():
         importlib.import_module(name)
