@@ -31,14 +31,15 @@ ENTRYPOINT ["python", "-m", "func.retrain"]
 # --- runtime deps in a venv, so the final stage copies one folder and no build tools.
 # scripts/prune_venv.sh then removes what no serving process loads (measured by
 # loadtests/loaded_libs.py): pip, setuptools, tests, headers, Arrow Flight and pyarrow's
-# S3 client, onnxruntime's C API library and model tools, NumPy's unused subpackages,
+# S3 client, its Dataset, Acero and Substrait libraries (scripts/prune_arrow.py, with
+# patchelf), onnxruntime's C API library and model tools, NumPy's unused subpackages,
 # symbol tables (binutils' strip), bytecode (the last stage compiles what is imported).
 FROM ${BASE} AS deps
-RUN apt-get update && apt-get install -y --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends binutils patchelf && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /venv
 COPY requirements.txt /tmp/requirements.txt
 RUN /venv/bin/pip install --no-cache-dir --no-compile -r /tmp/requirements.txt
-COPY scripts/prune_venv.sh /tmp/prune_venv.sh
+COPY scripts/prune_venv.sh scripts/prune_arrow.py /tmp/
 RUN bash /tmp/prune_venv.sh /venv
 
 # --- the rollout job (knative/rollout/): python -m func.rollout, no model, no onnxruntime.

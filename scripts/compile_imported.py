@@ -29,21 +29,15 @@ SKIPPED = ("func.retrain", "func.rollout", "func.dataset", "func.smoke", "func.s
 # The model runtime and explanations (onnxruntime when the model loads, NumPy's random
 # and masked arrays in the explainers):
 LAZY = ("onnxruntime", "numpy.ma", "numpy.random")
-# Tracing, once OTEL_EXPORTER_OTLP_*ENDPOINT is set: the SDK, and requests with what it
-# imports on the first export.
+# Tracing, once OTEL_EXPORTER_OTLP_*ENDPOINT is set: the SDK and our exporter, with the
+# parts of the standard library it sends with.
 TRACING = (
-    "charset_normalizer.legacy",
-    "requests",
-    "urllib3.http2.probe",
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "func.observe.otlp_export",
     "opentelemetry.sdk.resources",
     "opentelemetry.sdk.trace",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.trace.propagation.tracecontext",
 )
-# Imported under try and failing without an optional package (urllib3's SOCKS support,
-# without PySocks): compiled from their source, since importing them here would fail too.
-ATTEMPTED = ("urllib3.contrib.socks",)
 # Batch jobs and the prediction log: fsspec and pyarrow's readers and writers, and
 # python-dateutil, which the cloudevents SDK imports to read an event's time.
 BATCH = (
@@ -74,7 +68,6 @@ def main() -> int:
     for name in serving_modules():
         importlib.import_module(name)
     sources = [getattr(m, "__file__", None) for m in list(sys.modules.values())]
-    sources += [importlib.util.find_spec(name).origin for name in ATTEMPTED]
     import func
 
     roots = tuple(str(p) for p in (Path(sys.prefix).resolve(), Path(func.__file__).resolve().parent))

@@ -14,19 +14,24 @@ site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pu
 # pip and setuptools install, they never serve: the image installs nothing at run time.
 "$venv/bin/python" -m pip uninstall --quiet --yes pip setuptools
 
-# Test suites, C/C++ headers and Cython sources: for testing and building the packages.
+# Test suites, C/C++ headers, Cython sources and type stubs: for testing, building and
+# type-checking the packages.
 find "$site" -depth -type d -name tests -exec rm -rf {} +
 find "$site" -name '*_tests.cpython-*.so' -delete
 rm -rf "$site/pyarrow/include" "$site/pyarrow/includes" "$site/pyarrow/src" "$site/numpy/_core/include"
-find "$site" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.cpp' -o -name '*.h' \) -delete
+find "$site" \( -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' -o -name '*.cpp' -o -name '*.h' \
+  -o -name '*.pyi' -o -name py.typed \) -delete
 
 # pyarrow: Arrow Flight (RPC) is never loaded. pyarrow's own S3 client is loaded (by
 # pyarrow.parquet -> pyarrow.fs) but never used: func reads and writes through fsspec,
 # and pyarrow.fs imports _s3fs inside try/except ImportError, made for builds without S3.
-# Parquet, CSV, JSON, compute, Acero, Dataset and Substrait stay: lib.so links them.
+# Parquet, CSV, JSON and compute stay; Dataset, Acero and Substrait go below (prune_arrow.py).
 rm -f "$site"/pyarrow/libarrow_flight.so* "$site"/pyarrow/libarrow_python_flight.so* \
   "$site"/pyarrow/_flight.cpython-*.so "$site"/pyarrow/flight.py "$site"/pyarrow/__pycache__/flight.* \
   "$site"/pyarrow/libarrow_s3.so* "$site"/pyarrow/_s3fs.cpython-*.so
+# Feather, ORC and Parquet encryption: never loaded (loaded_libs.py), no job reads them.
+rm -f "$site"/pyarrow/{_feather,_orc,_parquet_encryption}.cpython-*.so "$site"/pyarrow/{feather,orc}.py \
+  "$site"/pyarrow/libarrow_python_parquet_encryption.so* "$site"/pyarrow/parquet/encryption.py
 # A wheel cannot hold symbolic links, so pyarrow ships libX.so, libX.so.2600 and
 # libX.so.2600.1.0 as three copies; the loader maps libX.so.2600 (the soname). The
 # other names become links to it.
@@ -53,6 +58,11 @@ rm -f "$site"/onnxruntime/capi/libonnxruntime.so*
 # distutils, the PyInstaller hook, the type-checker plugin).
 rm -rf "$site"/onnxruntime/{backend,datasets,quantization,tools,transformers} \
   "$site"/numpy/{f2py,distutils,_pyinstaller,typing,fft,polynomial,testing}
+# protobuf: onnxruntime requires it for the model tools removed above; the runtime it
+# serves with never imports it, nor does func (it reads ONNX itself, func/model/onnx_reader.py,
+# and writes OTLP itself, func/observe/otlp_encoding.py).
+rm -rf "$site"/google/protobuf "$site"/google/_upb "$site"/protobuf-*.dist-info
+rmdir "$site"/google 2>/dev/null || true
 # NumPy's own test modules (the SIMD dispatch probe and the C-API test module), never loaded.
 rm -f "$site"/numpy/_core/{_simd,_multiarray_tests}.cpython-*.so
 # tzdata: the IANA zone files python-dateutil (the cloudevents SDK's) falls back to where the
@@ -71,6 +81,11 @@ find "$site" -path "$site/*.libs" -prune -o -name '*.so*' -type f -print | while
     strip --strip-unneeded "$lib"
   fi
 done
+
+# pyarrow's Dataset, Acero and Substrait libraries: linked by every pyarrow module, called
+# by none that func imports (checked symbol by symbol; after strip, which would undo the
+# relinking). The script sits beside this one.
+"$venv/bin/python" "$(dirname "$0")/prune_arrow.py" "$site"
 
 # Bytecode: none here. The image's last stage writes it for exactly the modules the
 # server imports (scripts/compile_imported.py): a read-only root cannot cache it, and 8.5

@@ -1,5 +1,6 @@
 """OpenTelemetry traces: one span per request, with decode, infer and encode children,
-exported over OTLP/HTTP when the standard OTEL_* variables ask for it.
+exported over OTLP/HTTP (func/observe/otlp_export.py) when the standard OTEL_* variables
+ask for it.
 
 Without them nothing of OpenTelemetry is imported: `Tracing` does nothing, and the cold
 start and the per-request cost stay what they were. With them, each worker sets up its
@@ -69,12 +70,13 @@ class Tracing:
 
 class OtlpTracing(Tracing):
     def __init__(self, settings: Settings) -> None:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import OTELResourceDetector, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        from .otlp_export import OtlpHttpSpanExporter, OtlpSettings
 
         defaults = {"service.name": settings.k_service or "warmstart"}
         if settings.k_revision:
@@ -84,7 +86,8 @@ class OtlpTracing(Tracing):
         given = OTELResourceDetector().detect().attributes
         attributes = {key: value for key, value in defaults.items() if key not in given}
         provider = TracerProvider(resource=Resource.create(attributes))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        otlp = OtlpSettings.from_env(os.environ)
+        provider.add_span_processor(BatchSpanProcessor(OtlpHttpSpanExporter(otlp)))
         self._tracer = provider.get_tracer("warmstart")
         self._propagator = TraceContextTextMapPropagator()
         self._server, self._internal = SpanKind.SERVER, SpanKind.INTERNAL
@@ -92,7 +95,7 @@ class OtlpTracing(Tracing):
         self._in_context = set_span_in_context
         # perf_counter readings -> nanoseconds since the epoch, as spans want them
         self._offset_ns = time.time_ns() - time.perf_counter_ns()
-        log.info("tracing on: spans go to OTLP/HTTP %s", _endpoint())
+        log.info("tracing on: spans go to OTLP/HTTP %s", otlp.endpoint)
 
     def _ns(self, reading: float) -> int:
         return self._offset_ns + int(reading * 1e9)
@@ -148,7 +151,3 @@ class OtlpTracing(Tracing):
         if status >= 500:
             span.set_status(self._error)
         span.end(end_time=self._ns(now))
-
-
-def _endpoint() -> str:
-    return os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
