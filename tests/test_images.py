@@ -20,11 +20,11 @@ import requests
 from tests.support.images import (
     BUILD_SCRIPT,
     SERVICE,
+    bytecode_report,
     deployed_container,
     exercise_every_path,
     image_names,
     imported_modules,
-    modules_without_bytecode,
     podman,
     podman_problem,
     rows,
@@ -114,7 +114,7 @@ def test_function_image_serves_every_protocol_and_batch_jobs_as_knative_runs_it(
     assert explained.status_code == 200, explained.text
     imported = imported_modules(function.logs())
     assert "func.api.app" in imported and "pyarrow.parquet" in imported, sorted(imported)[:20]
-    assert modules_without_bytecode(images["function"], imported) == []
+    assert bytecode_report(images["function"], imported) == {"without_bytecode": [], "venv_sources": []}
 
 
 class _OtlpReceiver(BaseHTTPRequestHandler):
@@ -158,7 +158,7 @@ def test_function_image_sends_traces_without_protobuf_or_requests(images):
         assert {"POST /predict", "decode", "infer", "encode"} <= {s.name for s in _OtlpReceiver.spans}, container.logs()
         imported = imported_modules(container.logs())
         assert "func.observe.otlp_export" in imported and "opentelemetry.sdk.trace" in imported
-        assert modules_without_bytecode(images["function"], imported) == []
+        assert bytecode_report(images["function"], imported) == {"without_bytecode": [], "venv_sources": []}
     finally:
         podman("rm", "--force", "--time=0", name, timeout=60)
         receiver.shutdown()

@@ -80,12 +80,14 @@ def imported_modules(log: str) -> set[str]:
     }
 
 
-def modules_without_bytecode(image: str, modules: set[str]) -> list[str]:
-    """Those of `modules` whose source in the image (the venv or func/) has no bytecode
-    beside it: each start on a read-only root would compile them again."""
+def bytecode_report(image: str, modules: set[str]) -> dict[str, list[str]]:
+    """Of `modules`, as the image holds them: `without_bytecode`, those whose source (in the
+    venv or func/) has no bytecode beside it, which each start on a read-only root would
+    compile again; `venv_sources`, the venv's that still have their source, where the image
+    ships the imported ones as bytecode alone (scripts/compile_imported.py --sourceless)."""
     probe = (
         "import importlib.util, json, os, sys\n"
-        "missing = []\n"
+        "report = {'without_bytecode': [], 'venv_sources': []}\n"
         "for name in json.load(sys.stdin):\n"
         "    try:\n"
         "        spec = importlib.util.find_spec(name)\n"
@@ -94,8 +96,10 @@ def modules_without_bytecode(image: str, modules: set[str]) -> list[str]:
         "    origin = spec and spec.origin or ''\n"
         "    if origin.startswith(('/venv/', '/app/func/')) and origin.endswith('.py')"
         " and not os.path.exists(spec.cached):\n"
-        "        missing.append(name)\n"
-        "print(json.dumps(sorted(missing)))\n"
+        "        report['without_bytecode'].append(name)\n"
+        "    if origin.startswith('/venv/') and origin.endswith('.py'):\n"
+        "        report['venv_sources'].append(name)\n"
+        "print(json.dumps({key: sorted(names) for key, names in report.items()}))\n"
     )
     result = podman(
         "run", "--rm", "-i", "--read-only", "--entrypoint=python", image, "-c", probe,
