@@ -111,9 +111,29 @@ def _timeout_s(value: str) -> float:
 
 
 def _ssl_context(ca_file: str, cert_file: str, key_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=ca_file or None)
+    """TLS for an https endpoint. A certificate that cannot be read is logged, naming its
+    variable, and left out: tracing must not keep the server from starting."""
+    context = ssl.create_default_context()
+    if ca_file:
+        try:
+            context.load_verify_locations(cafile=ca_file)
+        except (OSError, ssl.SSLError) as error:
+            log.error(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE=%s cannot be used (%s): the system's CAs verify the receiver",
+                ca_file,
+                error,
+            )
     if cert_file:
-        context.load_cert_chain(cert_file, key_file or None)
+        try:
+            context.load_cert_chain(cert_file, key_file or None)
+        except (OSError, ssl.SSLError) as error:
+            log.error(
+                "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE=%s (key %s) cannot be used (%s): "
+                "spans go without a client certificate",
+                cert_file,
+                key_file or "in the same file",
+                error,
+            )
     return context
 
 

@@ -241,3 +241,77 @@ def test_shutdown_ends_the_wait_between_retries(receiver):
     assert exporter.export(_spans()[:1]) is SpanExportResult.FAILURE
     assert time.monotonic() - started < 5
     assert exporter.export(_spans()[:1]) is SpanExportResult.FAILURE and len(_Receiver.received) == 1
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 and its key, as files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "otlp receiver")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "receiver.crt", folder / "receiver.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_file), str(key_file)
+
+
+@pytest.fixture
+def tls_receiver(tmp_path):
+    import ssl
+
+    _Receiver.answers, _Receiver.received = [], []
+    cert_file, key_file = _self_signed(tmp_path)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Receiver)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert_file
+    server.shutdown()
+
+
+def test_https_receivers_are_verified_with_the_certificate_named(tls_receiver, caplog):
+    url, cert_file = tls_receiver
+    trusted = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_EXPORTER_OTLP_CERTIFICATE": cert_file}
+    assert OtlpHttpSpanExporter(OtlpSettings.from_env(trusted)).export(_spans()[:1]) is SpanExportResult.SUCCESS
+    assert len(_Receiver.received) == 1
+    # without it the receiver's self-signed certificate is refused, and the log says why
+    with caplog.at_level(logging.ERROR, "warmstart.tracing"):
+        unknown = {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_EXPORTER_OTLP_TIMEOUT": "500"}
+        assert OtlpHttpSpanExporter(OtlpSettings.from_env(unknown)).export(_spans()[:1]) is SpanExportResult.FAILURE
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text and len(_Receiver.received) == 1
+
+
+def test_a_certificate_that_cannot_be_read_is_named_and_does_not_stop_tracing(tmp_path, caplog):
+    missing = str(tmp_path / "nowhere.crt")
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": missing,
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE": missing,
+    }
+    with caplog.at_level(logging.ERROR, "warmstart.tracing"):
+        settings = OtlpSettings.from_env(env)
+    assert settings.ssl_context is not None and settings.endpoint == "https://collector:4318/v1/traces"
+    assert f"OTEL_EXPORTER_OTLP_CERTIFICATE={missing} cannot be used" in caplog.text
+    assert f"OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE={missing} (key in the same file) cannot be used" in caplog.text
