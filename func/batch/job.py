@@ -212,7 +212,6 @@ def _run(
     if not out_fs.isdir(posixpath.dirname(out_path)):
         raise InvalidInput(f"output {job.output!r}: its folder does not exist")
 
-    _use_system_allocator()
     rows = 0
     try:
         with partials.partial_file(out_fs, out_path, job_id) as partial:
@@ -245,21 +244,6 @@ def _run(
         "duration_s": round(time.perf_counter() - started, 3),
         "model": {"name": model.card.name, "version": model.card.version},
     }
-
-
-def _use_system_allocator() -> None:
-    """Make the C library's allocator pyarrow's, for this process.
-
-    pyarrow's default, mimalloc, hands the memory of each chunk it frees back to the
-    kernel soon after, so the next chunks fault fresh pages in again, and zeroing them cost
-    a fresh worker up to 0.8 s of system CPU in a 1M-row Parquet job (perf: clear_page,
-    from mimalloc's page allocation). The C library keeps freed blocks for the next ones:
-    0.2 s of system CPU, and a peak RSS no higher.
-    """
-    import pyarrow as pa
-
-    if pa.default_memory_pool().backend_name != "system":
-        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def _output_error(exc: OSError, output: str, folder: str) -> Exception:

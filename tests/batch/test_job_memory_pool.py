@@ -1,42 +1,39 @@
-"""A batch job makes the C library's allocator pyarrow's (func/batch/job.py,
-_use_system_allocator): mimalloc's pages, handed back to the kernel after each chunk,
-were faulted in and zeroed again for the next ones."""
+"""The server makes the C library's allocator pyarrow's (func/__main__.py,
+default_arrow_allocator): with mimalloc, a batch job's pages were handed back to the kernel
+after each chunk and faulted in and zeroed again for the next ones."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.batch import table, write
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-JOB = """
-import sys
-import pyarrow as pa
-from func.batch.job import BatchJob, run_job
-from func.config import Settings
-from func.model.runtime import load_model
+POOLS = """
+from func.__main__ import default_arrow_allocator
 
-model = load_model(Settings.from_env({"MODEL_PATH": sys.argv[1]}))
-print(pa.default_memory_pool().backend_name)
-result = run_job(BatchJob(sys.argv[2], sys.argv[3]), model, (sys.argv[4],), "pool", threads=2)
-print(result["rows"], pa.default_memory_pool().backend_name)
+default_arrow_allocator()
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+pq.write_table(pa.table({"x": list(range(100_000))}), pa.BufferOutputStream())
+print(pa.default_memory_pool().backend_name, pa.mimalloc_memory_pool().max_memory())
 """
 
 
-def test_a_job_runs_on_the_c_librarys_allocator(tmp_path, default_model, dataset):
-    x, names = dataset
-    src = write(tmp_path / "in.parquet", table(x, names, 100))
-    done = subprocess.run(
-        [sys.executable, "-c", JOB, str(default_model), str(src), str(tmp_path / "out.parquet"), f"{tmp_path}/"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+@pytest.mark.parametrize(("given", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_pyarrow_allocates_with_the_c_library_unless_the_operator_chose(given, expected):
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if given:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = given
+    done = subprocess.run([sys.executable, "-c", POOLS], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    before, after = done.stdout.splitlines()
-    assert before != "system"  # pyarrow's default here, so the job is what changed it
-    assert after == "100 system"
+    backend, mimalloc_peak = done.stdout.split()
+    assert backend == expected
+    # Parquet's own buffers too, which pyarrow.set_memory_pool would not reach.
+    assert (int(mimalloc_peak) == 0) == (expected == "system")
