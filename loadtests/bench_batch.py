@@ -9,7 +9,11 @@ For each size and format (CSV, Parquet) a fresh server (one worker) runs the job
 worker's peak RSS (VmHWM) belongs to that job alone. Rows/s is rows over the job time the
 server reports; the direct figure is onnxruntime on the same rows already in memory (the
 first million at most), with warmstart's session options and with onnxruntime's defaults.
-Loopback only; bounded by --repeat. Writes loadtests/results/batch.json.
+Each repeat measures onnxruntime alone and then each job, so a neighbour's load falls on
+both sides of a ratio. CPU seconds are the worker's (user + system) over the job and this
+process's over onnxruntime alone: a job's CPU against onnxruntime's is what its rows/s
+would be against onnxruntime's on idle cores, whatever else shares them. Loopback only;
+bounded by --repeat. Writes loadtests/results/batch.json.
 
 --cpus is the scaling curve: for N = 1, 2, 4, ... up to the CPUs this process may use
 (or the N given), the server runs pinned to N of them (its affinity) with
@@ -59,14 +63,27 @@ def make_table(rows: int, names: list[str], seed: int = 0) -> pa.Table:
     return pa.table(columns)
 
 
+def workers(master_pid: int) -> list[str]:
+    return Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+
+
 def worker_peak_rss_mb(master_pid: int) -> float:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     peaks = []
-    for pid in children:
+    for pid in workers(master_pid):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 peaks.append(int(line.split()[1]) / 1024)
     return max(peaks)
+
+
+def workers_cpu_s(master_pid: int) -> float:
+    """User + system CPU seconds the workers have spent so far."""
+    total = 0
+    for pid in workers(master_pid):
+        # The fields after the command's ')': utime and stime are the 12th and 13th.
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | None = None) -> dict:
@@ -84,6 +101,7 @@ def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | Non
             {"type": "warmstart.batch.v1", "source": "/bench", "id": job_id}, {"input": str(src), "output": str(out)}
         )
         headers, body = to_binary(event)
+        cpu_before = workers_cpu_s(server.proc.pid)
         started = time.perf_counter()
         resp = requests.post(server.url + "/", data=body, headers=headers, timeout=600)
         wall = time.perf_counter() - started
@@ -93,23 +111,37 @@ def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | Non
             "rows": data["rows"],
             "job_s": data["duration_s"],
             "wall_s": wall,
+            "cpu_s": workers_cpu_s(server.proc.pid) - cpu_before,
             "peak_rss_mb": worker_peak_rss_mb(server.proc.pid),
         }
     finally:
         server.kill()
 
 
-def direct_rows_per_s(x: np.ndarray, options: ort.SessionOptions | None, chunk: int, repeat: int) -> float:
-    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    x = x[:1_000_000]
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        for i in range(0, len(x), chunk):
-            session.run(None, {name: x[i : i + chunk]})
-        times.append(time.perf_counter() - started)
-    return len(x) / statistics.median(times)
+class Direct:
+    """onnxruntime alone on the same rows in memory (the first million at most), in chunks
+    of 65,536 rows, one session kept warm across passes."""
+
+    CHUNK = 65_536
+
+    def __init__(self, x: np.ndarray, options: ort.SessionOptions | None) -> None:
+        self.session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+        self.name = self.session.get_inputs()[0].name
+        self.x = x[:1_000_000]
+        self.session.run(None, {self.name: self.x[: self.CHUNK]})
+
+    def run(self) -> tuple[float, float]:
+        """One pass: (rows/s, CPU seconds per million rows)."""
+        cpu, started = time.process_time(), time.perf_counter()
+        for i in range(0, len(self.x), self.CHUNK):
+            self.session.run(None, {self.name: self.x[i : i + self.CHUNK]})
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return len(self.x) / wall, cpu * 1e6 / len(self.x)
+
+
+def direct_rows_per_s(x: np.ndarray, options: ort.SessionOptions | None, repeat: int) -> float:
+    direct = Direct(x, options)
+    return statistics.median(direct.run()[0] for _ in range(repeat))
 
 
 def threads_options(threads: int) -> ort.SessionOptions:
@@ -124,7 +156,7 @@ def pinned_direct_rows_per_s(x: np.ndarray, cpus: list[int], repeat: int) -> flo
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, cpus)
     try:
-        return direct_rows_per_s(x, threads_options(len(cpus)), 65_536, repeat)
+        return direct_rows_per_s(x, threads_options(len(cpus)), repeat)
     finally:
         os.sched_setaffinity(0, allowed)
 
@@ -185,6 +217,53 @@ def scaling(rows: int, counts: list[int], repeat: int, names: list[str], out: Pa
     plot(results, out.with_suffix(".png"))
 
 
+def compare(rows: int, repeat: int, names: list[str], work: Path) -> list[dict]:
+    """Each format's job against onnxruntime alone, on `rows` rows, the runs interleaved."""
+    tab, files = write_inputs(rows, names, work)
+    x = features(tab, names)
+    del tab
+    directs = {"1_thread": Direct(x, threads_options(1)), "default": Direct(x, None)}
+    direct: dict[str, list[tuple[float, float]]] = {kind: [] for kind in directs}
+    jobs: dict[str, list[dict]] = {fmt: [] for fmt in files}
+    for i in range(repeat):
+        for kind, runner in directs.items():
+            direct[kind].append(runner.run())
+        for fmt, src in files.items():
+            jobs[fmt].append(run_job(src, work / f"out-{rows}.{fmt}", work, f"{fmt}-{rows}-{i}"))
+    per_s = {kind: statistics.median(r[0] for r in runs) for kind, runs in direct.items()}
+    cpu = {kind: statistics.median(r[1] for r in runs) for kind, runs in direct.items()}
+    results = []
+    for fmt, src in files.items():
+        runs = jobs[fmt]
+        job_s = statistics.median(r["job_s"] for r in runs)
+        entry = {
+            "format": fmt,
+            "rows": rows,
+            "input_mb": round(src.stat().st_size / 1e6, 1),
+            "job_s": job_s,
+            "rows_per_s": rows / job_s,
+            "cpu_s_per_1m_rows": statistics.median(r["cpu_s"] for r in runs) * 1e6 / rows,
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            "direct_rows_per_s_1_thread": per_s["1_thread"],
+            "direct_rows_per_s_default_threads": per_s["default"],
+            "direct_cpu_s_per_1m_rows_default_threads": cpu["default"],
+        }
+        entry["ratio_to_direct_1_thread"] = entry["rows_per_s"] / per_s["1_thread"]
+        entry["ratio_to_direct_default"] = entry["rows_per_s"] / per_s["default"]
+        entry["cpu_ratio_to_direct_default"] = cpu["default"] / entry["cpu_s_per_1m_rows"]
+        results.append(entry)
+        print(
+            f"{fmt:8} {rows:>9,} rows  {entry['input_mb']:7.1f} MB  {job_s:6.2f} s  "
+            f"{entry['rows_per_s']:>10,.0f} rows/s  peak RSS {entry['peak_rss_mb']:6.1f} MB  "
+            f"direct {per_s['1_thread']:>10,.0f} (1 thread) {per_s['default']:>10,.0f} (default)  "
+            f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}  "
+            f"CPU s per 1M rows {entry['cpu_s_per_1m_rows']:.2f} against {cpu['default']:.2f} "
+            f"({entry['cpu_ratio_to_direct_default']:.2f})",
+            flush=True,
+        )
+    return results
+
+
 KINDS = ("csv", "parquet", "direct")
 LABELS = {"csv": "CSV job", "parquet": "Parquet job", "direct": "onnxruntime alone, same rows in memory"}
 
@@ -231,34 +310,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         work = Path(tmp)
         for rows in args.rows:
-            tab, files = write_inputs(rows, names, work)
-            x = features(tab, names)
-            del tab
-            direct_one = direct_rows_per_s(x, threads_options(1), 65_536, args.repeat)
-            direct_default = direct_rows_per_s(x, None, 65_536, args.repeat)
-            for fmt, src in files.items():
-                runs = [run_job(src, work / f"out-{rows}.{fmt}", work, f"{fmt}-{rows}-{i}") for i in range(args.repeat)]
-                job_s = statistics.median(r["job_s"] for r in runs)
-                entry = {
-                    "format": fmt,
-                    "rows": rows,
-                    "input_mb": round(src.stat().st_size / 1e6, 1),
-                    "job_s": job_s,
-                    "rows_per_s": rows / job_s,
-                    "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
-                    "direct_rows_per_s_1_thread": direct_one,
-                    "direct_rows_per_s_default_threads": direct_default,
-                }
-                entry["ratio_to_direct_1_thread"] = entry["rows_per_s"] / direct_one
-                entry["ratio_to_direct_default"] = entry["rows_per_s"] / direct_default
-                results.append(entry)
-                print(
-                    f"{fmt:8} {rows:>9,} rows  {entry['input_mb']:7.1f} MB  {job_s:6.2f} s  "
-                    f"{entry['rows_per_s']:>10,.0f} rows/s  peak RSS {entry['peak_rss_mb']:6.1f} MB  "
-                    f"direct {direct_one:>10,.0f} (1 thread) {direct_default:>10,.0f} (default)  "
-                    f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}",
-                    flush=True,
-                )
+            results += compare(rows, args.repeat, names, work)
     results_file.write(args.out or results_dir / "batch.json", {"results": results})
     return 0
 

@@ -355,7 +355,11 @@ def _read_chunks(
             import pyarrow.parquet as pq
 
             parquet = pq.ParquetFile(stream, buffer_size=PARQUET_BUFFER_BYTES, pre_buffer=False)
-            batches, schema = parquet.iter_batches(batch_size=CHUNK_ROWS), parquet.schema_arrow
+            # Decoded on this thread: the pool's threads keep the cores busy predicting,
+            # and arrow's own threads beside them cost more CPU than they save (1M rows,
+            # a fresh process: 0.18 s of CPU against 0.39 s).
+            batches = parquet.iter_batches(batch_size=CHUNK_ROWS, use_threads=False)
+            schema = parquet.schema_arrow
         check(schema)
         empty = True
         for batch in batches:
@@ -577,7 +581,13 @@ class _CsvWriter:
 
 
 class _ParquetWriter:
-    """Opens pyarrow's Parquet writer on the first batch, when the schema is known."""
+    """Opens pyarrow's Parquet writer on the first batch, when the schema is known.
+
+    The prediction ids and probabilities are written without a dictionary: ids are all
+    different and probabilities nearly so, so pyarrow's try at one is wasted work (1M
+    rows: 0.07 s of CPU to write against 0.10 s) before it falls back to plain values.
+    The input's columns keep pyarrow's default.
+    """
 
     def __init__(self, sink: Any) -> None:
         self.sink, self.writer = sink, None
@@ -589,12 +599,20 @@ class _ParquetWriter:
         if self.writer is None:
             import pyarrow.parquet as pq
 
-            self.writer = pq.ParquetWriter(self.sink, batch.schema)
+            plain = [name for name in batch.schema.names if _unique_output(name)]
+            dictionary = [name for name in batch.schema.names if name not in plain]
+            self.writer = pq.ParquetWriter(self.sink, batch.schema, use_dictionary=dictionary)
         self.writer.write_batch(batch)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _unique_output(name: str) -> bool:
+    """An output column whose values are (nearly) all different: a prediction id or a
+    class's probability."""
+    return name == "prediction_id" or name.startswith("probability_")
 
 
 def _writer(fmt: str, sink: Any) -> Any:

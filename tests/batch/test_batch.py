@@ -630,3 +630,19 @@ def test_a_job_logs_its_start_its_progress_and_its_end_with_rows_and_seconds(sta
     assert completed.startswith("batch job job-log completed: 200000 rows in ") and completed.endswith(f"-> {out}")
     failed = [m for m in messages if m.startswith("batch job job-bad failed after 0 rows in ")]
     assert len(failed) == 1 and "no such file" in failed[0]
+
+
+def test_parquet_output_writes_ids_and_probabilities_without_a_dictionary(batch_server, jobs, dataset):
+    """They are (nearly) all different, so pyarrow's try at a dictionary is wasted work; the
+    input's columns keep pyarrow's default."""
+    x, names = dataset
+    src = write(jobs / "plain.parquet", table(x, names, 500))
+    out = jobs / "plain-out.parquet"
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(out)}, "plain"))
+    assert resp.status_code == 200, resp.text
+    group = pq.ParquetFile(out).metadata.row_group(0)
+    encodings = {group.column(i).path_in_schema: group.column(i).encodings for i in range(group.num_columns)}
+    assert set(encodings) == {"patient_id", "prediction_id", "prediction", "probability_0", "probability_1"}
+    for name, used in encodings.items():
+        assert ("RLE_DICTIONARY" in used) == (name in ("patient_id", "prediction")), (name, used)
+    assert pq.read_table(out).column("prediction_id").to_pylist()[:2] == ["plain/0", "plain/1"]
