@@ -278,6 +278,8 @@ def _answer_codes(class_labels: tuple[Any, ...] | None) -> Any:
     ordered = classes[order]
 
     def codes(labels: Any) -> Any:
+        if type(labels) is np.ndarray and labels.shape == (1,):
+            return [index.get(labels.item(), -1.0)]  # one row, the common case
         values = np.asarray(labels).reshape(-1)
         if numeric and len(values) > 1 and values.dtype.kind in "biuf":
             at = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
