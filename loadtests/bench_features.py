@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """What each feature costs under load: one-row /predict at one concurrency with wrk,
-the bare stack against warmstart with everything on, with each of metrics, access log
-and drift alone, and with all three off; interleaved round by round.
+the bare stack against warmstart with everything on, with each of metrics, access log,
+drift and feedback (prediction ids and the recent index) alone, and with all four off;
+interleaved round by round. Both stacks run --workers processes of 4 threads.
 
-    .venv/bin/python loadtests/bench_features.py [--seconds 3] [--rounds 4] [--concurrency 32]
+    .venv/bin/python loadtests/bench_features.py [--seconds 3] [--rounds 4] [--concurrency 32] [--workers 2]
 
 With --truth, what ground truth costs instead: the bare stack, warmstart with everything
 on (prediction ids and the recent index included), the same with the prediction log at
@@ -38,13 +39,14 @@ sys.path.insert(0, str(LOADTESTS))
 import bench  # noqa: E402
 import results_file  # noqa: E402
 
-OFF = {"METRICS": "0", "ACCESS_LOG": "off", "DRIFT": "0"}
+OFF = {"METRICS": "0", "ACCESS_LOG": "off", "DRIFT": "0", "FEEDBACK": "0"}
 VARIANTS = {
     "everything on": {},
     "metrics only": {**OFF, "METRICS": "1"},
     "access log only": {**OFF, "ACCESS_LOG": "on"},
     "drift only": {**OFF, "DRIFT": "1"},
-    "all three off": OFF,
+    "feedback only": {**OFF, "FEEDBACK": "1"},
+    "all four off": OFF,
 }
 
 
@@ -63,9 +65,12 @@ def answered_bench_1(url: str) -> None:
         time.sleep(0.1)
 
 
-def servers(truth: bool, log_dir: str) -> dict[str, bench.System]:
-    found = {"bare Flask + onnxruntime": bench.systems()["bare Flask + onnxruntime"]}
+def servers(truth: bool, log_dir: str, workers: int) -> dict[str, bench.System]:
+    bare = bench.systems()["bare Flask + onnxruntime"]
+    bare.cmd = [str(workers) if previous == "-w" else part for previous, part in zip(["", *bare.cmd], bare.cmd)]
+    found = {bare.name: bare}
     base = bench.systems()["warmstart"]
+    base.env["WORKERS"] = str(workers)
     variants = (
         {
             "everything on": {},
@@ -97,13 +102,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="server processes of each system")
     parser.add_argument("--truth", action="store_true", help="what ground truth costs (see above)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     args.out = args.out or LOADTESTS / "results" / ("truth.json" if args.truth else "features.json")
     bench.ensure_prerequisites()
     log_dir = tempfile.mkdtemp(prefix="warmstart-bench-log-")
-    systems = servers(args.truth, log_dir)
+    systems = servers(args.truth, log_dir, args.workers)
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
     try:
         bodies = {}
@@ -129,11 +135,20 @@ def main() -> int:
         shutil.rmtree(log_dir, ignore_errors=True)
     bare = statistics.median(rps for rps, _ in samples["bare Flask + onnxruntime"])
     summary = {}
-    print(f"\nc={args.concurrency}, medians of {args.rounds} rounds of {args.seconds:g} s")
+    bare_cpu = statistics.median(c for _, c in samples["bare Flask + onnxruntime"])
+    print(f"\n{args.workers} worker(s), c={args.concurrency}, medians of {args.rounds} rounds of {args.seconds:g} s")
     for name, runs in samples.items():
         rps, cpu = statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs)
-        summary[name] = {"rps": round(rps), "ratio_to_bare": round(rps / bare, 3), "cpu_us_per_request": round(cpu, 1)}
-        print(f"  {name:34} {rps:8,.0f} req/s {rps / bare:5.2f}x bare {cpu:7.1f} us CPU a request")
+        summary[name] = {
+            "rps": round(rps),
+            "ratio_to_bare": round(rps / bare, 3),
+            "cpu_us_per_request": round(cpu, 1),
+            "requests_per_cpu_s_to_bare": round(bare_cpu / cpu, 3),
+        }
+        print(
+            f"  {name:34} {rps:8,.0f} req/s {rps / bare:5.2f}x bare {cpu:7.1f} us CPU a request "
+            f"({bare_cpu / cpu:.2f}x bare's requests per CPU-second)"
+        )
     results_file.write(args.out, {"settings": vars(args) | {"out": str(args.out)}, "results": summary})
     return 0
 

@@ -2,7 +2,7 @@
 """warmstart's start, memory and request CPU against the bare stack, in one run.
 
     flock /tmp/warmstart-bench.lock .venv/bin/python loadtests/bench_startup.py \
-        [--starts 7] [--seconds 3] [--rounds 4] [--workers 1 2 4]
+        [--starts 7] [--seconds 3] [--rounds 4] [--workers 1 2 4] [--skip-cold | --skip-cpu]
 
 The bare stack is loadtests/baseline/bare_app.py under gunicorn with warmstart's layout
 (the same workers, 4 threads, a listening socket per worker). Interleaved start by start
@@ -162,6 +162,22 @@ def request_cpu(names: list[str], workers: list[int], seconds: float, rounds: in
     return summary
 
 
+def print_cold(cold: dict[str, dict], starts: int) -> None:
+    bare = cold[BARE]
+    print(f"\nmedians of {starts} starts (2 workers x {THREADS} threads)")
+    for name, c in cold.items():
+        print(
+            f"  {name:26} first prediction {c['first_prediction_s']:.3f} s, ready {c['ready_s']:.3f} s, "
+            f"CPU to ready {c['cpu_to_ready_s']:.2f} s; largest "
+            f"process {c['largest_rss_ready_mb']:.1f} MB ready, {c['largest_rss_loaded_mb']:.1f} MB after load"
+        )
+    for name, c in cold.items():
+        print(
+            f"  cold start (ready) of {name}: {c['ready_s'] / bare['ready_s']:.2f}x bare, "
+            f"CPU to ready {c['cpu_to_ready_s'] / bare['cpu_to_ready_s']:.2f}x"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--starts", type=int, default=7)
@@ -169,6 +185,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--skip-cpu", action="store_true", help="cold start and memory only")
+    parser.add_argument("--skip-cold", action="store_true", help="request CPU only")
     parser.add_argument(
         "--compare", type=Path, nargs="*", default=[], help="also the warmstart of these checkouts (before a change)"
     )
@@ -181,23 +198,12 @@ def main() -> int:
     body_file.write_text(make(WARMSTART, 1).body)
     try:
         names = [WARMSTART, BARE, *(f"{WARMSTART} at {path.resolve()}" for path in args.compare)]
-        cold = cold_and_memory(names, args.starts, args.seconds, body_file)
+        cold = {} if args.skip_cold else cold_and_memory(names, args.starts, args.seconds, body_file)
         cpu = {} if args.skip_cpu else request_cpu(names, args.workers, args.seconds, args.rounds, body_file)
     finally:
         body_file.unlink()
-    bare = cold[BARE]
-    print(f"\nmedians of {args.starts} starts (2 workers x {THREADS} threads)")
-    for name, c in cold.items():
-        print(
-            f"  {name:26} first prediction {c['first_prediction_s']:.3f} s, ready {c['ready_s']:.3f} s, "
-            f"CPU to ready {c['cpu_to_ready_s']:.2f} s; largest "
-            f"process {c['largest_rss_ready_mb']:.1f} MB ready, {c['largest_rss_loaded_mb']:.1f} MB after load"
-        )
-    for name, c in cold.items():
-        print(
-            f"  cold start (ready) of {name}: {c['ready_s'] / bare['ready_s']:.2f}x bare, "
-            f"CPU to ready {c['cpu_to_ready_s'] / bare['cpu_to_ready_s']:.2f}x"
-        )
+    if cold:
+        print_cold(cold, args.starts)
     for w, by in cpu.items():
         for name, m in by.items():
             print(

@@ -19,7 +19,7 @@ from ..model.state import ServingState
 from ..observe.drift import DRIFT_EVENT, Drift
 from ..observe.emit import Emitter
 from ..observe.metrics import Metrics
-from ..observe.observer import Observer
+from ..observe.observer import ObservedFlask, Observer
 from ..process import process_started
 from . import events, openapi, pages, v2
 from .serving import Serving
@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, *, load: bool = True, started: 
         # werkzeug spends compiling them.
         state.start_loading()
     respond = serving.respond
-    app = Flask("warmstart")
+    app = ObservedFlask("warmstart")
     app.url_map.converters["model"] = ModelNameConverter
     app.session_interface = NoSessions()
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

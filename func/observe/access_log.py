@@ -34,6 +34,7 @@ class AccessLog:
         self._size = 0
         self._lock = threading.Lock()
         self._flusher: threading.Thread | None = None
+        self._version: tuple[str, str] = ("", '""')  # the model version and its JSON, encoded once
 
     def _time(self, now: float) -> str:
         second = int(now)
@@ -57,11 +58,14 @@ class AccessLog:
         quotes or backslashes: gunicorn refuses such methods); the model version comes
         from configuration and is encoded."""
         trace = f',"trace_id":"{trace_id}"' if trace_id else ""
+        version = self._version
+        if version[0] != model_version:
+            version = self._version = (model_version, orjson.dumps(model_version).decode())
         line = (
             f'{{"time":"{self._time(time.time())}","level":"info","logger":"warmstart.access",'
             f'"message":"{method} {route} {status}","method":"{method}","route":"{route}",'
             f'"status":{status},"rows":{rows},"duration_s":{seconds:.6f},'
-            f'"model_version":{orjson.dumps(model_version).decode()}{trace}{self._tail}'
+            f'"model_version":{version[1]}{trace}{self._tail}'
         )
         with self._lock:
             self._lines.append(line)

@@ -276,10 +276,6 @@ class Traffic:
         with self.tallies.lock:
             self._slots[self._in_flight] += 1
 
-    def ended(self) -> None:
-        with self.tallies.lock:
-            self._slots[self._in_flight] -= 1
-
     def refused(self, status: int) -> None:
         """A request the server answered before the app saw it (malformed HTTP, 408):
         counted, not timed."""
@@ -287,12 +283,14 @@ class Traffic:
             self._slots[_status_slot(PROTOCOL_INDEX["other"], status)] += 1
 
     def observe(self, protocol: str, status: int, seconds: float, rows: int, stages: tuple[float, ...]) -> None:
-        """One answered request; `stages` (decode, infer, encode seconds) when it predicted.
-        Written out slot by slot: a call per histogram doubled the cost."""
+        """One answered request, no longer in flight; `stages` (decode, infer, encode
+        seconds) when it predicted. Written out slot by slot: a call per histogram
+        doubled the cost."""
         p = PROTOCOL_INDEX[protocol]
         slots = self._slots
         duration, stage, per_request = self.duration, self.stages, self.per_request
         with self.tallies.lock:
+            slots[self._in_flight] -= 1
             slots[_status_slot(p, status)] += 1
             base = duration.start + p * duration.width
             slots[base + bisect_left(LATENCY_BUCKETS, seconds)] += 1

@@ -37,6 +37,7 @@ _WORDS = 4  # key, age, answer, label: a slot is four 8-byte words
 _M = (1 << 64) - 1
 _ROW_STEP = 0x9E3779B97F4A7C15  # golden-ratio step: rows of one request land apart
 _MIX = 0xBF58476D1CE4E5B9  # splitmix64's multiplier: the key's high bits pick the set
+_NAN = float("nan")  # no label yet
 
 
 def request_key(request_id: str) -> int:
@@ -84,15 +85,12 @@ class RecentPredictions:
         self._u = memoryview(self._buffer).cast("B").cast("Q")
         self._d = memoryview(self._buffer).cast("B").cast("d")
 
-    def _set(self, key: int) -> int:
-        return ((key * _MIX) & _M) >> self._shift
-
     def add(self, request_id: str, answers: list[float] | np.ndarray) -> None:
         """Remember a request's answers (a class index or a value per row)."""
-        base = request_key(request_id)
         if len(answers) == 1:
-            key = base | 1
-            first = self._set(key) * WAYS * _WORDS
+            # request_key and _sets' formula written out for one key: no calls, no arrays
+            key = (hash(request_id) & _M) | 1
+            first = (((key * _MIX) & _M) >> self._shift) * WAYS * _WORDS
             u, d = self._u, self._d
             with self.lock:
                 self._age += 1
@@ -101,10 +99,11 @@ class RecentPredictions:
                 at = first + ages.index(min(ages)) * _WORDS
                 u[at] = 0  # a reader never sees the new key beside the old answer
                 d[at + 2] = answers[0]
-                d[at + 3] = np.nan
+                d[at + 3] = _NAN
                 u[at + 1] = self._age
                 u[at] = key
             return
+        base = request_key(request_id)
         keys = self._keys(base, np.arange(len(answers), dtype=np.uint64))
         set_of = self._sets(keys)
         words, values = self._own.words, self._own.values

@@ -84,6 +84,11 @@ RECV_BYTES = 64 * 1024
 MAX_RECV_BYTES = 1024 * 1024
 # How often the event loop looks for requests past their deadline.
 SWEEP_S = 0.1
+# How often a busy event loop tells the master it is alive (a file's mtime, a system
+# call) and checks that the master is (getppid): gunicorn does both on every turn of the
+# loop, about one turn in two requests under load. The master kills a worker silent for
+# its timeout, 30 s; a worker whose master died stops within this.
+HEARTBEAT_S = 0.5
 # After a response that closes its connection, what the client still sends is read and
 # dropped for up to LINGER_S (LINGER_BYTES at most) before the socket closes: closing
 # with unread bytes resets the connection, which can cut off the response (RFC 9112
@@ -222,6 +227,8 @@ class Worker(ThreadWorker):
         self._thread = threading.local()  # .req: the request this thread is answering
         self._held: list[tuple[socket.socket, Any, Any]] = []  # a replacement's early connections
         self._swept = 0.0
+        self._heartbeat = 0.0
+        self._parent_alive = True
         self._stop_accepting_at = 0.0
         self._shutdown_deadline = 0.0
         self._stops_pod = False
@@ -241,6 +248,8 @@ class Worker(ThreadWorker):
         self.settings: Settings = self.serving.settings
         # As many whole bodies as the threads can answer at once may wait in the loop.
         self.buffer_budget = self.cfg.threads * self.settings.max_request_bytes
+        # Read once: gunicorn's Config answers each attribute through __getattr__ (0.4 us)
+        self.keepalive_s = self.cfg.keepalive
         # A malformed chunked body is found while the application reads it
         self.wsgi.register_error_handler(http_errors.ParseException, self._body_error)
         if self.settings.shared_dir:
@@ -289,7 +298,7 @@ class Worker(ThreadWorker):
             for held in self._held:
                 self._track(*held)
         self.set_accept_enabled(True)
-        while self.alive and self.is_parent_alive():
+        while self.alive and self._parent_alive:
             self._tick(1.0, accepting=True)
         self._shut_down()
         if self._stops_pod:
@@ -298,7 +307,11 @@ class Worker(ThreadWorker):
     # -- the event loop --------------------------------------------------------------
 
     def _tick(self, timeout: float, accepting: bool = False) -> None:
-        self.notify()
+        now = time.monotonic()
+        if now - self._heartbeat >= HEARTBEAT_S:
+            self._heartbeat = now
+            self.notify()
+            self._parent_alive = self.is_parent_alive()
         if accepting:
             # Past MAX_CONNECTIONS, accept only while a connection can make room.
             room = self.nr_conns < self.worker_connections or self.reading or self.keepalived_conns
@@ -372,7 +385,7 @@ class Worker(ThreadWorker):
         self._await_request(conn, conn.parser.unreader.take_buffered())
 
     def _await_request(self, conn: _Conn, pipelined: bytes = b"") -> None:
-        idle = self.cfg.keepalive if self.alive else STOP_KEEPALIVE_LINGER
+        idle = self.keepalive_s if self.alive else STOP_KEEPALIVE_LINGER
         conn.timeout = time.monotonic() + idle
         conn.scanned = conn.next_chunk = conn.chunked_bytes = 0
         conn.body_start = None

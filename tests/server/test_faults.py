@@ -176,3 +176,22 @@ def test_a_full_shared_folder_keeps_liveness_up_and_says_so_once_per_worker(star
     assert "SIGBUS" not in srv.log()
     errors = [line for line in srv.log().splitlines() if '"level": "error"' in line]
     assert len(errors) == 2 and all("no room for" in line and str(shared) in line for line in errors), errors
+
+
+def test_a_busy_worker_tells_the_master_it_is_alive_twice_a_second_not_per_request(start_server, card):
+    """The heartbeat (gunicorn's file whose mtime the master watches) is a system call:
+    gunicorn makes it on every turn of the event loop, about every other request."""
+    srv = start_server({"WORKERS": "1", "ACCESS_LOG": "off"})
+    (worker,) = children(srv.proc.pid)
+    heartbeat = next(fd for fd in Path(f"/proc/{worker}/fd").iterdir() if "wgunicorn-" in os.readlink(fd))
+    body = {"features": [card["reference"][name]["mean"] for name in card["feature_names"]]}
+    beats, answered = set(), 0
+    with requests.Session() as session:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.5:
+            assert session.post(srv.url + "/predict", json=body, timeout=10).status_code == 200
+            answered += 1
+            beats.add(os.stat(heartbeat).st_mtime)
+    assert answered > 50
+    assert len(beats) <= 5, f"{len(beats)} heartbeats for {answered} requests in 1.5 s"
+    os.kill(worker, 0)  # and the master kept it

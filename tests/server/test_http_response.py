@@ -75,3 +75,22 @@ def test_the_date_header_is_the_current_http_date():
     (date,) = [line[6:] for line in record.decode("latin-1").split("\r\n") if line.startswith("Date: ")]
     assert date.endswith(" GMT")
     assert int(before) <= parsedate_to_datetime(date).timestamp() <= time.time()
+
+
+def test_header_names_are_checked_once_and_values_every_time():
+    from gunicorn.http.errors import InvalidResponseHeader, InvalidResponseHeaderName
+
+    headers = [("X-Model-Name", "m"), ("Connection", "close"), ("Content-Length", "2"), ("X-Other", " v\t")]
+    for _ in range(2):  # the second response finds the names checked
+        resp, _client = _response(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        resp.start_response("200 OK", headers)
+        # hop-by-hop dropped, the length noted, values stripped: as gunicorn does
+        assert resp.headers == [("X-Model-Name", "m"), ("Content-Length", "2"), ("X-Other", "v")]
+        assert resp.response_length == 2
+    assert "X-Model-Name" in Response.plain_names and "Connection" not in Response.plain_names
+    resp, _client = _response(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    with pytest.raises(InvalidResponseHeader):
+        resp.start_response("200 OK", [("X-Model-Name", "m\r\nSet-Cookie: x=1")])
+    resp, _client = _response(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+    with pytest.raises(InvalidResponseHeaderName):
+        resp.start_response("200 OK", [("X Bad", "v")])
