@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +28,7 @@ from tests.support.images import (
     rows,
     write_batch_inputs,
 )
+from tests.support.otlp import OtlpReceiver
 from tests.support.retrain import DRIFT_ID, SHIFT, drift_event, write_csv
 from tests.support.server import free_port
 
@@ -117,35 +116,17 @@ def test_function_image_serves_every_protocol_and_batch_jobs_as_knative_runs_it(
     assert bytecode_report(images["function"], imported) == {"without_bytecode": [], "venv_sources": []}
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    spans: list = []
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        export = ExportTraceServiceRequest.FromString(self.rfile.read(int(self.headers["Content-Length"])))
-        _OtlpReceiver.spans += [span for r in export.resource_spans for s in r.scope_spans for span in s.spans]
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
 def test_function_image_sends_traces_without_protobuf_or_requests(images):
     """Tracing is a setting, not a rebuild: with an OTLP endpoint set, the image's own
     exporter (func/observe/otlp_*.py) delivers a request's spans, with bytecode for all it
     imports, and the image holds neither protobuf nor requests (9 MB it no longer needs)."""
-    _OtlpReceiver.spans = []
-    receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpReceiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    receiver = OtlpReceiver()
     options, env = deployed_container()
     port, name = free_port(), f"warmstart-trace-{free_port()}"
     try:
         podman(
             "run", "--detach", f"--name={name}", *options, *env, "--network=host", f"--env=PORT={port}",
-            f"--env=OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{receiver.server_address[1]}",
+            f"--env=OTEL_EXPORTER_OTLP_ENDPOINT={receiver.endpoint}",
             "--env=OTEL_BSP_SCHEDULE_DELAY=100", "--env=PYTHONPROFILEIMPORTTIME=1", images["function"], check=True,
         )  # fmt: skip
         container = Container(name, port)
@@ -153,15 +134,15 @@ def test_function_image_sends_traces_without_protobuf_or_requests(images):
         answer = requests.post(container.url + "/predict", json={"instances": rows(1).tolist()}, timeout=30)
         assert answer.status_code == 200, answer.text
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not {"POST /predict", "infer"} <= {s.name for s in _OtlpReceiver.spans}:
+        while time.monotonic() < deadline and not receiver.named("POST /predict", "decode", "infer", "encode"):
             time.sleep(0.1)
-        assert {"POST /predict", "decode", "infer", "encode"} <= {s.name for s in _OtlpReceiver.spans}, container.logs()
+        assert receiver.named("POST /predict", "decode", "infer", "encode"), container.logs()
         imported = imported_modules(container.logs())
         assert "func.observe.otlp_export" in imported and "opentelemetry.sdk.trace" in imported
         assert bytecode_report(images["function"], imported) == {"without_bytecode": [], "venv_sources": []}
     finally:
         podman("rm", "--force", "--time=0", name, timeout=60)
-        receiver.shutdown()
+        receiver.close()
     absent = podman(
         "run", "--rm", "--read-only", "--entrypoint=python", images["function"], "-c",
         "import importlib.util; print([m for m in ('google', 'requests', 'urllib3') if importlib.util.find_spec(m)])",

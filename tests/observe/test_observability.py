@@ -11,14 +11,14 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.server import DEFAULT_MODEL, ROOT, children, free_port, wait_for
+from tests.support.otlp import OtlpReceiver
+from tests.support.server import DEFAULT_MODEL, ROOT, children, wait_for
 
 N = 30
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -169,49 +169,18 @@ def test_access_log_off_and_all(start_server):
     assert access_lines(off) == []
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    spans: list = []
-    # each received span's resource attributes, by span id
-    resources: dict = {}
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        export = ExportTraceServiceRequest.FromString(body)
-        for resource in export.resource_spans:
-            attributes = {a.key: a.value.string_value for a in resource.resource.attributes}
-            for scope in resource.scope_spans:
-                _OtlpReceiver.spans.extend(scope.spans)
-                _OtlpReceiver.resources.update({span.span_id: attributes for span in scope.spans})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-def _named(spans: list, *names: str) -> list | None:
-    """The spans received so far, once there is one of each name."""
-    received = list(spans)
-    return received if set(names) <= {s.name for s in received} else None
-
-
 @pytest.fixture
 def otlp_receiver():
-    _OtlpReceiver.spans, _OtlpReceiver.resources = [], {}
-    receiver = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpReceiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    receiver = OtlpReceiver()
     yield receiver
-    receiver.shutdown()
+    receiver.close()
 
 
 def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_server, otlp_receiver, row):
-    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    endpoint = otlp_receiver.endpoint
     srv = start_server({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"})
     assert requests.post(srv.url + "/predict", json={"features": row}, headers={"traceparent": TRACEPARENT}).ok
-    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /predict", "decode", "infer", "encode"))
+    spans = wait_for(lambda: otlp_receiver.named("POST /predict", "decode", "infer", "encode"))
     by_name = {s.name: s for s in spans}
     # the readiness probes that waited for the server are not traffic: no span
     assert set(by_name) == {"POST /predict", "decode", "infer", "encode"}, sorted(by_name)
@@ -224,7 +193,7 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
 
     # a structured event names its parent in its traceparent extension; the reply
     # carries the request span's own context
-    _OtlpReceiver.spans.clear()
+    otlp_receiver.spans.clear()
     event = {
         "specversion": "1.0",
         "type": "warmstart.predict.v1",
@@ -234,7 +203,7 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
         "data": {"features": row},
     }
     reply = requests.post(srv.url + "/", json=event, headers={"Content-Type": "application/cloudevents+json"}).json()
-    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /", "decode", "infer", "encode"))
+    spans = wait_for(lambda: otlp_receiver.named("POST /", "decode", "infer", "encode"))
     (event_span,) = [s for s in spans if s.name == "POST /"]
     assert event_span.parent_span_id.hex() == PARENT_SPAN
     assert reply["traceparent"] == f"00-{TRACE_ID}-{event_span.span_id.hex()}-01"
@@ -249,15 +218,15 @@ def test_spans_reach_an_otlp_receiver_with_the_parent_the_request_named(start_se
     ],
 )
 def test_the_users_service_name_wins_over_the_default(start_server, otlp_receiver, row, env, name, version):
-    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    endpoint = otlp_receiver.endpoint
     srv = start_server(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "K_SERVICE": "scorer",
          "K_REVISION": "rev-a", **env}
     )  # fmt: skip
     assert requests.post(srv.url + "/predict", json={"features": row}).ok
-    spans = wait_for(lambda: _named(_OtlpReceiver.spans, "POST /predict"))
+    spans = wait_for(lambda: otlp_receiver.named("POST /predict"))
     (request_span,) = [s for s in spans if s.name == "POST /predict"]
-    resource = _OtlpReceiver.resources[request_span.span_id]
+    resource = otlp_receiver.resources[request_span.span_id]
     assert (resource["service.name"], resource["service.version"]) == (name, version), resource
 
     # a request without a traceparent starts its own trace: its access line names it
@@ -268,14 +237,14 @@ def test_the_users_service_name_wins_over_the_default(start_server, otlp_receive
 def test_a_trace_id_is_logged_only_for_a_trace_someone_can_find(start_server, otlp_receiver, row):
     """With tracing on but every span dropped by the sampler, a request's line names its
     caller's trace, or none: not the id of a span that was never exported."""
-    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    endpoint = otlp_receiver.endpoint
     srv = start_server({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_TRACES_SAMPLER": "always_off"})
     requests.post(srv.url + "/predict", json={"features": row})
     requests.post(srv.url + "/predict", json={"features": row}, headers={"traceparent": TRACEPARENT})
     untraced, traced = wait_for(lambda: len(access_lines(srv)) >= 2 and access_lines(srv))
     assert "trace_id" not in untraced, untraced
     assert traced["trace_id"] == TRACE_ID
-    assert _OtlpReceiver.spans == []
+    assert otlp_receiver.spans == []
 
 
 def test_without_otel_variables_nothing_of_opentelemetry_is_imported(row):
