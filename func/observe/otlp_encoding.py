@@ -25,7 +25,13 @@ _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
 
 
+_SMALL = [bytes((n,)) for n in range(0x80)]  # varints under 128: one byte, made once
+_U64, _U32, _F64 = struct.Struct("<Q").pack, struct.Struct("<I").pack, struct.Struct("<d").pack
+
+
 def _varint(value: int) -> bytes:
+    if 0 <= value < 0x80:
+        return _SMALL[value]
     value &= 0xFFFFFFFFFFFFFFFF  # negative int64s take ten bytes, as two's complement
     out = bytearray()
     while value > 0x7F:
@@ -35,8 +41,12 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+# every field number here is under 16, so each tag is one byte: (field << 3 | wire type)
+_TAG = [[bytes((field << 3 | wire,)) for wire in range(6)] for field in range(16)]
+
+
 def _tag(field: int, wire: int) -> bytes:
-    return _varint(field << 3 | wire)
+    return _TAG[field][wire] if field < 16 else _varint(field << 3 | wire)
 
 
 def _len(field: int, payload: bytes) -> bytes:
@@ -56,11 +66,11 @@ def _uint(field: int, value: int | None) -> bytes:
 
 
 def _fixed64(field: int, value: int | None) -> bytes:
-    return _tag(field, _I64) + struct.pack("<Q", value) if value else b""
+    return _tag(field, _I64) + _U64(value) if value else b""
 
 
 def _fixed32(field: int, value: int) -> bytes:
-    return _tag(field, _I32) + struct.pack("<I", value) if value else b""
+    return _tag(field, _I32) + _U32(value) if value else b""
 
 
 def any_value(value: Any) -> bytes:
@@ -74,7 +84,7 @@ def any_value(value: Any) -> bytes:
     if isinstance(value, int):
         return _tag(3, _VARINT) + _varint(value)
     if isinstance(value, float):
-        return _tag(4, _I64) + struct.pack("<d", value)
+        return _tag(4, _I64) + _F64(value)
     if isinstance(value, bytes):
         return _len(7, value)
     if isinstance(value, Sequence):
