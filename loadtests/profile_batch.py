@@ -36,13 +36,13 @@ default_arrow_allocator()  # pyarrow's allocator in the server, chosen before py
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
 import pyarrow.csv as pacsv  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import results_file  # noqa: E402
 from bench_batch import MODEL, Direct, features, threads_options, write_inputs  # noqa: E402
 
 from func.batch import csv_pieces, job  # noqa: E402
+from func.batch.columns import column_values, numbered_ids  # noqa: E402
 from func.codecs.rows import rows_from_columns  # noqa: E402
 from func.model.card import ModelCard  # noqa: E402
 
@@ -90,7 +90,7 @@ class Stages:
 
     def feature_columns(self, batch: Any) -> dict[str, np.ndarray]:
         names = self.card.feature_names
-        return {n: job._column_values(batch.column(i)) for i, n in enumerate(batch.schema.names) if n in names}
+        return {n: column_values(batch.column(i)) for i, n in enumerate(batch.schema.names) if n in names}
 
     def to_rows(self) -> list[np.ndarray]:
         names = self.batches[0].schema.names
@@ -103,8 +103,7 @@ class Stages:
         """As a job makes them (func/batch/job.py, _predict_chunk)."""
         ids, first = [], 0
         for rows in self.rows:
-            numbers = pc.cast(pa.array(np.arange(first, first + len(rows))), pa.string())
-            ids.append(pc.binary_join_element_wise(pa.scalar("0123456789abcdef/"), numbers, pa.scalar("")))
+            ids.append(numbered_ids("0123456789abcdef/", first, len(rows)))
             first += len(rows)
         return ids
 

@@ -31,6 +31,7 @@ from ..errors import Forbidden, InsufficientStorage, InvalidInput
 from ..model.card import ModelCard
 from ..model.runtime import Model, Prediction
 from . import csv_pieces, partials
+from .columns import arrow_array, column_values, numbered_ids
 
 # (the chunk's first row in the job, its rows, their predictions)
 Observe = Callable[[int, np.ndarray, Prediction], None]
@@ -490,37 +491,21 @@ def _predict_chunk(
     predictions). The output keeps every non-feature column (ids, keys) and adds `prediction_id` (when the job has
     one), `prediction` and, for classifiers, one `probability_<class>` per class."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     card = model.card
     names = chunk.schema.names
-    columns = {name: _column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
+    columns = {name: column_values(chunk.column(i)) for i, name in enumerate(names) if name in card.feature_names}
     rows = codecs.rows_from_columns(columns, names, card, f"input {uri!r}", first_row)
     prediction = model.predict(rows, one_thread=True)
     features = set(card.feature_names)
     out = {name: chunk.column(i) for i, name in enumerate(names) if name not in features}
     if prediction_id is not None:
-        numbers = pc.cast(pa.array(np.arange(first_row, first_row + len(rows))), pa.string())
-        out["prediction_id"] = pc.binary_join_element_wise(pa.scalar(f"{prediction_id}/"), numbers, pa.scalar(""))
-    out["prediction"] = pa.array(prediction.labels)
+        out["prediction_id"] = numbered_ids(f"{prediction_id}/", first_row, len(rows))
+    out["prediction"] = arrow_array(np.asarray(prediction.labels))
     if prediction.probabilities is not None:
         for j, label in enumerate(card.class_labels or range(prediction.probabilities.shape[1])):
-            out[f"probability_{label}"] = pa.array(prediction.probabilities[:, j])
-    return encode(pa.RecordBatch.from_pydict(out)), rows, prediction
-
-
-def _column_values(column: Any) -> np.ndarray:
-    import pyarrow as pa
-
-    if column.null_count:
-        # Python objects, so the None of an empty cell stays apart from a NaN in the file;
-        # a feature column with nulls is refused anyway, so speed does not matter here.
-        return np.asarray(column.to_pylist(), dtype=object)
-    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
-        return column.to_numpy(zero_copy_only=False)
-    if pa.types.is_null(column.type):
-        return np.full(len(column), np.nan)
-    return np.asarray(column.to_pylist(), dtype=object)
+            out[f"probability_{label}"] = arrow_array(prediction.probabilities[:, j])
+    return encode(pa.RecordBatch.from_arrays(list(out.values()), names=list(out))), rows, prediction
 
 
 class _JsonLinesWriter:
@@ -571,7 +556,7 @@ class _CsvWriter:
         schema, text = encoded
         if not self.started:
             header = pa.BufferOutputStream()
-            pacsv.write_csv(schema.empty_table(), header)
+            pacsv.write_csv(pa.Table.from_batches([], schema=schema), header)
             self.sink.write(header.getvalue())
             self.started = True
         self.sink.write(text)
