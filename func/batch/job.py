@@ -32,6 +32,7 @@ from ..model.card import ModelCard
 from ..model.runtime import Model, Prediction
 from . import csv_pieces, partials
 from .columns import arrow_array, column_values, numbered_ids
+from .local_files import LocalFiles
 
 # (the chunk's first row in the job, its rows, their predictions)
 Observe = Callable[[int, np.ndarray, Prediction], None]
@@ -119,7 +120,9 @@ def _resolve(uri: str) -> str:
     if parts.scheme in ("", "file"):
         path = parts.path if parts.scheme == "file" else uri
         return os.path.realpath(path)
-    return f"{parts.scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path)}"
+    # posixpath keeps a leading "//" (POSIX leaves its meaning open), which made every
+    # s3://bucket/key "bucket//key", an object no store holds.
+    return f"{parts.scheme}://{parts.netloc}{posixpath.normpath('/' + parts.path.lstrip('/'))}"
 
 
 def run_job(
@@ -314,7 +317,10 @@ def _write(
 
 
 def _filesystem(resolved: str, uri: str, field: str) -> tuple[Any, str]:
-    """fsspec's filesystem and path for `resolved`; messages name `uri`, as the job gave it."""
+    """The filesystem and path for `resolved`: a local path's own, else fsspec's; messages
+    name `uri`, as the job gave it."""
+    if not urlsplit(resolved).scheme:
+        return LocalFiles(), resolved  # _resolve made file:// URIs paths
     import fsspec
 
     try:

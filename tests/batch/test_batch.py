@@ -646,3 +646,41 @@ def test_parquet_output_writes_ids_and_probabilities_without_a_dictionary(batch_
     for name, used in encodings.items():
         assert ("RLE_DICTIONARY" in used) == (name in ("patient_id", "prediction")), (name, used)
     assert pq.read_table(out).column("prediction_id").to_pylist()[:2] == ["plain/0", "plain/1"]
+
+
+def test_a_job_on_s3_reads_and_writes_through_fsspec(start_server, s3_endpoint, dataset):
+    """Local paths have their own file operations (func/batch/local_files.py); every other
+    scheme still goes through fsspec, here s3fs against a local S3 server."""
+    import s3fs
+
+    from tests.support.services import S3_ENV
+
+    x, names = dataset
+    requests.put(f"{s3_endpoint}/jobs", timeout=10).raise_for_status()
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    with fs.open("jobs/rows.parquet", "wb") as sink:
+        pq.write_table(table(x, names, 300), sink)
+    srv = start_server({**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "BATCH_ALLOW": "s3://jobs/"})
+    data = {"input": "s3://jobs/rows.parquet", "output": "s3://jobs/scored.csv"}
+    resp = send(srv.url, batch_event(data, "on-s3"))
+    assert resp.status_code == 200, resp.text
+    assert from_http(resp.headers, resp.content).data["rows"] == 300
+    with fs.open("jobs/scored.csv", "rb") as source:
+        out = pacsv.read_csv(source)
+    assert out.column("patient_id").to_pylist() == [f"p{i}" for i in range(300)]
+    assert out.column("prediction_id").to_pylist()[:2] == ["on-s3/0", "on-s3/1"]
+    assert sorted(fs.ls("jobs", detail=False)) == ["jobs/rows.parquet", "jobs/scored.csv"]
+    resp = send(srv.url, batch_event({**data, "input": "s3://jobs/missing.parquet"}, "missing"))
+    assert resp.status_code == 422 and "no such file" in resp.text
+
+
+def test_object_store_uris_resolve_to_the_key_they_name():
+    from func.batch.job import resolve_allowed
+    from func.errors import Forbidden
+
+    allow = ("s3://jobs/",)
+    assert resolve_allowed("s3://jobs/rows.parquet", allow, "input") == "s3://jobs/rows.parquet"
+    assert resolve_allowed("s3://jobs/in/../rows.parquet", allow, "input") == "s3://jobs/rows.parquet"
+    assert resolve_allowed("gs://jobs/a/b.csv", ("gs://jobs",), "input") == "gs://jobs/a/b.csv"
+    with pytest.raises(Forbidden):
+        resolve_allowed("s3://jobs-other/rows.parquet", allow, "input")
