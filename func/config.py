@@ -128,6 +128,8 @@ class Settings:
     threads: int = DEFAULT_THREADS
     # onnxruntime threads for one large input: by default the CPUs this process may use
     inference_threads: int = field(default_factory=available_cpus)
+    # ONNX models up to this size get a second onnxruntime session for large inputs
+    bulk_session_max_mb: float = 16.0
     graceful_timeout: int = 25
     log_level: str = "info"
     # Request metrics on /metrics; off only to measure what they cost (loadtests/bench.py).
@@ -210,6 +212,7 @@ class Settings:
             workers=_int(env, "WORKERS", DEFAULT_WORKERS, minimum=1),
             threads=_int(env, "THREADS", DEFAULT_THREADS, minimum=1),
             inference_threads=_int(env, "INFERENCE_THREADS", available_cpus(), minimum=1),
+            bulk_session_max_mb=_float(env, "BULK_SESSION_MAX_MB", 16.0, minimum=0),
             graceful_timeout=graceful_timeout,
             drain_s=drain_s,
             read_timeout=_float(env, "READ_TIMEOUT", 30.0, minimum=0.1),

@@ -45,6 +45,8 @@ def test_lists_and_flags_are_parsed():
         ({"MODEL_SHA256": "abc"}, "MODEL_SHA256='abc': expected 64 hexadecimal digits"),
         ({"READ_TIMEOUT": "0"}, "READ_TIMEOUT='0': must be at least 0.1"),
         ({"CONNECTION_MAX_AGE": "-1"}, "CONNECTION_MAX_AGE='-1': must be at least 0"),
+        ({"BULK_SESSION_MAX_MB": "-1"}, "BULK_SESSION_MAX_MB='-1': must be at least 0"),
+        ({"BULK_SESSION_MAX_MB": "big"}, "BULK_SESSION_MAX_MB='big': expected a number"),
         ({"DRAIN_S": "5", "GRACEFUL_TIMEOUT": "5"}, "DRAIN_S=5: must be less than GRACEFUL_TIMEOUT=5"),
     ],
 )
