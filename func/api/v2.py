@@ -134,13 +134,30 @@ def _tensor(tensor: dict[str, Any], binary: bytes, width: int) -> np.ndarray:
     if dtype.kind in "biu":
         flat = _exact_values(tensor["data"], dtype, datatype, f"inputs[0] ({name})")
     else:
-        try:
-            flat = np.asarray(tensor["data"], dtype=dtype).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInput(f"inputs[0] ({name}): data is not a tensor of {datatype}: {exc}") from None
+        flat = _float_values(tensor["data"], dtype, datatype, f"inputs[0] ({name})")
     if flat.size != count:
         raise InvalidInput(f"inputs[0] ({name}): shape {shape} needs {count} values, data has {flat.size}")
     return flat.reshape(shape)
+
+
+def _float_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """FP16/FP32/FP64 data, flattened: JSON numbers only. NumPy would read the string
+    "1.5" as 1.5 and null as NaN, so anything but numbers (and true/false, which
+    `instances` take as 1 and 0 too) is refused, naming the first such value."""
+    try:
+        values: np.ndarray | None = np.asarray(data)
+    except ValueError:  # ragged nested lists: the values decide below, the count after
+        values = None
+    if values is not None and values.dtype.kind in "biuf":
+        with np.errstate(over="ignore"):  # out of FP32's range: refused, by value, after
+            return values.reshape(-1).astype(dtype)
+    flat = _flatten(data)
+    for i, value in enumerate(flat):
+        if not isinstance(value, (int, float)):
+            shown = "null" if value is None else f"{codecs.json_type(value)} {codecs.short(value)}"
+            raise InvalidInput(f"{where}: data[{i}] is {shown}; {datatype} data must be numbers")
+    with np.errstate(over="ignore"):
+        return np.array(flat, dtype=dtype)
 
 
 def _exact_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
