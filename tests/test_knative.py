@@ -21,7 +21,7 @@ from tests.support.knative import (
 )
 from tests.support.server import ROOT
 
-TREES = ["base", "overlays/prewarm", "overlays/canary", "eventing", "retrain"]
+TREES = ["base", "overlays/prewarm", "overlays/canary", "eventing", "retrain", "rollout"]
 GO_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
 ISO_DURATION = re.compile(r"^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 
