@@ -184,6 +184,16 @@ def _bare_lf(buf: bytearray, start: int) -> bool:
     return False
 
 
+def _request_waiting(sock: socket.socket) -> bool:
+    """Whether the client has sent bytes this side has not read (a non-blocking peek)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False  # reset: nothing to answer
+
+
 class _Conn(TConn):
     """A client connection and the request the event loop is reading on it."""
 
@@ -585,7 +595,27 @@ class Worker(ThreadWorker):
             if conn.buf and now >= conn.deadline:
                 self._answer_and_drop(conn, RequestTimeout(self._timeout_message()))
             elif not conn.buf and now >= conn.timeout:
-                self._drop(conn)
+                self._on_readable(conn)  # a request that came since the last poll is read, not reset
+                if conn in self.reading and not conn.buf:
+                    self._drop(conn)
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """gthread's, except that a kept-alive connection whose next request has arrived
+        since the last poll is read rather than closed: closing a socket with unread
+        bytes resets it, and the request that reached the server is lost. A loop held
+        up past STOP_KEEPALIVE_LINGER (an overloaded host) did that on shutdown."""
+        now = time.monotonic()
+        while self.keepalived_conns:
+            conn = self.keepalived_conns[0]
+            if conn.timeout > now and not force:
+                break
+            if not force and _request_waiting(conn.sock):
+                self.on_client_socket_readable(conn, conn.sock)
+                continue
+            self.keepalived_conns.popleft()
+            self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
         for conn, until in list(self.lingering.items()):
             if now >= until:
                 self._end_linger(conn)
