@@ -21,7 +21,8 @@
   yet that this instance is going), then stops new handshakes (listener.py), accepts
   what is already queued on the listening socket and closes it: every connection that
   reached the worker is answered.
-  Responses meanwhile say `Connection: close`.
+  Responses meanwhile say `Connection: close`. A connection idle past its timeout is
+  looked at before it closes: a request that arrived since the last poll is answered.
 - A worker that replaces a dead one listens only once its model has loaded; the first
   workers listen at once, so liveness answers while a slow model loads. A replacement
   that cannot load the model, or any worker that loaded other bytes than the pod serves
