@@ -21,7 +21,8 @@
   yet that this instance is going), then stops new handshakes (listener.py), accepts
   what is already queued on the listening socket and closes it: every connection that
   reached the worker is answered.
-  Responses meanwhile say `Connection: close`.
+  Responses meanwhile say `Connection: close`. A connection idle past its timeout is
+  looked at before it closes: a request that arrived since the last poll is answered.
 - A worker that replaces a dead one listens only once its model has loaded; the first
   workers listen at once, so liveness answers while a slow model loads. A replacement
   that cannot load the model, or any worker that loaded other bytes than the pod serves
@@ -182,6 +183,16 @@ def _bare_lf(buf: bytearray, start: int) -> bool:
             return True
         at = buf.find(b"\n", at + 1)
     return False
+
+
+def _request_waiting(sock: socket.socket) -> bool:
+    """Whether the client has sent bytes this side has not read (a non-blocking peek)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False  # reset: nothing to answer
 
 
 class _Conn(TConn):
@@ -585,7 +596,27 @@ class Worker(ThreadWorker):
             if conn.buf and now >= conn.deadline:
                 self._answer_and_drop(conn, RequestTimeout(self._timeout_message()))
             elif not conn.buf and now >= conn.timeout:
-                self._drop(conn)
+                self._on_readable(conn)  # a request that came since the last poll is read, not reset
+                if conn in self.reading and not conn.buf:
+                    self._drop(conn)
+
+    def murder_keepalived(self, force: bool = False) -> None:
+        """gthread's, except that a kept-alive connection whose next request has arrived
+        since the last poll is read rather than closed: closing a socket with unread
+        bytes resets it, and the request that reached the server is lost. A loop held
+        up past STOP_KEEPALIVE_LINGER (an overloaded host) did that on shutdown."""
+        now = time.monotonic()
+        while self.keepalived_conns:
+            conn = self.keepalived_conns[0]
+            if conn.timeout > now and not force:
+                break
+            if not force and _request_waiting(conn.sock):
+                self.on_client_socket_readable(conn, conn.sock)
+                continue
+            self.keepalived_conns.popleft()
+            self.poller.unregister(conn.sock)
+            self.nr_conns -= 1
+            conn.close()
         for conn, until in list(self.lingering.items()):
             if now >= until:
                 self._end_linger(conn)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 
 def test_sigterm_finishes_the_request_in_flight_and_exits_zero(start_server, card):
@@ -162,3 +167,67 @@ def test_a_closing_listener_takes_no_new_handshake_but_keeps_its_queued_connecti
             assert accepted.recv(4) == b"ping"
             accepted.sendall(b"pong")
             assert queued.recv(4) == b"pong"
+
+
+_RECVFROM = "45"  # x86_64
+
+
+def _stop_while_reading(pid: int, until: float) -> bool:
+    """SIGSTOP `pid` while its event loop reads a socket (retrying until `until`): once
+    resumed, that turn of its loop goes on to its timeout checks with no poll first,
+    as a turn held up by an overloaded host does."""
+    while time.monotonic() < until:
+        os.kill(pid, signal.SIGSTOP)
+        while Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "T":
+            time.sleep(0.001)
+        if Path(f"/proc/{pid}/syscall").read_text().split(" ", 1)[0] == _RECVFROM:
+            return True
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+    return False
+
+
+@pytest.mark.parametrize("used", [True, False], ids=["kept-alive", "never-used"])
+def test_a_request_that_arrived_while_the_worker_was_held_up_is_answered_not_reset(start_server, used):
+    """A worker held up (an overloaded host; here SIGSTOP) past an idle connection's
+    shutdown linger finds that connection's request unread in its socket: it answers
+    it. Closing it, as its timeout said, reset a request that had reached the server."""
+    srv = start_server({"DRAIN_S": "2"})
+    worker = int(subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()[0])
+    kept = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    if used:
+        kept.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b"Connection: keep-alive" in kept.recv(65536)
+
+    # Request heads arriving a byte at a time keep the worker's event loop turning.
+    trickles = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(8)]
+    stop = threading.Event()
+
+    def send_slowly() -> None:
+        head = b"GET /health/liveness HTTP/1.1\r\nX-Pad: " + b"a" * 60000
+        for at in range(len(head)):
+            for trickle in trickles:
+                if stop.is_set():
+                    return
+                trickle.sendall(head[at : at + 1])
+            time.sleep(0.0005)
+
+    sender = threading.Thread(target=send_slowly, daemon=True)
+    sender.start()
+    srv.proc.send_signal(signal.SIGTERM)
+    sigterm = time.monotonic()
+    time.sleep(2.2)  # past DRAIN_S: the idle connection's timeout is now T+4
+    assert _stop_while_reading(worker, until=sigterm + 3.8), "the worker was never caught reading"
+    try:
+        kept.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(max(sigterm + 4.5 - time.monotonic(), 0))  # past the connection's linger
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    response = kept.recv(65536)
+    stop.set()
+    sender.join(5)
+    for trickle in trickles:
+        trickle.close()
+    kept.close()
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+    assert srv.proc.wait(30) == 0
