@@ -599,6 +599,9 @@ class Worker(ThreadWorker):
                 self._on_readable(conn)  # a request that came since the last poll is read, not reset
                 if conn in self.reading and not conn.buf:
                     self._drop(conn)
+        for conn, until in list(self.lingering.items()):
+            if now >= until:
+                self._end_linger(conn)
 
     def murder_keepalived(self, force: bool = False) -> None:
         """gthread's, except that a kept-alive connection whose next request has arrived
@@ -614,12 +617,12 @@ class Worker(ThreadWorker):
                 self.on_client_socket_readable(conn, conn.sock)
                 continue
             self.keepalived_conns.popleft()
-            self.poller.unregister(conn.sock)
+            try:
+                self.poller.unregister(conn.sock)
+            except (OSError, KeyError, ValueError):
+                pass  # already unregistered, as gthread allows
             self.nr_conns -= 1
             conn.close()
-        for conn, until in list(self.lingering.items()):
-            if now >= until:
-                self._end_linger(conn)
 
     def _drop(self, conn: _Conn, graceful: bool = False) -> None:
         self._stop_reading(conn)
