@@ -40,10 +40,13 @@ def labels(settings: Settings) -> dict[str, str]:
 
 def configure(settings: Settings, level: str = "info") -> logging.Handler:
     """Send every logger's records of `level` and above to stdout as JSON lines; return
-    the handler."""
+    the handler. Python's warnings (NumPy's, a library's deprecations) go the same way, as
+    records of the `py.warnings` logger: printed, they were bare lines on stderr among
+    the JSON."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter(labels(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)
     return handler

@@ -47,6 +47,11 @@ def test_logs_are_json_lines_on_stdout_labelled_with_the_revision(tmp_path, data
             time.sleep(0.05)
         resp = requests.post(url + "/predict", json={"features": x[0].tolist()})
         assert resp.headers["X-Revision"] == "cancer-00003"
+        # 1e300 overflows NumPy's float32 cast, which warns (once a process): the warning
+        # is a JSON log line too, never a bare line on stderr
+        for _ in range(2):  # one request per worker, at least
+            resp = requests.post(url + "/predict", json={"features": [1e300] * len(x[0])})
+            assert resp.status_code in (400, 422), resp.text
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
