@@ -5,6 +5,9 @@ called directly in-process on the same rows.
     .venv/bin/python loadtests/bench_batch.py [--rows 100000 1000000] [--repeat 3]
     .venv/bin/python loadtests/bench_batch.py --cpus [N ...] [--rows 1000000] [--repeat 3]
 
+(--cpus measures 1M rows unless --rows names another size: at 100k rows a fresh worker's
+start outweighs the job.)
+
 For each size and format (CSV, Parquet) a fresh server (one worker) runs the job, so the
 worker's peak RSS (VmHWM) belongs to that job alone. Rows/s is rows over the job time the
 server reports; the direct figure is onnxruntime on the same rows already in memory (the
@@ -293,7 +296,9 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument(
+        "--rows", type=int, nargs="+", help="sizes to compare (100000 1000000); with --cpus, one size (1000000)"
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpus", type=int, nargs="*", help="scaling curve on these CPU counts (default 1, 2, 4...)")
     parser.add_argument("--out", type=Path, help="loadtests/results/batch.json, or batch_scaling.json with --cpus")
@@ -304,12 +309,13 @@ def main() -> int:
     results_dir = ROOT / "loadtests" / "results"
     if args.cpus is not None:
         counts = cpu_counts(args.cpus)
-        scaling(args.rows[0], counts, args.repeat, names, args.out or results_dir / "batch_scaling.json")
+        rows = args.rows[0] if args.rows else 1_000_000
+        scaling(rows, counts, args.repeat, names, args.out or results_dir / "batch_scaling.json")
         return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         work = Path(tmp)
-        for rows in args.rows:
+        for rows in args.rows or [100_000, 1_000_000]:
             results += compare(rows, args.repeat, names, work)
     results_file.write(args.out or results_dir / "batch.json", {"results": results})
     return 0
