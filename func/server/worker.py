@@ -189,10 +189,8 @@ def _request_waiting(sock: socket.socket) -> bool:
     """Whether the client has sent bytes this side has not read (a non-blocking peek)."""
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
+    except OSError:  # nothing there yet (BlockingIOError), or reset: nothing to answer
         return False
-    except OSError:
-        return False  # reset: nothing to answer
 
 
 class _Conn(TConn):
