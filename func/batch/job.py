@@ -282,27 +282,38 @@ def _predict_all(
     flight beat one call on every core, whose pool threads spin and wait on the slowest:
     on 2 cores (busy ones), 1M rows of Parquet took 1.9 s and 3.0 s of CPU with one call
     at a time on both cores, 1.4 s and 2.1 s of CPU with two one-thread calls in flight.
+
+    The output is written on a thread of its own, in input order. Decoding and writing
+    are each serial (Parquet encodes and compresses as it writes); on this thread in
+    turn, they were the wall of a pod with cores to spare: 0.28 s of this thread's CPU per
+    1M rows of Parquet, against 0.11 s for a CSV, whose pieces parse on the pool.
     """
     rows = 0
-    in_flight: deque[tuple[int, Future[Any]]] = deque()
-    while True:
-        try:
-            chunk = next(chunks, None)
-        except BaseException:
-            # A bad row in a chunk being predicted comes before whatever went wrong
-            # reading a later one: report the first problem in the file.
-            for _, predicted in in_flight:
-                if predicted.exception() is not None:
-                    raise predicted.exception() from None
-            raise
-        if chunk is None:
-            break
-        in_flight.append((rows, pool.submit(_predict_chunk, chunk, model, uri, rows, prediction_id, writer.encode)))
-        rows += chunk.num_rows
-        if len(in_flight) >= ahead:
-            _write(writer, *in_flight.popleft(), observe, written)
-    while in_flight:
-        _write(writer, *in_flight.popleft(), observe, written)
+    writing: deque[Future[None]] = deque()  # each chunk's write, in input order
+    output = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-write")
+    try:
+        while True:
+            try:
+                chunk = next(chunks, None)
+            except BaseException:
+                # A bad row in a chunk being predicted comes before whatever went wrong
+                # reading a later one: report the first problem in the file.
+                for pending in writing:
+                    if pending.exception() is not None:
+                        raise pending.exception() from None
+                raise
+            if chunk is None:
+                break
+            predicted = pool.submit(_predict_chunk, chunk, model, uri, rows, prediction_id, writer.encode)
+            writing.append(output.submit(_write, writer, rows, predicted, observe, written))
+            rows += chunk.num_rows
+            if len(writing) >= ahead:
+                writing.popleft().result()
+        while writing:
+            writing.popleft().result()
+    finally:
+        # A failed job starts no more writes; the writer is closed after the one under way.
+        output.shutdown(cancel_futures=True)
     return rows
 
 
