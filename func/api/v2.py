@@ -149,15 +149,28 @@ def _float_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.n
     except ValueError:  # ragged nested lists: the values decide below, the count after
         values = None
     if values is not None and values.dtype.kind in "biuf":
-        with np.errstate(over="ignore"):  # out of FP32's range: refused, by value, after
-            return values.reshape(-1).astype(dtype)
+        return _rounded(values.reshape(-1).astype(np.float64), dtype, datatype, where)
     flat = _flatten(data)
     for i, value in enumerate(flat):
         if not isinstance(value, (int, float)):
             shown = "null" if value is None else f"{codecs.json_type(value)} {codecs.short(value)}"
             raise InvalidInput(f"{where}: data[{i}] is {shown}; {datatype} data must be numbers")
+    return _rounded(np.array(flat, dtype=np.float64), dtype, datatype, where)
+
+
+def _rounded(values: np.ndarray, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:
+    """FP32 and FP64 data as float64, which check_rows rounds to float32, naming a value
+    past float32's range by its value (1e+300), as /predict does, not as the inf it
+    becomes; FP16 data rounded to FP16, a value past that range refused the same way."""
+    if dtype.itemsize >= 4:
+        return values
     with np.errstate(over="ignore"):
-        return np.array(flat, dtype=dtype)
+        rounded = values.astype(dtype)
+    overflow = np.isinf(rounded) & np.isfinite(values)
+    if overflow.any():
+        i = int(np.argmax(overflow))
+        raise InvalidInput(f"{where}: data[{i}] is {values[i].item()!r}, out of {datatype} range")
+    return rounded
 
 
 def _exact_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.ndarray:

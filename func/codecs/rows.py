@@ -229,7 +229,8 @@ def check_rows(
         )
     if array.dtype.kind not in _NUMBER_KINDS:
         raise InvalidInput(f"{where}: expected numbers, got values of type {array.dtype}")
-    rows = array.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # past float32's range: inf, refused below by its value
+        rows = array.astype(np.float32, copy=False)
     finite = np.isfinite(rows)
     if not finite.all():
         r, c = (int(i) for i in np.argwhere(~finite)[0])

@@ -171,6 +171,10 @@ def test_v2_values_at_the_edges_of_their_type_are_exact(server):
         (tensor([1, 30], [1.0] * 30, "FP99"), 400, 'datatype "FP99" is not supported'),
         (tensor([1, 30], [1.0] * 30, name="x"), 400, 'unknown input "x"'),
         (tensor([1, 30], [None] * 30), 400, "data[0] is null; FP32 data must be numbers"),
+        # past float32's range: named by value, as /predict names it, not as the inf it becomes
+        (tensor([1, 30], [1.0] * 3 + [1e300] * 27), 400, "(input)[0][3] (mean area): 1e+300 is out of float32 range"),
+        (tensor([1, 30], [[1.0] * 29 + [-1e300]], "FP64"), 400, "[0][29] (worst fractal dimension): -1e+300 is out of"),
+        (tensor([1, 30], [1.0] * 29 + [70000.0], "FP16"), 400, "data[29] is 70000.0, out of FP16 range"),
         (tensor([1, -30], [1.0] * 30), 400, "shape must be a list of non-negative integers"),
         ({"inputs": []}, 400, "this model takes one tensor"),
         ({"input": 1}, 400, "expected a JSON object with an 'inputs' list"),

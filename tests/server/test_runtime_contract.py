@@ -47,8 +47,8 @@ def test_logs_are_json_lines_on_stdout_labelled_with_the_revision(tmp_path, data
             time.sleep(0.05)
         resp = requests.post(url + "/predict", json={"features": x[0].tolist()})
         assert resp.headers["X-Revision"] == "cancer-00003"
-        # 1e300 overflows NumPy's float32 cast, which warns (once a process): the warning
-        # is a JSON log line too, never a bare line on stderr
+        # 1e300 overflows NumPy's float32 cast: refused by its value, with no warning logged
+        # for the client's bad input (nor a bare line on stderr)
         for _ in range(2):  # one request per worker, at least
             resp = requests.post(url + "/predict", json={"features": [1e300] * len(x[0])})
             assert resp.status_code in (400, 422), resp.text
@@ -70,6 +70,7 @@ def test_logs_are_json_lines_on_stdout_labelled_with_the_revision(tmp_path, data
         e["service"] == "cancer" and e["revision"] == "cancer-00003" and e["configuration"] == "cancer" for e in ours
     )
     messages = [e["message"] for e in entries]
+    assert not [e for e in entries if e["logger"] == "py.warnings"], messages
     assert any(f"127.0.0.1:{port}" in m for m in messages), "listens on PORT"
     # the default model answers from its mapped forest where `make` wrote one beside it
     ready = re.compile(r"model breast-cancer-rf version 1 \(onnx, answered by (forest|onnxruntime)\) ready in ")
