@@ -3,10 +3,16 @@
 s3:// (moto_server) and models:/ (an MLflow server from the test suite's venv), each
 first with an empty MODEL_CACHE_DIR (the fetch) and then with the file cached.
 
-    .venv/bin/python loadtests/bench_model_sources.py [--runs 3] [--out loadtests/results/model_sources.json]
+    .venv/bin/python loadtests/bench_model_sources.py [--runs 3] [--trees N]
+        [--out loadtests/results/model_sources.json]
 
-Load time is what the server logs as `ready in ... s` (fetch, load, warm-up); `start`
-is process start to readiness 200. Sources whose server cannot start are left out.
+Every store holds what the local path has: the model and, if there is one, its
+`model.forest` beside it (in the registered version's folder for models:/). `--trees N`
+serves a random forest of N fully grown trees (bench_model_size.py's models, with their
+forest) instead of the default model. Load time is what the server logs as
+`ready in ... s` (fetch, load, warm-up); `start` is process start to readiness 200,
+which a forest's server answers once the forest is mapped. Sources whose server cannot
+start are left out.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import results_file  # noqa: E402
 
+from func.model.forest import forest_path  # noqa: E402
+from func.model.registry import Registry  # noqa: E402
 from tests.support.server import DEFAULT_MODEL, ServerProcess, free_port  # noqa: E402
-from tests.support.services import MLFLOW_VENV, S3_ENV, mlflow_server_command, register_in_mlflow  # noqa: E402
+from tests.support.services import MLFLOW_VENV, S3_ENV, mlflow_server_command  # noqa: E402
 
 
 def start(cmd: list[str], url: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen | None:
@@ -55,13 +63,15 @@ def start(cmd: list[str], url: str, cwd: Path, env: dict[str, str] | None = None
     return None
 
 
-def load_time(env: dict[str, str], log_dir: Path) -> tuple[float, float]:
+def load_time(env: dict[str, str], log_dir: Path) -> tuple[float, float, str]:
+    """The logged load time, exec to readiness, and what answered first (forest or onnxruntime)."""
     began = time.perf_counter()
     server = ServerProcess({**env, "WORKERS": "1"}, log_dir=log_dir).start()
     try:
         server.wait_ready(60)
         wall = time.perf_counter() - began
-        return float(re.search(r"ready in ([\d.]+) s", server.log()).group(1)), wall
+        ready = re.search(r"answered by (\w+)\) ready in ([\d.]+) s", server.log())
+        return float(ready.group(2)), wall, ready.group(1)
     finally:
         server.kill()
 
@@ -69,12 +79,24 @@ def load_time(env: dict[str, str], log_dir: Path) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "results" / "model_sources.json")
+    parser.add_argument("--trees", type=int, default=0, help="a forest of this many trees instead of the default model")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    results_dir = ROOT / "loadtests" / "results"
+    out = args.out or results_dir / (f"model_sources_{args.trees}_trees.json" if args.trees else "model_sources.json")
+    model = DEFAULT_MODEL
+    if args.trees:
+        from bench_model_size import prepare
+
+        model = prepare([args.trees], 12000, 200)[args.trees] / "forest" / "model.onnx"
+    files = {"model.onnx": model.read_bytes()}
+    if forest_path(model).exists():
+        files["model.forest"] = forest_path(model).read_bytes()
     work = Path(tempfile.mkdtemp(prefix="model-sources-"))
-    shutil.copy(DEFAULT_MODEL, work / "model.onnx")
+    for name, data in files.items():
+        (work / name).write_bytes(data)
     services: list[subprocess.Popen] = []
-    sources = {"local path": {"MODEL_PATH": str(DEFAULT_MODEL)}}
+    sources = {"local path": {"MODEL_PATH": str(model)}}
     try:
         port = free_port()
         web = start(
@@ -89,7 +111,8 @@ def main() -> int:
         if moto:
             services.append(moto)
             requests.put(f"{s3_url}/models", timeout=10).raise_for_status()
-            requests.put(f"{s3_url}/models/model.onnx", data=DEFAULT_MODEL.read_bytes(), timeout=10).raise_for_status()
+            for name, data in files.items():
+                requests.put(f"{s3_url}/models/{name}", data=data, timeout=60).raise_for_status()
             sources["s3://"] = {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_url, "MODEL_PATH": "s3://models/model.onnx"}
         python = MLFLOW_VENV / "bin" / "python"
         if python.exists():
@@ -98,11 +121,15 @@ def main() -> int:
             mlflow = start(mlflow_server_command(python, port, work), url + "/health", work)
             if mlflow:
                 services.append(mlflow)
-                version = register_in_mlflow(url, "bench", DEFAULT_MODEL)
+                beside = {name: data for name, data in files.items() if name != "model.onnx"}
+                version = Registry(url).register("bench", "model.onnx", files["model.onnx"], {}, beside).version
                 sources["models:/"] = {"MLFLOW_TRACKING_URI": url, "MODEL_PATH": f"models:/bench/{version}"}
 
         results = {}
-        print(f"| MODEL_PATH | first load (fetch) s | cached s | start to ready s |  (medians of {args.runs})")
+        print(
+            f"| MODEL_PATH | first load (fetch) s | cached s | start to ready s | answered first by |"
+            f"  (medians of {args.runs})"
+        )
         for name, env in sources.items():
             first, cached = [], []
             for run in range(args.runs):
@@ -110,15 +137,17 @@ def main() -> int:
                 first.append(load_time({**env, "MODEL_CACHE_DIR": str(cache)}, work))
                 cached.append(load_time({**env, "MODEL_CACHE_DIR": str(cache)}, work))
             results[name] = {
-                "first_load_s": statistics.median(t for t, _ in first),
-                "cached_load_s": statistics.median(t for t, _ in cached),
-                "first_start_to_ready_s": statistics.median(w for _, w in first),
+                "first_load_s": statistics.median(t for t, _, _ in first),
+                "cached_load_s": statistics.median(t for t, _, _ in cached),
+                "first_start_to_ready_s": statistics.median(w for _, w, _ in first),
+                "answered_first_by": sorted({e for _, _, e in first + cached}),
             }
             r = results[name]
             print(
-                f"| {name} | {r['first_load_s']:.3f} | {r['cached_load_s']:.3f} | {r['first_start_to_ready_s']:.2f} |"
+                f"| {name} | {r['first_load_s']:.3f} | {r['cached_load_s']:.3f} | {r['first_start_to_ready_s']:.2f} "
+                f"| {', '.join(r['answered_first_by'])} |"
             )
-        results_file.write(args.out, {"runs": args.runs, "sources": results})
+        results_file.write(out, {"runs": args.runs, "trees": args.trees or None, "sources": results})
     finally:
         for proc in services:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -2,8 +2,9 @@
 
 The mlflow package pulls in hundreds of megabytes and seconds of imports; warmstart needs
 five REST calls to find a registered version's files, one upload path to register a
-new version, and a few to move an alias and keep tags on a registered model, so it
-speaks the documented REST API with the standard library.
+new version (its model file and the files beside it), and a few to move an alias and
+keep tags on a registered model, so it speaks the documented REST API with the
+standard library.
 """
 
 from __future__ import annotations
@@ -101,8 +102,13 @@ class Registry:
             if not token:
                 return found
 
-    def register(self, name: str, filename: str, data: bytes, tags: dict[str, str]) -> ModelVersion:
-        """Upload `data` as a run's artifact and register it as a new version of `name`.
+    def register(
+        self, name: str, filename: str, data: bytes, tags: dict[str, str], beside: dict[str, bytes] | None = None
+    ) -> ModelVersion:
+        """Upload `data` as a run's artifact and register it as a new version of `name`;
+        `beside`, files uploaded into the version's folder with it ({name: bytes}: a
+        model's `model.forest`), all before the version exists, so a server that sees
+        the version finds them.
 
         MLflow accepts a version's source only inside a run's artifacts, so each
         registration gets a run of its own in the default experiment, tagged like the version."""
@@ -112,6 +118,8 @@ class Registry:
             body={"experiment_id": "0", "run_name": f"warmstart-{name}", "tags": _tag_list(tags)},
         )["run"]["info"]
         folder = f"{run['artifact_uri']}/model"
+        for other, content in (beside or {}).items():
+            self._upload(f"{folder}/{other}", content)
         self._upload(f"{folder}/{filename}", data)
         self._call("POST", "mlflow/runs/update", body={"run_id": run["run_id"], "status": "FINISHED"})
         self._create_model(name)

@@ -13,9 +13,9 @@ with backoff, and every error says what it was: not found, refused, a refused re
 or unreachable (the only retryable one). The registry client loads only for a `models:/` reference, so
 a local model's cold start pays nothing for it.
 
-An ONNX model's forest file (`model.forest` beside `model.onnx` in the store, which makes
-a large tree ensemble ready at once: func/model/forest.py) is fetched with it, once, if
-the store has one.
+An ONNX model's forest file (`model.forest` beside `model.onnx` in the store or in a
+registered version's folder, which makes a large tree ensemble ready at once:
+func/model/forest.py) is fetched with it, once, if the store has one.
 
 A champion pointer (`<store>/<name>/champion.json`, func/model/champion.py) is read on
 every start, as an alias is, and the model it names is fetched into the cache and
@@ -45,6 +45,8 @@ log = logging.getLogger("warmstart.model")
 
 MODEL_SUFFIXES = (".onnx", ".skops", ".joblib", ".pkl", ".pickle")
 CHUNK = 1 << 20
+# Opens a store's file for reading, fresh on every call (an attempt each).
+Opener = Callable[[], AbstractContextManager[IO[bytes]]]
 # Between attempts: 1, 2, 4, 8 s... A store that answers 503 for a moment (a rolling
 # restart, a throttled burst) is waited for; one that is down for good fails in seconds.
 FIRST_BACKOFF_S = 1.0
@@ -93,14 +95,19 @@ def local_model_file(
         return Path(urllib.parse.unquote(parts.path))
     if parts.scheme == "models":
         return _from_registry(location, cache_dir, tracking_uri, sha256, fetch)
-    return _cached(location, location, cache_dir, sha256, fetch, _opener(location, fetch), forest=True)
+    openers = _openers(fetch)
+    return _cached(location, location, cache_dir, sha256, fetch, openers(location), forest=openers)
 
 
-def _opener(uri: str, fetch: Fetch) -> Callable[[], AbstractContextManager[IO[bytes]]]:
-    """http(s): one streamed GET of our own; any other scheme: its fsspec backend."""
-    if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
-        return lambda: _open_url(uri, fetch.timeout)
-    return lambda: _open_fsspec(uri)
+def _openers(fetch: Fetch) -> Callable[[str], Opener]:
+    """The opener of a URI: http(s), one streamed GET of our own; any other scheme, its fsspec backend."""
+
+    def opener(uri: str) -> Opener:
+        if urllib.parse.urlsplit(uri).scheme in ("http", "https"):
+            return lambda: _open_url(uri, fetch.timeout)
+        return lambda: _open_fsspec(uri)
+
+    return opener
 
 
 def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None, fetch: Fetch) -> Path:
@@ -116,13 +123,14 @@ def _from_registry(location: str, cache_dir: str, tracking_uri: str | None, sha2
     except Exception as exc:  # listing a version's folder in its own store (s3://, gs://...)
         raise FetchError(f"MODEL_PATH={location}: cannot list its files ({first_line(exc)})", True) from None
 
-    def open_source() -> AbstractContextManager[IO[bytes]]:
-        if source.startswith(ARTIFACTS_SCHEME):
-            return _open_url(registry.artifact_url(source), fetch.timeout)
-        return _open_fsspec(source)
+    def opener(uri: str) -> Opener:
+        """A version's file: through the server's artifact proxy, or in its own store (s3://...)."""
+        if uri.startswith(ARTIFACTS_SCHEME):
+            return lambda: _open_url(registry.artifact_url(uri), fetch.timeout)
+        return lambda: _open_fsspec(uri)
 
     where = f"{location} (version {version.version}, {source})"
-    return _cached(where, source, cache_dir, sha256, fetch, open_source)
+    return _cached(where, source, cache_dir, sha256, fetch, opener(source), forest=opener)
 
 
 def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha256: str | None, fetch: Fetch) -> Path:
@@ -142,7 +150,8 @@ def _from_pointer(location: str, cache_dir: str, tracking_uri: str | None, sha25
     if target.startswith("models:/"):
         return _from_registry(target, cache_dir, tracking_uri, digest, fetch)
     where = f"{location} ({target})"
-    return _cached(where, target, cache_dir, digest, fetch, _opener(target, fetch), required_by, forest=True)
+    openers = _openers(fetch)
+    return _cached(where, target, cache_dir, digest, fetch, openers(target), required_by, forest=openers)
 
 
 def _model_file_in(registry: Any, folder: str) -> str:
@@ -167,13 +176,14 @@ def _cached(
     cache_dir: str,
     sha256: str | None,
     fetch: Fetch,
-    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    open_source: Opener,
     required_by: str = "MODEL_SHA256",
-    forest: bool = False,
+    forest: Callable[[str], Opener] | None = None,
 ) -> Path:
     """The cached copy of `source`, fetched first if this pod has none; `required_by`
-    names where `sha256` came from, for the error. `forest`: fetch the ONNX model's
-    forest file beside it too, if the store has one (_fetch_forest).
+    names where `sha256` came from, for the error. `forest`, the opener of a URI in the
+    model's store: fetch the ONNX model's forest file beside it too, if the store has
+    one (_fetch_forest).
 
     The processes of a pod take one lock per source, so one fetches while the others
     wait and then find the file, or its failure: one fetch per pod, never one per
@@ -199,14 +209,14 @@ def _cached(
                     failed.write_text(json.dumps({"message": str(exc), "retryable": exc.retryable}))
                     raise
                 failed.unlink(missing_ok=True)
-            if forest:
-                _fetch_forest(source, target, fetch)
+            if forest is not None:
+                _fetch_forest(source, target, forest)
     except OSError as exc:
         raise FetchError(f"MODEL_PATH={where}: cannot write MODEL_CACHE_DIR={cache_dir} ({exc})") from None
     return target
 
 
-def _fetch_forest(source: str, target: Path, fetch: Fetch) -> None:
+def _fetch_forest(source: str, target: Path, opener: Callable[[str], Opener]) -> None:
     """The forest file beside an ONNX model in its store (`model.forest` beside
     `model.onnx`: func/model/forest.py), fetched once beside the cached model. It only
     makes a large model ready sooner, so one try, and a failure costs nothing but a log
@@ -220,7 +230,7 @@ def _fetch_forest(source: str, target: Path, fetch: Fetch) -> None:
     if forest.is_file() or absent.exists():
         return
     try:
-        _fetch(uri, _opener(uri, fetch), forest, None, "")
+        _fetch(uri, opener(uri), forest, None, "")
     except FetchError as exc:
         if not exc.retryable:
             absent.touch()
@@ -241,7 +251,7 @@ def _raise_failure_since(failed: Path, since: float) -> None:
 
 def _fetch_with_retries(
     where: str,
-    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    open_source: Opener,
     target: Path,
     sha256: str | None,
     fetch: Fetch,
@@ -264,7 +274,7 @@ def _fetch_with_retries(
 
 def _fetch(
     where: str,
-    open_source: Callable[[], AbstractContextManager[IO[bytes]]],
+    open_source: Opener,
     target: Path,
     sha256: str | None,
     required_by: str,

@@ -6,7 +6,8 @@
   `trained.json` is published and never written again; one without is the leftover of
   a job killed half-way, and the next run writes it afresh.
 - `models:/<name>` with MLFLOW_TRACKING_URI: a new version of registered model `<name>`,
-  tagged with the triggering event id and the trained event data.
+  its folder holding `model.onnx` and a tree ensemble's `model.forest`, tagged with the
+  triggering event id and the trained event data.
 
 Either way, looking the triggering event id up first makes a re-delivered event end in
 the version its first delivery published, not in a second one, and a rejection is
@@ -264,7 +265,9 @@ class RegistryStore(Ledger):
 
     def publish(self, version: str, model: bytes, record: dict[str, Any]) -> None:
         tags = {TRIGGER_TAG: record["trigger"], RECORD_TAG: json.dumps(record, separators=(",", ":"))}
-        created = self._call(self.registry.register, self.name, MODEL_FILE, model, tags)
+        forest = _forest(model)
+        beside = {forest_path(MODEL_FILE).name: forest} if forest is not None else {}
+        created = self._call(self.registry.register, self.name, MODEL_FILE, model, tags, beside)
         if created.version != version:
             # Another registration came in between: the card inside says `version`.
             raise Unreachable(

@@ -112,6 +112,78 @@ def test_model_from_the_mlflow_registry_by_version_and_alias(start_server, mlflo
     assert_not_ready_with_one_log_line(unknown, "models:/sources-test/99", "answered 404")
 
 
+def forest_of(model: Path) -> bytes:
+    from func.model.forest import forest_or_reason
+
+    data = model.read_bytes()
+    forest = forest_or_reason(data, hashlib.sha256(data).hexdigest())
+    assert isinstance(forest, bytes), forest
+    return forest
+
+
+def assert_answers_from_the_forest_first(srv, cache: Path, forest: bytes) -> None:
+    """Both workers started on the fetched forest, the one file beside the cached model."""
+    predict(srv)
+    assert [p.read_bytes() for p in cache.glob("*.forest")] == [forest]
+    assert srv.log().count("answering from the mapped forest") == 2, srv.log()[-3000:]
+
+
+def test_a_registered_versions_forest_is_fetched_with_it_and_answers_first(
+    start_server, mlflow_url, default_model, tmp_path
+):
+    from func.model.registry import Registry
+
+    forest = forest_of(default_model)
+    created = Registry(mlflow_url).register(
+        "forest-test", "model.onnx", default_model.read_bytes(), {}, beside={"model.forest": forest}
+    )
+    cache = tmp_path / "cache"
+    env = {"MLFLOW_TRACKING_URI": mlflow_url, "MODEL_CACHE_DIR": str(cache), "WORKERS": "2"}
+    srv = start_server({**env, "MODEL_PATH": f"models:/forest-test/{created.version}"})
+    assert_answers_from_the_forest_first(srv, cache, forest)
+
+
+def test_a_registered_version_in_s3_brings_its_forest(start_server, mlflow_url, s3_endpoint, default_model, tmp_path):
+    """A version whose source is in its own store (s3://), not behind the artifact proxy."""
+    forest = forest_of(default_model)
+    requests.put(f"{s3_endpoint}/registry", timeout=10).raise_for_status()
+    for name, data in (("model.onnx", default_model.read_bytes()), ("model.forest", forest)):
+        requests.put(f"{s3_endpoint}/registry/bc/1/{name}", data=data, timeout=10).raise_for_status()
+    api = mlflow_url + "/api/2.0/mlflow"
+    requests.post(api + "/registered-models/create", json={"name": "s3-forest-test"}, timeout=30).raise_for_status()
+    created = requests.post(
+        api + "/model-versions/create", json={"name": "s3-forest-test", "source": "s3://registry/bc/1"}, timeout=30
+    )
+    created.raise_for_status()
+    cache = tmp_path / "cache"
+    env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "MLFLOW_TRACKING_URI": mlflow_url, "WORKERS": "2"}
+    version = created.json()["model_version"]["version"]
+    srv = start_server({**env, "MODEL_CACHE_DIR": str(cache), "MODEL_PATH": f"models:/s3-forest-test/{version}"})
+    assert_answers_from_the_forest_first(srv, cache, forest)
+
+
+def test_a_registered_version_without_a_forest_serves_and_asks_for_it_once(
+    start_server, mlflow_url, default_model, tmp_path
+):
+    version = register_in_mlflow(mlflow_url, "no-forest-test", default_model)
+    env = {
+        "MODEL_PATH": f"models:/no-forest-test/{version}",
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "MODEL_CACHE_DIR": str(tmp_path / "cache"),
+        "WORKERS": "2",
+    }
+    srv = start_server(env)
+    predict(srv)
+    asked = "no forest file fetched, onnxruntime alone will serve the model"
+    assert srv.log().count(asked) == 1, "two workers, one try"
+    assert "not found" in srv.log() and "answering from the mapped forest" not in srv.log()
+    # a restarted container of the same pod does not ask again
+    srv.kill()
+    again = start_server(env)
+    predict(again)
+    assert asked not in again.log()
+
+
 def test_registry_reference_without_a_tracking_uri_is_not_ready(start_server):
     srv = start_server({"MODEL_PATH": "models:/anything/1", "MLFLOW_TRACKING_URI": ""}, ready=False)
     assert_not_ready_with_one_log_line(srv, "MLFLOW_TRACKING_URI")

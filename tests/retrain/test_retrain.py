@@ -277,6 +277,9 @@ def test_the_job_registers_a_version_in_mlflow_that_a_server_serves(job, receive
         mlflow_url + "/api/2.0/mlflow/model-versions/search", params={"filter": "name='retrain-test'"}, timeout=30
     ).json()["model_versions"]
     assert [v["version"] for v in versions] == [model["version"]]
+    folder = versions[0]["source"].removeprefix("mlflow-artifacts:/")
+    files = requests.get(mlflow_url + "/api/2.0/mlflow-artifacts/artifacts", params={"path": folder}, timeout=30)
+    assert sorted(f["path"] for f in files.json()["files"]) == ["model.forest", "model.onnx"], "the forest beside it"
 
     srv = start_server(
         {
@@ -288,6 +291,7 @@ def test_the_job_registers_a_version_in_mlflow_that_a_server_serves(job, receive
     )
     resp = requests.post(srv.url + "/predict", json={"features": [15.0] * 30}, timeout=10)
     assert resp.status_code == 200 and resp.headers["X-Model-Version"] == model["version"]
+    assert "answering from the mapped forest" in srv.log()
 
 
 def test_a_server_fed_shifted_rows_starts_the_job_that_retrains_it(start_server, receiver, job, tmp_path, dataset):
