@@ -113,9 +113,14 @@ def move(model: dict[str, str], tracking_uri: str | None) -> str | None:
         raise ChampionError(f"{published}: cannot look it up ({first_line(exc)})", retryable=True) from None
     record = {k: model.get(k, "") for k in ("name", "version", "uri", "sha256")}
     record["name"] = record["name"] or pointer.rpartition("/")[0].rpartition("/")[2]
-    record["promoted"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record["promoted"] = now_iso()
     write(pointer, json.dumps(record, indent=2).encode())
     return pointer
+
+
+def now_iso() -> str:
+    """Now, in UTC, to the second, as promotions and publications record it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def write(uri: str, data: bytes) -> None:

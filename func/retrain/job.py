@@ -36,12 +36,13 @@ from typing import Any
 
 from ..config import ConfigError, Settings
 from ..model.card import ModelCard
+from ..model.champion import now_iso
 from ..model.export import MAX_DIFFERENCE, ExportError, build_card, max_difference, to_onnx_bytes, with_card
 from ..model.runtime import Model, ModelLoadError, load_model
 from ..observe import logs
 from . import training
 from .events import REJECTED, TRAINED, Trigger, emit, read_trigger, rejection
-from .publish import FileStore, RegistryStore, now_iso, open_store
+from .publish import FileStore, RegistryStore, open_store
 from .training import BadInput, Unreachable
 
 log = logging.getLogger("warmstart.retrain")

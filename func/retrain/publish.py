@@ -30,11 +30,11 @@ import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..model import champion
-from ..model.champion import MODEL_FILE, RECORD_FILE, write_whole
+from ..model.champion import MODEL_FILE, RECORD_FILE, now_iso, write_whole
 from ..model.forest import forest_or_reason, forest_path
 from ..model.registry import Registry, RegistryError
 from ..model.source import first_line
@@ -53,10 +53,6 @@ def successor(version: str) -> str:
     if not match:
         return f"{version}.1"
     return f"{version[: match.start()]}{int(match[1]) + 1}{version[match.end() :]}"
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _age_s(stamp: str | None) -> float:
