@@ -15,7 +15,9 @@ first million at most), with warmstart's session options and with onnxruntime's 
 Each repeat measures onnxruntime alone and then each job, so a neighbour's load falls on
 both sides of a ratio. CPU seconds are the worker's (user + system) over the job and this
 process's over onnxruntime alone: a job's CPU against onnxruntime's is what its rows/s
-would be against onnxruntime's on idle cores, whatever else shares them. Loopback only;
+would be against onnxruntime's on idle cores, whatever else shares them. The CPU of the
+job's own thread (reading, decoding Parquet, cutting a CSV into pieces) is the serial
+part: 1M rows over it is what no number of cores would take a job past. Loopback only;
 bounded by --repeat. Writes loadtests/results/batch.json.
 
 --cpus is the scaling curve: for N = 1, 2, 4, ... up to the CPUs this process may use
@@ -89,6 +91,26 @@ def workers_cpu_s(master_pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of each thread of a process so far, by thread id."""
+    spent = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        except FileNotFoundError:  # ended meanwhile
+            continue
+        spent[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return spent
+
+
+def job_thread_cpu_s(before: dict[str, float], after: dict[str, float]) -> float:
+    """The CPU of the thread that ran the job: of the threads alive before and after it
+    (the job's pool and writer threads live only as long as the job), the busiest. What
+    it does (reading the input, decoding Parquet, cutting a CSV) no number of cores
+    shortens: rows over it bound a job on any machine."""
+    return max(after[tid] - spent for tid, spent in before.items() if tid in after)
+
+
 def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | None = None) -> dict:
     """The job on a fresh one-worker server; with `cpus`, pinned to them, one inference
     thread each."""
@@ -105,6 +127,8 @@ def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | Non
         )
         headers, body = to_binary(event)
         cpu_before = workers_cpu_s(server.proc.pid)
+        worker = int(workers(server.proc.pid)[0])
+        threads_before = threads_cpu_s(worker)
         started = time.perf_counter()
         resp = requests.post(server.url + "/", data=body, headers=headers, timeout=600)
         wall = time.perf_counter() - started
@@ -115,6 +139,7 @@ def run_job(src: Path, out: Path, work: Path, job_id: str, cpus: list[int] | Non
             "job_s": data["duration_s"],
             "wall_s": wall,
             "cpu_s": workers_cpu_s(server.proc.pid) - cpu_before,
+            "job_thread_cpu_s": job_thread_cpu_s(threads_before, threads_cpu_s(worker)),
             "peak_rss_mb": worker_peak_rss_mb(server.proc.pid),
         }
     finally:
@@ -247,6 +272,7 @@ def compare(rows: int, repeat: int, names: list[str], work: Path) -> list[dict]:
             "rows_per_s": rows / job_s,
             "cpu_s_per_1m_rows": statistics.median(r["cpu_s"] for r in runs) * 1e6 / rows,
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            "job_thread_cpu_s_per_1m_rows": statistics.median(r["job_thread_cpu_s"] for r in runs) * 1e6 / rows,
             "direct_rows_per_s_1_thread": per_s["1_thread"],
             "direct_rows_per_s_default_threads": per_s["default"],
             "direct_cpu_s_per_1m_rows_default_threads": cpu["default"],
@@ -261,7 +287,8 @@ def compare(rows: int, repeat: int, names: list[str], work: Path) -> list[dict]:
             f"direct {per_s['1_thread']:>10,.0f} (1 thread) {per_s['default']:>10,.0f} (default)  "
             f"ratio {entry['ratio_to_direct_1_thread']:.2f} / {entry['ratio_to_direct_default']:.2f}  "
             f"CPU s per 1M rows {entry['cpu_s_per_1m_rows']:.2f} against {cpu['default']:.2f} "
-            f"({entry['cpu_ratio_to_direct_default']:.2f})",
+            f"({entry['cpu_ratio_to_direct_default']:.2f}), "
+            f"on the job's thread {entry['job_thread_cpu_s_per_1m_rows']:.2f}",
             flush=True,
         )
     return results
