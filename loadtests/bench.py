@@ -47,7 +47,6 @@ import results_file  # noqa: E402
 
 from tests.support.server import free_port  # noqa: E402
 
-BIN = Path(sys.executable).parent
 ONNX = ROOT / "models" / "model.onnx"
 JOBLIB = ROOT / "models" / "model.joblib"
 CONCURRENCY = (1, 8, 32)
@@ -71,7 +70,10 @@ class System:
 
     def start(self) -> float:
         """Start the server; return seconds from exec to its first successful prediction."""
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONPATH": str(ROOT)}
+        # the project first, then any PYTHONPATH already set (packages installed with
+        # `pip install --target`, as on a machine with no index to install from)
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONPATH": path}
         cmd = [part.replace("{port}", str(self.port)) for part in self.cmd]
         started = time.perf_counter()
         self.proc = subprocess.Popen(
@@ -139,7 +141,9 @@ def systems() -> dict[str, System]:
         "naive, gunicorn 2 workers": System(
             "naive, gunicorn 2 workers",
             [
-                str(BIN / "gunicorn"),
+                sys.executable,
+                "-m",
+                "gunicorn",
                 "-w",
                 "2",
                 "-k",
@@ -155,7 +159,9 @@ def systems() -> dict[str, System]:
         "bare Flask + onnxruntime": System(
             "bare Flask + onnxruntime",
             [
-                str(BIN / "gunicorn"),
+                sys.executable,
+                "-m",
+                "gunicorn",
                 "-w",
                 "2",
                 "-k",
@@ -213,7 +219,9 @@ def peers(work: Path) -> dict[str, System]:
 def naive_uvicorn(model: Path = JOBLIB, name: str = "naive, uvicorn") -> System:
     """The naive FastAPI + joblib app (loadtests/baseline/naive_app.py) under uvicorn."""
     cmd = [
-        str(BIN / "uvicorn"),
+        sys.executable,
+        "-m",
+        "uvicorn",
         "loadtests.baseline.naive_app:app",
         "--host",
         "127.0.0.1",

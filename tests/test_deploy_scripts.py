@@ -156,7 +156,8 @@ def test_help(script):
     shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
 )
 def test_shellcheck_clean():
-    paths = sorted(str(p) for p in (ROOT / "scripts").glob("*.sh"))
-    assert {"_common.sh", "build_images.sh", "prune_venv.sh", *SCRIPTS} <= {os.path.basename(p) for p in paths}
+    paths = sorted(str(p) for folder in ("scripts", "loadtests") for p in (ROOT / folder).glob("*.sh"))
+    expected = {"_common.sh", "build_images.sh", "prune_venv.sh", "device_bundle.sh", "many_cores.sh", *SCRIPTS}
+    assert expected <= {os.path.basename(p) for p in paths}
     result = subprocess.run(["shellcheck", "-x", *paths], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout
