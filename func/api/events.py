@@ -125,6 +125,12 @@ class EventHandler:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
         if not self._batch_slot.acquire(blocking=False):
+            # Backpressure, not a failure: counted with the worker's other refusals
+            # (protocol "other"), so that a client retrying every second does not show as
+            # 5xx answers in the error ratio a canary is judged by.
+            record = current()
+            if record is not None:
+                record.protocol = "other"
             # Retry-After 1: a job may end in milliseconds (a 250-row part: 20 ms), and
             # a client that honours the header (scripts/submit_batch.py) waited 5 s a part.
             raise NotReady("a batch job is already running in this instance; retry later", retry_after=1)

@@ -6,6 +6,7 @@ import datetime
 import decimal
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -255,6 +256,14 @@ def test_batch_events_that_find_a_job_running_get_503_at_once_and_hold_no_thread
     assert {r.headers["Retry-After"] for r in busy} == {"1"}
     assert error_of(busy[0])["message"] == "a batch job is already running in this instance; retry later"
     assert predicted.status_code == 200
+    # counted as refusals (protocol "other"), not as 5xx answers of the event protocol,
+    # which the canary's error ratio reads
+    metrics = requests.get(srv.url + "/metrics", timeout=5).text
+    series = re.compile(r'^warmstart_requests_total\{.*protocol="(\w+)".*status="(\w+)".*\} (\S+)$', re.M)
+    answers = {(protocol, status): float(count) for protocol, status, count in series.findall(metrics)}
+    assert answers.get(("cloudevent", "5xx"), 0) == 0, answers
+    assert answers[("other", "5xx")] == 3, answers
+    assert answers[("cloudevent", "2xx")] == 1, answers
 
 
 def test_job_killed_half_way_leaves_no_output_and_redelivery_completes_it(start_server, tmp_path, dataset):
