@@ -380,12 +380,13 @@ def test_the_first_problem_in_the_file_is_the_one_reported(batch_server, jobs, d
     assert "row[5][2] (mean texture): the cell is empty; expected a number" in error_of(resp)["message"]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix, threads", [(".csv", "4"), (".parquet", "4"), (".parquet", "16")])
 def test_rows_come_out_in_input_order_when_chunks_are_read_and_predicted_in_parallel(
-    start_server, tmp_path, dataset, suffix
+    start_server, tmp_path, dataset, suffix, threads
 ):
     """A CSV of many pieces, a Parquet file of many row groups: four threads parse and
-    predict them at once, and output row r is still input row r, with its prediction."""
+    predict them at once (sixteen: two readers decode the Parquet file's columns), and
+    output row r is still input row r, with its prediction."""
     x, names = dataset
     # Many more chunks (Parquet: 16,384 rows, CSV: a piece) than the job keeps in flight, 4 + 1
     n = 200_000
@@ -396,7 +397,7 @@ def test_rows_come_out_in_input_order_when_chunks_are_read_and_predicted_in_para
     else:
         pq.write_table(table(x, names, n), src, row_group_size=7_000)
         assert pq.ParquetFile(src).metadata.num_row_groups > 8
-    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "INFERENCE_THREADS": "4"})
+    srv = start_server({"BATCH_ALLOW": f"{tmp_path}/", "INFERENCE_THREADS": threads})
     out = tmp_path / f"out{suffix}"
     resp = send(srv.url, batch_event({"input": str(src), "output": str(out)}, "in-order"))
     assert resp.status_code == 200, resp.text
