@@ -658,9 +658,11 @@ def test_parquet_output_writes_ids_and_probabilities_without_a_dictionary(batch_
     assert pq.read_table(out).column("prediction_id").to_pylist()[:2] == ["plain/0", "plain/1"]
 
 
-def test_a_job_on_s3_reads_and_writes_through_fsspec(start_server, s3_endpoint, dataset):
+@pytest.mark.parametrize("threads", ["2", "16"])
+def test_a_job_on_s3_reads_and_writes_through_fsspec(start_server, s3_endpoint, dataset, threads):
     """Local paths have their own file operations (func/batch/local_files.py); every other
-    scheme still goes through fsspec, here s3fs against a local S3 server."""
+    scheme still goes through fsspec, here s3fs against a local S3 server (at sixteen
+    threads, two readers each open the input)."""
     import s3fs
 
     from tests.support.services import S3_ENV
@@ -668,9 +670,12 @@ def test_a_job_on_s3_reads_and_writes_through_fsspec(start_server, s3_endpoint, 
     x, names = dataset
     requests.put(f"{s3_endpoint}/jobs", timeout=10).raise_for_status()
     fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
+    if fs.exists("jobs/scored.csv"):  # the other parameter's output: the store is shared
+        fs.rm("jobs/scored.csv")
     with fs.open("jobs/rows.parquet", "wb") as sink:
         pq.write_table(table(x, names, 300), sink)
-    srv = start_server({**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "BATCH_ALLOW": "s3://jobs/"})
+    env = {**S3_ENV, "AWS_ENDPOINT_URL_S3": s3_endpoint, "BATCH_ALLOW": "s3://jobs/", "INFERENCE_THREADS": threads}
+    srv = start_server(env)
     data = {"input": "s3://jobs/rows.parquet", "output": "s3://jobs/scored.csv"}
     resp = send(srv.url, batch_event(data, "on-s3"))
     assert resp.status_code == 200, resp.text
