@@ -35,38 +35,39 @@ def parquet_file(tmp_path):
     return path, tab
 
 
+class Reopen:
+    """Opens the file again for each reader past the first, and keeps the handles."""
+
+    def __init__(self, path):
+        self.path, self.opened = path, []
+
+    def __call__(self):
+        self.opened.append(self.path.open("rb"))
+        return self.opened[-1]
+
+
 @pytest.mark.parametrize("readers", [1, 2, 3, 20])
 def test_several_readers_give_the_batches_of_one(parquet_file, readers):
     path, tab = parquet_file
-    opened = []
-
-    def reopen():
-        opened.append(path.open("rb"))
-        return opened[-1]
-
+    reopen = Reopen(path)
     with path.open("rb") as first:
         got = list(batches(pq.ParquetFile(first), reopen, readers, 1_000, 1 << 20))
     assert all(batch.schema == tab.schema for batch in got)
     assert all(0 < batch.num_rows <= 1_000 for batch in got)
     assert pa.Table.from_batches(got).equals(tab)
     # one file per reader past the first, at most one per column, all closed at the end
-    assert len(opened) == min(readers, tab.num_columns) - 1
-    assert all(handle.closed for handle in opened)
+    assert len(reopen.opened) == min(readers, tab.num_columns) - 1
+    assert all(handle.closed for handle in reopen.opened)
 
 
 def test_readers_left_half_way_close_their_files(parquet_file):
     """A job that fails part of the way closes the batches' generator: its readers' files
     close with it."""
     path, _ = parquet_file
-    opened = []
-
-    def reopen():
-        opened.append(path.open("rb"))
-        return opened[-1]
-
+    reopen = Reopen(path)
     with path.open("rb") as first:
         decoded = batches(pq.ParquetFile(first), reopen, 3, 1_000, 1 << 20)
         next(decoded)
-        assert opened and not any(handle.closed for handle in opened)
+        assert reopen.opened and not any(handle.closed for handle in reopen.opened)
         decoded.close()
-    assert all(handle.closed for handle in opened)
+    assert all(handle.closed for handle in reopen.opened)
