@@ -81,7 +81,7 @@ class EventHandler:
         if kind == PREDICT:
             reply_type, data = PREDICTION, self._predict(event.data)
         elif kind == BATCH:
-            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"])
+            reply_type, data = BATCH_COMPLETED, self._batch(event.data, event["id"], record)
         elif kind == FEEDBACK:
             reply_type, data = FEEDBACK_ACCEPTED, self.serving.take_feedback(event.data)
         else:
@@ -121,14 +121,13 @@ class EventHandler:
         rows, single, request_id = codecs.decode_predict(data, model.card, self.serving.settings.max_rows)
         return codecs.prediction_body(self.serving.predict(model, rows, request_id), model.card, single)
 
-    def _batch(self, data: Any, event_id: str) -> dict[str, Any]:
+    def _batch(self, data: Any, event_id: str, record: Any) -> dict[str, Any]:
         job = batch.BatchJob.from_event_data(data)
         model = self.serving.state.model
         if not self._batch_slot.acquire(blocking=False):
             # Backpressure, not a failure: counted with the worker's other refusals
             # (protocol "other"), so that a client retrying every second does not show as
             # 5xx answers in the error ratio a canary is judged by.
-            record = current()
             if record is not None:
                 record.protocol = "other"
             # Retry-After 1: a job may end in milliseconds (a 250-row part: 20 ms), and

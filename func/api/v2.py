@@ -149,7 +149,7 @@ def _float_values(data: Any, dtype: np.dtype, datatype: str, where: str) -> np.n
     except ValueError:  # ragged nested lists: the values decide below, the count after
         values = None
     if values is not None and values.dtype.kind in "biuf":
-        return _rounded(values.reshape(-1).astype(np.float64), dtype, datatype, where)
+        return _rounded(values.reshape(-1).astype(np.float64, copy=False), dtype, datatype, where)
     flat = _flatten(data)
     for i, value in enumerate(flat):
         if not isinstance(value, (int, float)):
