@@ -7,8 +7,10 @@ skip, saying how to get it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +42,20 @@ GRACE_S = 30
 
 
 @pytest.fixture(scope="module")
-def images() -> dict[str, str]:
-    """Build (or find cached) every target of this checkout's Dockerfile; their names."""
+def images() -> Iterator[dict[str, str]]:
+    """Build (or find cached) every target of this checkout's Dockerfile; their names.
+    With WARMSTART_TEST_REMOVE_IMAGES=1 (.ci/run: a throwaway machine with a small disk)
+    they and their build layers are removed once this module is done, 1.7 GB."""
     problem = podman_problem()
     if problem:
         pytest.skip(problem)
     built = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
     assert built.returncode == 0, built.stdout + built.stderr
-    return image_names()
+    names = image_names()
+    yield names
+    if os.environ.get("WARMSTART_TEST_REMOVE_IMAGES") == "1":
+        podman("rmi", "--force", *names.values(), timeout=120)
+        podman("image", "prune", "--force", timeout=120)
 
 
 class Container:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import requests
@@ -39,6 +42,13 @@ class ServerProcess:
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
+        # The server's shared folder goes under one of this process's own, removed once
+        # it has exited: a server killed with SIGKILL cannot remove its own, and a run of
+        # the suite left a gigabyte of them in /tmp. Not where the test places it itself.
+        self.shared_base: str | None = None
+        if "SHARED_DIR" not in self.env and "TMPDIR" not in (env or {}):
+            self.shared_base = self.env["SHARED_DIR"] = tempfile.mkdtemp(prefix="warmstart-test-")
+            weakref.finalize(self, shutil.rmtree, self.shared_base, True)  # a server never stopped here
         self.cmd = cmd or [sys.executable, "-m", "func"]
         self.log_path = (log_dir or Path("/tmp")) / f"warmstart-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,9 +92,11 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            code = self.proc.wait(timeout)
         finally:
             self._log.close()
+        self._remove_shared()
+        return code
 
     def kill(self) -> None:
         """SIGKILL the server and every worker it forked, as a node failure would."""
@@ -97,6 +109,11 @@ class ServerProcess:
         self.proc.wait(10)
         if hasattr(self, "_log"):
             self._log.close()
+        self._remove_shared()
+
+    def _remove_shared(self) -> None:
+        if self.shared_base:
+            shutil.rmtree(self.shared_base, ignore_errors=True)
 
 
 def wait_for(check, timeout: float = 10.0):
