@@ -396,6 +396,8 @@ def _read_chunks(
             yield pa.RecordBatch.from_pylist([], schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
         raise InvalidInput(f"input {uri!r}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from None
+    except csv_pieces.LineTooLong as exc:
+        raise InvalidInput(f"input {uri!r}: {exc}") from None
 
 
 def _check_columns(schema: Any, card: ModelCard, output_format: str, uri: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 import requests
 from cloudevents.http import from_http
 
-from func.batch.csv_pieces import PIECE_BYTES
+from func.batch.csv_pieces import MAX_LINE_BYTES, PIECE_BYTES
 from tests.support.batch import batch_event, send, table, write
 from tests.support.server import ServerProcess, wait_for
 
@@ -426,6 +426,29 @@ def test_a_broken_line_deep_in_a_large_csv_is_422_naming_its_row_in_the_file(bat
     resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "deep-out.csv")}))
     assert resp.status_code == 422
     assert "Row #90002: Expected 31 columns, got 3: p90000,1,2" in error_of(resp)["message"]
+
+
+def test_a_csv_line_past_the_limit_is_422_and_the_rest_is_never_read(batch_server, jobs, dataset):
+    """A file with no line end (a binary file named .csv) was read whole into memory
+    before pyarrow said it could not parse it; now the job stops at the limit."""
+    x, names = dataset
+    src = jobs / "one-line.csv"
+    src.write_bytes(",".join(names).encode() + b"\n" + b"1," * (16 * PIECE_BYTES))
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "one-line-out.csv")}))
+    assert resp.status_code == 422, resp.text
+    message = error_of(resp)["message"]
+    assert f"input {str(src)!r}: no line end in the" in message
+    assert f"a CSV line (a row) may be at most {MAX_LINE_BYTES >> 20} MB" in message, message
+    assert not (jobs / "one-line-out.csv").exists()
+
+
+def test_a_json_lines_line_past_a_block_is_422_naming_the_input(batch_server, jobs, dataset):
+    x, names = dataset
+    src = jobs / "long-line.jsonl"
+    src.write_text(json.dumps({**dict(zip(names, x[0].tolist())), "note": "n" * (2 << 20)}) + "\n")
+    resp = send(batch_server.url, batch_event({"input": str(src), "output": str(jobs / "long-line-out.jsonl")}))
+    assert resp.status_code == 422, resp.text
+    assert error_of(resp)["message"].startswith(f"input {str(src)!r}: cannot read it as jsonl"), resp.text
 
 
 def test_a_uri_with_a_nul_character_is_422(batch_server, jobs):
