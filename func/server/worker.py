@@ -345,20 +345,32 @@ class Worker(ThreadWorker):
 
     def _make_room(self) -> None:
         """Close the connection idle longest, kept alive or never used; with none idle,
-        answer 503 to the request that has been arriving longest."""
-        kept = self.keepalived_conns[0] if self.keepalived_conns else None
-        fresh = next(iter(self.idle), None)
-        if kept is not None and (fresh is None or kept.timeout <= fresh.timeout):
-            self.keepalived_conns.popleft()
-            self.poller.unregister(kept.sock)
-            self.nr_conns -= 1
-            kept.close()
-        elif fresh is not None:
-            self._drop(fresh)
-        elif self.reading:
-            oldest = next(iter(self.reading))
-            limit = self.worker_connections
-            self._answer_and_drop(oldest, NotReady(f"the server holds its limit of {limit} connections; retry"))
+        answer 503 to the request that has been arriving longest. One whose request has
+        arrived since the last poll is read instead, and the next one looked at: closing a
+        socket with unread bytes resets it, and that request would be lost."""
+        while True:
+            kept = self.keepalived_conns[0] if self.keepalived_conns else None
+            fresh = next(iter(self.idle), None)
+            if kept is not None and (fresh is None or kept.timeout <= fresh.timeout):
+                if _request_waiting(kept.sock):
+                    self.on_client_socket_readable(kept, kept.sock)  # no longer kept alive
+                    continue
+                self.keepalived_conns.popleft()
+                self.poller.unregister(kept.sock)
+                self.nr_conns -= 1
+                kept.close()
+            elif fresh is not None:
+                if _request_waiting(fresh.sock):
+                    self._on_readable(fresh)
+                    if fresh in self.idle:  # nothing came of the read after all
+                        self._drop(fresh)
+                    continue
+                self._drop(fresh)
+            elif self.reading:
+                oldest = next(iter(self.reading))
+                limit = self.worker_connections
+                self._answer_and_drop(oldest, NotReady(f"the server holds its limit of {limit} connections; retry"))
+            return
 
     def _accept_queued(self) -> Iterator[tuple[socket.socket, Any, Any]]:
         """Close the listening sockets without resetting the connections queued on them
@@ -383,8 +395,11 @@ class Worker(ThreadWorker):
 
     def on_client_socket_readable(self, conn: _Conn, client: socket.socket) -> None:
         """A kept-alive connection has a new request coming: read it in the event loop."""
+        try:
+            self.keepalived_conns.remove(conn)
+        except ValueError:
+            return  # read or closed earlier in this turn of the loop (_make_room): a stale event
         self.poller.unregister(client)
-        self.keepalived_conns.remove(conn)
         self._await_request(conn)
 
     def enqueue_req(self, conn: Any) -> None:
@@ -442,6 +457,8 @@ class Worker(ThreadWorker):
             self._poll(waiting)
 
     def _on_readable(self, conn: _Conn, _fileobj: Any = None) -> None:
+        if conn not in self.reading:
+            return  # read to its end or closed earlier in this turn of the loop: a stale event
         try:
             data = conn.sock.recv(self._recv_size(conn))
         except (BlockingIOError, InterruptedError):
