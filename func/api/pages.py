@@ -23,6 +23,8 @@ HTML_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Content-Type-Options": "nosniff",
 }
+# Where a page takes the script every page shares (pages/common.js).
+COMMON = b"<!-- common.js -->"
 _INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 
@@ -36,6 +38,8 @@ def wants_html(accept: MIMEAccept) -> bool:
 def page(name: str) -> tuple[bytes, dict[str, str]]:
     """The page func/api/pages/<name>.html and the headers it is sent with."""
     body = (FOLDER / f"{name}.html").read_bytes()
+    common = (FOLDER / "common.js").read_bytes()
+    body = body.replace(COMMON, b"<script>\n" + common + b"</script>", 1)
     return body, {**HTML_HEADERS, "Content-Security-Policy": policy(body)}
 
 
