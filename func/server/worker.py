@@ -21,8 +21,11 @@
   yet that this instance is going), then stops new handshakes (listener.py), accepts
   what is already queued on the listening socket and closes it: every connection that
   reached the worker is answered.
-  Responses meanwhile say `Connection: close`. A connection idle past its timeout is
-  looked at before it closes: a request that arrived since the last poll is answered.
+  Responses meanwhile say `Connection: close`; a connection idle meanwhile (accepted
+  then, or kept alive by a response sent before) stays open until the listener closes,
+  and every idle connection closes STOP_KEEPALIVE_LINGER after that. A connection idle
+  past its timeout is looked at before it closes: a request that arrived since the last
+  poll is answered.
 - A worker that replaces a dead one listens only once its model has loaded; the first
   workers listen at once, so liveness answers while a slow model loads. A replacement
   that cannot load the model, or any worker that loaded other bytes than the pod serves
@@ -402,6 +405,20 @@ class Worker(ThreadWorker):
         self.poller.unregister(client)
         self._await_request(conn)
 
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """gthread's, but a connection taken back into keep-alive while the worker still
+        accepts (DRAIN_S after SIGTERM; its response, sent before, announced keep-alive)
+        keeps its idle timeout like those idle at SIGTERM, until the listener closes and
+        STOP_KEEPALIVE_LINGER after: gthread's 2 s from now closed it in the middle of
+        DRAIN_S, while a client that was told keep-alive may be sending on it."""
+        super().finish_request(conn, fs)
+        if self._draining() and self.keepalived_conns and self.keepalived_conns[-1] is conn:
+            conn.timeout = time.monotonic() + self.keepalive_s  # latest of all: the deque stays sorted
+
+    def _draining(self) -> bool:
+        """SIGTERM has come and the worker still accepts connections (DRAIN_S)."""
+        return not self.alive and time.monotonic() < self._stop_accepting_at
+
     def enqueue_req(self, conn: Any) -> None:
         """gthread calls this for a request already buffered behind the one just answered
         (pipelining): the event loop reads the rest of it like any other."""
@@ -409,7 +426,7 @@ class Worker(ThreadWorker):
         self._await_request(conn, conn.parser.unreader.take_buffered())
 
     def _await_request(self, conn: _Conn, pipelined: bytes = b"") -> None:
-        idle = self.keepalive_s if self.alive else STOP_KEEPALIVE_LINGER
+        idle = self.keepalive_s if self.alive or self._draining() else STOP_KEEPALIVE_LINGER
         conn.timeout = time.monotonic() + idle
         conn.scanned = conn.next_chunk = conn.chunked_bytes = 0
         conn.body_start = None

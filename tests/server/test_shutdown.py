@@ -143,6 +143,24 @@ def test_a_kept_alive_connection_is_told_to_close_once_shutdown_starts(start_ser
     assert srv.proc.wait(30) == 0
 
 
+def test_a_connection_accepted_during_the_drain_stays_open_until_the_listener_closes(start_server):
+    """DRAIN_S is there because clients may not know yet that the pod is going: one that
+    connects then and sends its request a little later is answered. gthread's 2 s from
+    the accept closed such a connection in the middle of DRAIN_S."""
+    srv = start_server({"DRAIN_S": "5"})
+    srv.proc.send_signal(signal.SIGTERM)
+    sigterm = time.monotonic()
+    time.sleep(0.5)
+    late = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    assert wait_for(lambda: _accept_queue(srv.port) == 0), "the worker never accepted the connection"
+    time.sleep(max(sigterm + 3.5 - time.monotonic(), 0))  # 3 s after the accept, before DRAIN_S ends
+    late.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
+    answer = late.recv(65536)
+    late.close()
+    assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer, answer[:300]
+    assert srv.proc.wait(30) == 0
+
+
 def test_a_closing_listener_takes_no_new_handshake_but_keeps_its_queued_connections():
     """What closes the window between a worker's last accept and its close(): once
     filtered, a listening socket completes no new handshake (the SYN is dropped, so no
