@@ -226,21 +226,29 @@ def test_a_request_that_arrived_while_the_worker_was_held_up_is_answered_not_res
     it. Closing it, as its timeout said, reset a request that had reached the server."""
     if _RECVFROM is None:
         pytest.skip(f"recvfrom's syscall number on {platform.machine()} is not in this test")
+    # The worker must be stopped inside a read; on a loaded machine 1.6 s of tries may
+    # not catch it there (1 run in 13 with three busy loops on 2 cores): a fresh server.
+    for _ in range(3):
+        response = _held_up(start_server, used)
+        if response is not None:
+            break
+    else:
+        pytest.fail("the worker was never caught reading, in 3 servers")
+    assert response.startswith(b"HTTP/1.1 200"), response[:200]
+
+
+def _held_up(start_server, used: bool) -> bytes | None:
+    """What a connection idle since before SIGTERM gets for a request sent while the
+    worker is held up past the connection's linger; None if the worker could not be
+    stopped inside a read in time."""
     srv = start_server({"DRAIN_S": "2"})
     worker = int(subprocess.run(["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True).stdout.split()[0])
     kept = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
-    # Accepted before SIGTERM, or it gets the 2 s shutdown linger from its accept and
-    # closes within DRAIN_S, before the request below is sent (seen on a loaded machine).
     assert wait_for(lambda: _accept_queue(srv.port) == 0), "the worker never accepted the connection"
-    time.sleep(0.1)  # from accept() to the connection's timeout being set: the same loop turn
     if used:
         kept.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
         assert b"Connection: keep-alive" in kept.recv(65536)
-        # The response reaches the client before the worker's loop takes the connection
-        # back into keep-alive; taken back after SIGTERM, it would get the 2 s linger from
-        # then and close at the end of DRAIN_S, before the request below is sent (1 run in
-        # 12 here). Its loop turns within milliseconds.
-        time.sleep(0.5)
+    time.sleep(0.5)  # the connection accepted, or taken back into keep-alive, before SIGTERM
 
     # Request heads arriving a byte at a time keep the worker's event loop turning.
     trickles = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(8)]
@@ -260,17 +268,19 @@ def test_a_request_that_arrived_while_the_worker_was_held_up_is_answered_not_res
     srv.proc.send_signal(signal.SIGTERM)
     sigterm = time.monotonic()
     time.sleep(2.2)  # past DRAIN_S: the idle connection's timeout is now T+4
-    assert _stop_while_reading(worker, until=sigterm + 3.8), "the worker was never caught reading"
-    try:
-        kept.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(max(sigterm + 4.5 - time.monotonic(), 0))  # past the connection's linger
-    finally:
-        os.kill(worker, signal.SIGCONT)
-    response = kept.recv(65536)
+    response = None
+    if _stop_while_reading(worker, until=sigterm + 3.8):
+        try:
+            kept.sendall(b"GET /health/liveness HTTP/1.1\r\nHost: t\r\n\r\n")
+            time.sleep(max(sigterm + 4.5 - time.monotonic(), 0))  # past the connection's linger
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        response = kept.recv(65536)
     stop.set()
     sender.join(5)
     for trickle in trickles:
         trickle.close()
     kept.close()
-    assert response.startswith(b"HTTP/1.1 200"), response[:200]
-    assert srv.proc.wait(30) == 0
+    if response is not None:
+        assert srv.proc.wait(30) == 0
+    return response
