@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from func.batch.parquet_readers import THREADS_PER_READER, batches, readers_for
+from func.batch.parquet_readers import THREADS_PER_READER, batches, column_groups, readers_for
 
 
 def test_a_reader_for_every_eight_inference_threads():
@@ -71,3 +71,30 @@ def test_readers_left_half_way_close_their_files(parquet_file):
         assert reopen.opened and not any(handle.closed for handle in reopen.opened)
         decoded.close()
     assert all(handle.closed for handle in reopen.opened)
+
+
+def test_columns_are_shared_out_by_their_bytes_not_their_count(tmp_path):
+    """Round-robin gave the reader of the wide text columns most of the work."""
+    n = 20_000
+    rng = np.random.default_rng(1)
+    tab = pa.table(
+        {
+            "id": pa.array([f"patient-{i:012d}-{'x' * 40}" for i in range(n)]),
+            **{f"f{j}": rng.random(n) for j in range(5)},
+            "note": pa.array([f"{'n' * 60}{i}" for i in range(n)]),
+            "point": pa.array([{"x": float(i), "y": float(-i), "z": float(i)} for i in range(n)]),
+        }
+    )
+    path = tmp_path / "skewed.parquet"
+    pq.write_table(tab, path, row_group_size=5_000, compression="none")
+    parquet = pq.ParquetFile(path)
+    groups = column_groups(parquet.metadata, parquet.schema_arrow, 2)
+    assert sorted(sum(groups, [])) == sorted(tab.column_names)  # each column in one group
+    assert all(group == [n for n in tab.column_names if n in group] for group in groups)  # in file order
+    assert {"id", "note"} not in [set(group) & {"id", "note"} for group in groups]  # the two wide ones apart
+    sizes = {name: tab.column(name).nbytes for name in tab.column_names}
+    loads = sorted(sum(sizes[name] for name in group) for group in groups)
+    assert loads[1] < 1.3 * loads[0], (groups, loads)
+    # round-robin, as before: every other column, the two text columns together
+    assert {"id", "note"} <= set(tab.column_names[0::2])
+    assert sorted(map(len, column_groups(parquet.metadata, parquet.schema_arrow, 20))) == [1] * tab.num_columns
