@@ -154,7 +154,8 @@ class Outcome:
 
 class Client:
     """Sends labelled rows through the router at a steady rate, and their true labels as
-    feedback a moment later; keeps what each revision got right, per request."""
+    feedback a moment later (each reporting the answer it labels); keeps what each
+    revision got right, per request."""
 
     def __init__(self, world: World, url: str, timing: Timing, timeline: Timeline) -> None:
         self.world, self.url, self.timing, self.timeline = world, url, timing, timeline
@@ -188,7 +189,13 @@ class Client:
         self.outcomes.append(Outcome(time.time(), revision, int((predicted == y).sum()), len(y)))
         pid = resp.headers.get("X-Prediction-Id")
         if pid:
-            labels = [{"id": f"{pid}/{r}", "label": int(label)} for r, label in enumerate(y)]
+            # Each label reports the answer it labels, so whichever revision's pod the
+            # router gives it to scores it for the revision that answered.
+            answered = {"revision": revision, "model_version": resp.headers.get("X-Model-Version", "")}
+            labels = [
+                {"id": f"{pid}/{r}", "label": int(label), "prediction": int(p), **answered}
+                for r, (label, p) in enumerate(zip(y, predicted))
+            ]
             self._pending.append((time.monotonic() + 1.0, labels))  # the truth arrives a second later
 
     def _send_due_feedback(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..codecs.feedback import REVISION_PATTERN, VERSION_MAX_CHARS
 from ..model.card import ModelCard
 from . import v2
 
@@ -108,8 +109,9 @@ _REQUEST_ID = {
         {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
         {"type": "integer"},
     ],
+    "nullable": True,
     "description": "the client's own id for this request (an order number), the prediction id; "
-    "row r of several is then `<id>/<r>`. A new one is made when absent.",
+    "row r of several is then `<id>/<r>`. A new one is made when absent (or null).",
 }
 
 
@@ -126,19 +128,44 @@ def _feedback_schemas(card: ModelCard | None) -> dict[str, Any]:
             "maximum": 1.7976931348623157e308,
             "description": "the true value",
         }
-    one = {
+    common = {
+        "id": {
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}],
+            "description": "a prediction id (X-Prediction-Id), or `<id>/<r>` for row r of a request of several",
+        },
+        "label": label,
+    }
+    nothing = {"not": {}}  # OpenAPI 3.0's false: the key may not be there
+    plain = {
         "type": "object",
         "required": ["id", "label"],
+        "properties": {**common, "prediction": nothing, "revision": nothing, "model_version": nothing},
+    }
+    reporting = {
+        "type": "object",
+        "required": ["id", "label", "prediction", "revision"],
         "properties": {
-            "id": {
-                "anyOf": [{"type": "string", "minLength": 1, "maxLength": 256}, {"type": "integer"}],
-                "description": "a prediction id (X-Prediction-Id), or `<id>/<r>` for row r of a request of several",
+            **common,
+            "prediction": {**label, "description": "the answer the response gave (its predictions[r])"},
+            "revision": {
+                "type": "string",
+                "pattern": REVISION_PATTERN,
+                "maxLength": 253,
+                "description": "the response's X-Revision: the revision that gave the answer",
             },
-            "label": label,
+            "model_version": {
+                "type": "string",
+                "maxLength": VERSION_MAX_CHARS,
+                "pattern": "^[^\\x00-\\x1f\\x7f]*$",
+                "description": "the response's X-Model-Version",
+            },
         },
     }
     return {
-        "FeedbackLabel": one,
+        "FeedbackLabel": {
+            "anyOf": [plain, reporting],
+            "description": "a label; with the answer it labels reported (prediction, revision), any pod scores it",
+        },
         "FeedbackRequest": {
             "anyOf": [
                 {
@@ -157,10 +184,14 @@ def _feedback_schemas(card: ModelCard | None) -> dict[str, Any]:
         },
         "FeedbackResponse": {
             "type": "object",
-            "required": ["accepted", "matched", "unmatched"],
+            "required": ["accepted", "matched", "reported", "unmatched"],
             "properties": {
                 "accepted": {"type": "integer", "description": "labels taken (and logged, with PREDICTION_LOG)"},
                 "matched": {"type": "integer", "description": "labels of predictions this pod made recently"},
+                "reported": {
+                    "type": "integer",
+                    "description": "labels of predictions made elsewhere, scored against the answer they report",
+                },
                 "unmatched": {"type": "integer", "description": "labels of predictions this pod does not know"},
             },
         },

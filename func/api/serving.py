@@ -199,13 +199,29 @@ class Serving:
         if self.recent is None or self.scores is None:
             raise NotReady(self.state.not_ready_reason())
         feedback = decode_feedback(body, model.card, self.settings.max_rows)
-        request_ids, rows = zip(*map(split_id, feedback.ids))
-        matched, answers, first = self.recent.match(list(request_ids), list(rows), feedback.codes)
-        self.scores.add(matched, answers, feedback.codes, first)
+        request_ids, rows = map(list, zip(*map(split_id, feedback.ids)))
+        matched, answers, first = self.recent.match(request_ids, rows, feedback.codes)
+        # Rows another pod answered, whose items report that answer: scored against it.
+        reported = np.zeros(len(matched), dtype=bool)
+        elsewhere = np.flatnonzero(~matched & ~np.isnan(feedback.reported))
+        if len(elsewhere):
+            by = [feedback.answered_by[i] for i in elsewhere]
+            scored = self.scores.add_reported(feedback.reported[elsewhere], feedback.codes[elsewhere], by)
+            reported[elsewhere[scored]] = True
+            kept = elsewhere[scored]
+            self.recent.remember(
+                [request_ids[i] for i in kept], [rows[i] for i in kept], feedback.reported[kept], feedback.codes[kept]
+            )
+        self.scores.add(matched, answers, feedback.codes, first, reported)
         if self.log is not None:
             self.log.feedback(feedback.ids, feedback.labels, matched)
-        found = int(matched.sum())
-        return {"accepted": len(feedback.ids), "matched": found, "unmatched": len(feedback.ids) - found}
+        found, scored_here = int(matched.sum()), int(reported.sum())
+        return {
+            "accepted": len(feedback.ids),
+            "matched": found,
+            "reported": scored_here,
+            "unmatched": len(feedback.ids) - found - scored_here,
+        }
 
     def close(self) -> None:
         """The worker's last step: write what the prediction log holds."""

@@ -2,13 +2,18 @@
 
 `{"feedback": [{"id": "<id>/<r>", "label": ...}, ...]}`, or one `{"id", "label"}`
 object. A label is a class of the model (of the type the card's classes have) or, for
-a regressor, a finite number.
+a regressor, a finite number. An item may also report the answer it labels, as the
+client received it: `prediction` and the `revision` that gave it (X-Revision), with its
+`model_version` (X-Model-Version) if known; a pod that did not give that answer itself
+(another replica, another revision) scores the label against the reported one, for
+that revision.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +24,11 @@ from ..model.card import ModelCard
 from .rows import json_type, short
 
 ID_MAX_CHARS = 256
+# A Knative revision is a Kubernetes object name (an RFC 1123 subdomain).
+REVISION_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+_REVISION = re.compile(REVISION_PATTERN)
+VERSION_MAX_CHARS = 128
+_VERSION = re.compile(r"[^\x00-\x1f\x7f]*")  # no control characters
 
 
 @dataclass
@@ -29,6 +39,10 @@ class Feedback:
     ids: list[str]
     labels: list[Any]
     codes: np.ndarray
+    # The answers the items report (codes as `codes`; NaN where none is reported), and
+    # who gave them: (revision, model_version) per item, None where none is reported.
+    reported: np.ndarray
+    answered_by: list[tuple[str, str] | None]
 
 
 def decode_feedback(body: Any, card: ModelCard, max_rows: int) -> Feedback:
@@ -48,6 +62,7 @@ def decode_feedback(body: Any, card: ModelCard, max_rows: int) -> Feedback:
         )
     classes = _classes(card.class_labels) if card.is_classifier else None
     ids, labels, codes = [], [], np.empty(len(items))
+    reported, answered_by = np.full(len(items), np.nan), []
     for i, item in enumerate(items):
         at = f"{where}[{i}]" if where else "request body"
         if not isinstance(item, dict):
@@ -61,7 +76,40 @@ def decode_feedback(body: Any, card: ModelCard, max_rows: int) -> Feedback:
         else:
             label = codes[i] = _value(item["label"], where_label)
         labels.append(label)
-    return Feedback(ids, labels, codes)
+        answered_by.append(_reported(item, classes, reported, i, f"{at}." if where else ""))
+    return Feedback(ids, labels, codes, reported, answered_by)
+
+
+def _reported(item: dict, classes: _Classes | None, reported: np.ndarray, i: int, at: str) -> tuple[str, str] | None:
+    """The (revision, model_version) that gave the answer the item reports, its code put
+    in reported[i]; None where the item reports none."""
+    if "prediction" not in item and "revision" not in item:
+        if "model_version" in item:
+            raise InvalidInput(f"{at}model_version: given without the 'prediction' and 'revision' it goes with")
+        return None
+    if "prediction" not in item or "revision" not in item:
+        missing = "prediction" if "prediction" not in item else "revision"
+        raise InvalidInput(
+            f"{at}{missing}: missing; an answer is reported with both 'prediction' (as the response gave it) "
+            "and 'revision' (its X-Revision header)"
+        )
+    if classes is not None:
+        reported[i] = classes.code(item["prediction"], f"{at}prediction")[1]
+    else:
+        reported[i] = _value(item["prediction"], f"{at}prediction")
+    revision = item["revision"]
+    if not isinstance(revision, str) or not _REVISION.fullmatch(revision):
+        raise InvalidInput(
+            f"{at}revision: expected the X-Revision header of the response (a Knative revision name: lower-case "
+            f"letters, digits, '-' and '.'), got {short(revision)}"
+        )
+    version = item.get("model_version", "")
+    if not isinstance(version, str) or len(version) > VERSION_MAX_CHARS or not _VERSION.fullmatch(version):
+        raise InvalidInput(
+            f"{at}model_version: expected the X-Model-Version header of the response, a string of at most "
+            f"{VERSION_MAX_CHARS} characters and no control characters, got {short(version)}"
+        )
+    return revision, version
 
 
 def _id(value: Any, where: str) -> str:

@@ -30,6 +30,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config import Settings
 from . import tallies
+from .answerers import MAX_ANSWERERS, Answerers
 from .tallies import Tallies
 
 log = logging.getLogger("warmstart.metrics")
@@ -355,7 +356,11 @@ class FeedbackScores:
     label scored against the answer the pod gave. A classifier's counts per class (true
     class, predicted class, correct) make accuracy, precision and recall PromQL; a
     regressor's sums of absolute and squared errors make MAE and RMSE. Kept in a tally
-    vector shared by the workers; a collector of /metrics."""
+    vector shared by the workers; a collector of /metrics.
+
+    A label whose item reports the answer another pod gave (`add_reported`) is scored
+    against that answer, in the series of the revision that gave it: a slot of its own
+    per answerer (func/observe/answerers.py), or this pod's own where it gave it."""
 
     def __init__(
         self,
@@ -364,59 +369,97 @@ class FeedbackScores:
         model_labels: Callable[[], tuple[str, str, str]],
     ) -> None:
         self.classes = [str(c) for c in class_labels] if class_labels is not None else None
-        width = 3 * len(self.classes) if self.classes is not None else 3
-        self.tallies = Tallies(shared_dir, "feedback", 2 + width)
+        self.width = 3 * len(self.classes) if self.classes is not None else 3
+        # matched, unmatched, reported, then the scores
+        self.tallies = Tallies(shared_dir, "feedback", 3 + self.width)
+        # per answerer: reported, then the scores
+        self.answerers = Answerers(shared_dir)
+        self.reported = Tallies(shared_dir, "reported", MAX_ANSWERERS * (1 + self.width))
         self._model_labels = model_labels
 
-    def add(self, matched: np.ndarray, answers: np.ndarray, labels: np.ndarray, first: np.ndarray) -> None:
-        """Count a feedback request: `answers` and `labels` are class indices or values."""
+    def add(
+        self, matched: np.ndarray, answers: np.ndarray, labels: np.ndarray, first: np.ndarray, reported: np.ndarray
+    ) -> None:
+        """Count a feedback request: `answers` and `labels` are class indices or values;
+        `reported`, the labels add_reported scored and counted (not unmatched)."""
         scored = matched & first
         counts = np.zeros(self.tallies.size)
-        counts[0], counts[1] = matched.sum(), len(matched) - matched.sum()
-        truth, answer = labels[scored], answers[scored]
+        counts[0] = matched.sum()
+        counts[1] = len(matched) - counts[0] - reported.sum()  # add_reported counted those
+        counts[3:] = self._scores(answers[scored], labels[scored])
+        with self.tallies.lock:
+            self.tallies.array += counts
+
+    def add_reported(self, answers: np.ndarray, labels: np.ndarray, answered_by: list[tuple[str, str]]) -> np.ndarray:
+        """Score labels against the answers their items report, for the (revision, model
+        version) that gave each; which were scored (all, unless past MAX_ANSWERERS)."""
+        _, own_version, own_revision = self._model_labels()
+        scored = np.zeros(len(answers), dtype=bool)
+        own = np.zeros(1 + self.width)  # reported, then the scores
+        counts = np.zeros(self.reported.size)
+        for answerer in dict.fromkeys(answered_by):
+            rows = np.array([by == answerer for by in answered_by])
+            revision, version = answerer
+            if revision == own_revision and version in ("", own_version):
+                own[0] += rows.sum()
+                own[1:] += self._scores(answers[rows], labels[rows])
+            else:
+                slot = self.answerers.slot(answerer)
+                if slot is None:
+                    continue
+                at = slot * (1 + self.width)
+                counts[at] += rows.sum()
+                counts[at + 1 : at + 1 + self.width] += self._scores(answers[rows], labels[rows])
+            scored |= rows
+        with self.tallies.lock:
+            self.tallies.array[2:] += own
+            self.reported.array += counts
+        return scored
+
+    def _scores(self, answer: np.ndarray, truth: np.ndarray) -> np.ndarray:
+        counts = np.zeros(self.width)
         if self.classes is not None:
             k = len(self.classes)
             truth, answer = truth.astype(np.int64), answer.astype(np.int64)
             known = answer >= 0  # an answer the card does not list is no class's
-            counts[2 : 2 + k] = np.bincount(truth, minlength=k)[:k]
+            counts[:k] = np.bincount(truth, minlength=k)[:k]
             truth, answer = truth[known], answer[known]
-            counts[2 + k : 2 + 2 * k] = np.bincount(answer, minlength=k)[:k]
-            counts[2 + 2 * k :] = np.bincount(truth[truth == answer], minlength=k)[:k]
+            counts[k : 2 * k] = np.bincount(answer, minlength=k)[:k]
+            counts[2 * k :] = np.bincount(truth[truth == answer], minlength=k)[:k]
         else:
             error = answer - truth
-            counts[2:] = (len(truth), np.abs(error).sum(), (error * error).sum())
-        with self.tallies.lock:
-            self.tallies.array += counts
+            counts[:] = (len(truth), np.abs(error).sum(), (error * error).sum())
+        return counts
 
     def collect(self) -> Iterator[Any]:
-        values = self.tallies.total()
-        model = list(self._model_labels())
+        own = self.tallies.total()
+        name, version, revision = self._model_labels()
+        reported = self.reported.total().reshape(MAX_ANSWERERS, 1 + self.width)
+        # (labels, outcomes, scores): this pod's own answers, then each answerer's
+        series = [((name, version, revision), {"matched": own[0], "unmatched": own[1], "reported": own[2]}, own[3:])]
+        for slot, (other_revision, other_version) in enumerate(self.answerers.named()):
+            series.append(((name, other_version, other_revision), {"reported": reported[slot, 0]}, reported[slot, 1:]))
         total = CounterMetricFamily(
             "warmstart_feedback",
-            "Labels received by feedback: matched to a prediction this pod made, or not",
+            "Labels received by feedback: matched to a prediction this pod made, scored against the answer the "
+            "label reported (counted for the revision that gave it), or neither",
             labels=[*MODEL_LABELS, "outcome"],
         )
-        total.add_metric([*model, "matched"], values[0])
-        total.add_metric([*model, "unmatched"], values[1])
+        for model, outcomes, _ in series:
+            for outcome, value in outcomes.items():
+                total.add_metric([*model, outcome], value)
         yield total
         if self.classes is None:
-            labelled = CounterMetricFamily(
-                "warmstart_feedback_labels", "Matched predictions scored against their label", labels=list(MODEL_LABELS)
+            families = (
+                ("warmstart_feedback_labels", "Predictions scored against their label"),
+                ("warmstart_feedback_absolute_error", "Sum of |prediction - label| over scored predictions"),
+                ("warmstart_feedback_squared_error", "Sum of (prediction - label)^2 over scored predictions"),
             )
-            labelled.add_metric(model, values[2])
-            absolute = CounterMetricFamily(
-                "warmstart_feedback_absolute_error",
-                "Sum of |prediction - label| over scored predictions",
-                labels=list(MODEL_LABELS),
-            )
-            absolute.add_metric(model, values[3])
-            squared = CounterMetricFamily(
-                "warmstart_feedback_squared_error",
-                "Sum of (prediction - label)^2 over scored predictions",
-                labels=list(MODEL_LABELS),
-            )
-            squared.add_metric(model, values[4])
-            yield from (labelled, absolute, squared)
+            for f, (family_name, help_text) in enumerate(families):
+                family = CounterMetricFamily(family_name, help_text, labels=list(MODEL_LABELS))
+                for model, _, scores in series:
+                    family.add_metric(list(model), scores[f])
+                yield family
             return
         k = len(self.classes)
         families = (
@@ -424,8 +467,9 @@ class FeedbackScores:
             ("warmstart_feedback_predicted", "Scored predictions by predicted class"),
             ("warmstart_feedback_correct", "Scored predictions whose predicted class was the label, by class"),
         )
-        for f, (name, help_text) in enumerate(families):
-            family = CounterMetricFamily(name, help_text, labels=[*MODEL_LABELS, "class"])
-            for c, label in enumerate(self.classes):
-                family.add_metric([*model, label], values[2 + f * k + c])
+        for f, (family_name, help_text) in enumerate(families):
+            family = CounterMetricFamily(family_name, help_text, labels=[*MODEL_LABELS, "class"])
+            for model, _, scores in series:
+                for c, label in enumerate(self.classes):
+                    family.add_metric([*model, label], scores[f * k + c])
             yield family

@@ -5,8 +5,9 @@ Each worker writes its own table, a file of the pod's shared folder (memory when
 process serves alone), and feedback arriving at any worker looks its ids up in every
 worker's table, a dead worker's included: a pod matches labels for any row its workers
 answered. A label for a row another pod answered (another replica, another revision) is
-not in these tables: it is counted as unmatched, and still stored in the log, where the
-dataset join (func/retrain/dataset.py) finds its prediction.
+not in these tables: it is scored against the answer the feedback reports, where it
+reports one (and then kept here, `remember`), or else counted as unmatched; either way
+it is stored in the log, where the dataset join (func/dataset.py) finds its prediction.
 
 Memory is bounded: a table has FEEDBACK_RECENT slots of 32 bytes (key, age, answer,
 label), four ways to a set; a new row takes the oldest slot of its set, so a row is
@@ -151,6 +152,26 @@ class RecentPredictions:
             first[hits[np.asarray(first_index)[fresh]]] = True
             table.values[slot, 3] = labels[hits]
         return matched, answers, first
+
+    def remember(self, request_ids: list[str], rows: list[int], answers: np.ndarray, labels: np.ndarray) -> None:
+        """Keep rows this pod did not answer, with the answer and the label feedback
+        reported for them: the same label delivered again (a broker's retry) is then
+        matched here and not scored twice."""
+        keys = np.array(
+            [(request_key(r) + row * _ROW_STEP) & _M | 1 for r, row in zip(request_ids, rows)], dtype=np.uint64
+        )
+        set_of = self._sets(keys)
+        words, values = self._own.words, self._own.values
+        with self.lock:
+            for i, (key, at) in enumerate(zip(keys, set_of)):  # one at a time: two may share a set
+                candidates = at * WAYS + np.arange(WAYS)
+                slot = candidates[words[candidates, 1].argmin()]
+                words[slot, 0] = 0  # a reader never sees the new key beside the old answer
+                values[slot, 2] = answers[i]
+                values[slot, 3] = labels[i]
+                self._age += 1
+                words[slot, 1] = self._age
+                words[slot, 0] = key
 
     def _all_tables(self) -> list[_Table]:
         if self._folder is None:

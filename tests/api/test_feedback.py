@@ -126,6 +126,7 @@ def test_feedback_scores_live_accuracy_per_class_across_workers(truth_server, da
         assert resp.json() == {
             "accepted": len(items[start : start + 50]),
             "matched": len(items[start : start + 50]),
+            "reported": 0,
             "unmatched": 0,
         }
     session.close()
@@ -148,9 +149,10 @@ def test_a_label_sent_twice_is_matched_but_scored_once(truth_server, dataset):
     url = truth_server.url
     pid = requests.post(url + "/predict", json={"features": x[0].tolist()}).headers["X-Prediction-Id"]
     before = scores(url)
-    assert feedback(url, [(pid, 1)]).json() == {"accepted": 1, "matched": 1, "unmatched": 0}
+    assert feedback(url, [(pid, 1)]).json() == {"accepted": 1, "matched": 1, "reported": 0, "unmatched": 0}
     # a broker's retry, and the same row as `<id>/0`
-    assert feedback(url, [(pid, 1), (pid + "/0", 1)]).json() == {"accepted": 2, "matched": 2, "unmatched": 0}
+    retried = feedback(url, [(pid, 1), (pid + "/0", 1)]).json()
+    assert retried == {"accepted": 2, "matched": 2, "reported": 0, "unmatched": 0}
     after = scores(url)
     labelled = sum(after[k] - before.get(k, 0) for k in after if k[0] == "warmstart_feedback_labels_total")
     assert labelled == 1
@@ -160,7 +162,7 @@ def test_a_label_sent_twice_is_matched_but_scored_once(truth_server, dataset):
 def test_a_label_for_an_id_this_pod_never_served_is_accepted_as_unmatched(truth_server):
     resp = feedback(truth_server.url, [("never-served", 0), ("never-served/4", 1), ("x/y/z", 0)])
     assert resp.status_code == 200
-    assert resp.json() == {"accepted": 3, "matched": 0, "unmatched": 3}
+    assert resp.json() == {"accepted": 3, "matched": 0, "reported": 0, "unmatched": 3}
 
 
 @pytest.mark.parametrize(
@@ -207,9 +209,9 @@ def test_a_feedback_event_labels_like_post_feedback(truth_server, dataset, struc
     assert resp.status_code == 200, resp.text
     reply = from_http(resp.headers, resp.content)
     assert reply["type"] == "warmstart.feedback.accepted.v1" and reply["causationid"] == "labels-1"
-    assert reply.data == {"accepted": 2, "matched": 1, "unmatched": 1}
+    assert reply.data == {"accepted": 2, "matched": 1, "reported": 0, "unmatched": 1}
     one = post_event(url, event("warmstart.feedback.v1", {"id": pid + "/0", "label": 1}))
-    assert from_http(one.headers, one.content).data == {"accepted": 1, "matched": 1, "unmatched": 0}
+    assert from_http(one.headers, one.content).data == {"accepted": 1, "matched": 1, "reported": 0, "unmatched": 0}
     bad = post_event(url, event("warmstart.feedback.v1", {"id": pid + "/0", "label": "yes"}))
     assert bad.status_code == 422
 
@@ -234,3 +236,106 @@ def test_the_recent_index_has_its_storage_before_it_serves(tmp_path):
     recent = RecentPredictions(str(tmp_path), 4096)
     table = tmp_path / f"recent-{os.getpid()}.bin"
     assert table.stat().st_blocks * 512 >= table.stat().st_size == recent.slots * 32
+
+
+# -- labels for answers another pod gave, reporting those answers -----------------------
+
+
+@pytest.fixture(scope="module")
+def two_revisions(tmp_path_factory):
+    """A stable and a canary pod, as two revisions of a Service: a label sent through the
+    Service's URL reaches either, whichever gave the answer."""
+    from tests.support.server import ServerProcess
+
+    procs = [
+        ServerProcess({"WORKERS": "2", "K_REVISION": name}, log_dir=tmp_path_factory.mktemp(name)).start()
+        for name in ("stable-00001", "canary-00002")
+    ]
+    for proc in procs:
+        proc.wait_ready()
+    yield procs
+    for proc in procs:
+        proc.kill()
+
+
+def series(url: str, revision: str) -> dict[tuple[str, str], float]:
+    """(series, class or outcome) -> value of one revision's feedback series on a pod's /metrics."""
+    out = {}
+    for name, labels, value in parse_metrics(requests.get(url + "/metrics", timeout=10).text):
+        if name.startswith("warmstart_feedback") and labels["revision"] == revision:
+            out[(name, labels.get("class") or labels.get("outcome") or "")] = value
+    return out
+
+
+def test_a_label_reporting_the_answer_another_pod_gave_is_scored_for_that_revision(two_revisions, card):
+    stable, canary = two_revisions
+    rows = np.array([[card["reference"][n]["mean"] * s for n in card["feature_names"]] for s in (0.5, 1, 1.5, 2)])
+    answer = requests.post(canary.url + "/predict", json={"id": "elsewhere", "instances": rows.tolist()}, timeout=10)
+    predictions = answer.json()["predictions"]
+    truth = [1, 0, 1, 1]
+    body = {
+        "feedback": [
+            {
+                "id": f"elsewhere/{r}",
+                "label": y,
+                "prediction": p,
+                "revision": answer.headers["X-Revision"],
+                "model_version": answer.headers["X-Model-Version"],
+            }
+            for r, (y, p) in enumerate(zip(truth, predictions))
+        ]
+    }
+    assert answer.headers["X-Revision"] == "canary-00002"
+    resp = requests.post(stable.url + "/feedback", json=body, timeout=10)
+    assert resp.json() == {"accepted": 4, "matched": 0, "reported": 4, "unmatched": 0}, resp.text
+    scored = series(stable.url, "canary-00002")
+    assert scored[("warmstart_feedback_total", "reported")] == 4
+    assert sum(v for (name, _), v in scored.items() if name == "warmstart_feedback_labels_total") == 4
+    correct = sum(y == p for y, p in zip(truth, predictions))
+    assert sum(v for (name, _), v in scored.items() if name == "warmstart_feedback_correct_total") == correct
+    for y in (0, 1):
+        assert scored[("warmstart_feedback_labels_total", str(y))] == truth.count(y)
+        assert scored[("warmstart_feedback_predicted_total", str(y))] == predictions.count(y)
+    # stable's own series have scored nothing
+    own = series(stable.url, "stable-00001")
+    assert own[("warmstart_feedback_total", "reported")] == 0
+    assert sum(v for (name, _), v in own.items() if name == "warmstart_feedback_labels_total") == 0
+
+    # The same labels again (a broker's retry): known now, not scored twice.
+    again = requests.post(stable.url + "/feedback", json=body, timeout=10)
+    assert again.json() == {"accepted": 4, "matched": 4, "reported": 0, "unmatched": 0}
+    assert series(stable.url, "canary-00002") == scored
+    # The pod that gave the answers has seen none of it.
+    assert series(canary.url, "canary-00002")[("warmstart_feedback_total", "matched")] == 0
+
+
+def test_a_reported_answer_of_this_very_revision_is_scored_in_its_own_series(two_revisions):
+    """Another replica of the same revision, or an answer older than the recent index."""
+    stable, _ = two_revisions
+    before = series(stable.url, "stable-00001")
+    item = {"id": "other-replica", "label": 1, "prediction": 0, "revision": "stable-00001"}
+    assert requests.post(stable.url + "/feedback", json=item, timeout=10).json()["reported"] == 1
+    after = series(stable.url, "stable-00001")
+    assert after[("warmstart_feedback_total", "reported")] == before[("warmstart_feedback_total", "reported")] + 1
+    assert after[("warmstart_feedback_labels_total", "1")] == before[("warmstart_feedback_labels_total", "1")] + 1
+    assert after[("warmstart_feedback_predicted_total", "0")] == before[("warmstart_feedback_predicted_total", "0")] + 1
+    assert after[("warmstart_feedback_correct_total", "1")] == before[("warmstart_feedback_correct_total", "1")]
+
+
+@pytest.mark.parametrize(
+    ("item", "says"),
+    [
+        ({"prediction": 0}, "feedback[0].revision: missing"),
+        ({"revision": "canary-00002"}, "feedback[0].prediction: missing"),
+        ({"prediction": 2, "revision": "canary-00002"}, "feedback[0].prediction: 2 is not a class of this model"),
+        ({"prediction": 0, "revision": "Canary_2"}, "feedback[0].revision: expected the X-Revision header"),
+        ({"prediction": 0, "revision": "canary-00002\n"}, "feedback[0].revision: expected the X-Revision header"),
+        ({"prediction": 0, "revision": "c", "model_version": "1\n2"}, "feedback[0].model_version: expected"),
+        ({"model_version": "1"}, "feedback[0].model_version: given without the 'prediction' and 'revision'"),
+    ],
+)
+def test_a_report_that_is_not_whole_or_not_well_formed_is_422_naming_it(two_revisions, item, says):
+    stable, _ = two_revisions
+    resp = requests.post(stable.url + "/feedback", json={"feedback": [{"id": "x", "label": 1, **item}]}, timeout=10)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["message"].startswith(says), resp.text

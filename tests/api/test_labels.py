@@ -156,7 +156,7 @@ def test_feedback_takes_labels_of_the_trained_type_and_scores_them(served):
         truth = [truth[0] + 0.5, truth[1] - 2.0]  # errors of 0.5 and 2
     labels = [{"id": f"{pid}/{r}", "label": y} for r, y in enumerate(truth)]
     answer = requests.post(server.url + "/feedback", json={"feedback": labels})
-    assert answer.json() == {"accepted": 2, "matched": 2, "unmatched": 0}, answer.text
+    assert answer.json() == {"accepted": 2, "matched": 2, "reported": 0, "unmatched": 0}, answer.text
     text = requests.get(server.url + "/metrics").text
     samples = {
         (s.name, s.labels.get("class", "")): s.value for f in text_string_to_metric_families(text) for s in f.samples

@@ -129,7 +129,7 @@ def test_a_log_on_s3(start_server, s3_endpoint, dataset, card):
     )
     sent = send_rows(srv.url, x, 20)
     resp = requests.post(srv.url + "/feedback", json={"id": next(iter(sent)), "label": 1})
-    assert resp.json() == {"accepted": 1, "matched": 1, "unmatched": 0}
+    assert resp.json() == {"accepted": 1, "matched": 1, "reported": 0, "unmatched": 0}
     assert srv.terminate() == 0
     fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_endpoint})
     assert_logged_exactly(read_log("truth/log", "predictions", fs), sent, card)
