@@ -15,13 +15,14 @@ import itertools
 import os
 import secrets
 import time
+from collections import Counter
 from typing import Any
 
 import numpy as np
 from flask import Response, request
 
 from ..codecs import rows as codecs
-from ..codecs.feedback import decode_feedback
+from ..codecs.feedback import Feedback, decode_feedback
 from ..config import Settings
 from ..errors import NotFound, NotReady, UnsupportedMediaType, WarmstartError, body_too_large
 from ..model.batching import Batcher
@@ -201,17 +202,7 @@ class Serving:
         feedback = decode_feedback(body, model.card, self.settings.max_rows)
         request_ids, rows = map(list, zip(*map(split_id, feedback.ids)))
         matched, answers, first = self.recent.match(request_ids, rows, feedback.codes)
-        # Rows another pod answered, whose items report that answer: scored against it.
-        reported = np.zeros(len(matched), dtype=bool)
-        elsewhere = np.flatnonzero(~matched & ~np.isnan(feedback.reported))
-        if len(elsewhere):
-            by = [feedback.answered_by[i] for i in elsewhere]
-            scored = self.scores.add_reported(feedback.reported[elsewhere], feedback.codes[elsewhere], by)
-            reported[elsewhere[scored]] = True
-            kept = elsewhere[scored]
-            self.recent.remember(
-                [request_ids[i] for i in kept], [rows[i] for i in kept], feedback.reported[kept], feedback.codes[kept]
-            )
+        reported = self._score_reported(feedback, request_ids, rows, matched)
         self.scores.add(matched, answers, feedback.codes, first, reported)
         if self.log is not None:
             self.log.feedback(feedback.ids, feedback.labels, matched)
@@ -222,6 +213,28 @@ class Serving:
             "reported": scored_here,
             "unmatched": len(feedback.ids) - found - scored_here,
         }
+
+    def _score_reported(self, feedback: Feedback, request_ids: list[str], rows: list[int], matched: Any) -> Any:
+        """Score the rows another pod answered, whose items report that answer, against
+        it; which items were. A row labelled twice in one request is scored once, as
+        `match` scores a known row's first label only."""
+        assert self.scores is not None and self.recent is not None
+        reported = np.zeros(len(matched), dtype=bool)
+        elsewhere = np.flatnonzero(~matched & ~np.isnan(feedback.reported))
+        if not len(elsewhere):
+            return reported
+        row_of = [(request_ids[i], rows[i]) for i in elsewhere]
+        once = np.array(sorted({row: int(i) for row, i in zip(reversed(row_of), elsewhere[::-1])}.values()))
+        labels_of = Counter(row_of)  # each item is counted, each row scored once
+        items = np.array([labels_of[(request_ids[i], rows[i])] for i in once])
+        by = [feedback.answered_by[i] for i in once]
+        kept = once[self.scores.add_reported(feedback.reported[once], feedback.codes[once], by, items)]
+        self.recent.remember(
+            [request_ids[i] for i in kept], [rows[i] for i in kept], feedback.reported[kept], feedback.codes[kept]
+        )
+        scored = {(request_ids[i], rows[i]) for i in kept}
+        reported[elsewhere] = [row in scored for row in row_of]
+        return reported
 
     def close(self) -> None:
         """The worker's last step: write what the prediction log holds."""

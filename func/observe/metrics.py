@@ -390,9 +390,12 @@ class FeedbackScores:
         with self.tallies.lock:
             self.tallies.array += counts
 
-    def add_reported(self, answers: np.ndarray, labels: np.ndarray, answered_by: list[tuple[str, str]]) -> np.ndarray:
+    def add_reported(
+        self, answers: np.ndarray, labels: np.ndarray, answered_by: list[tuple[str, str]], items: np.ndarray
+    ) -> np.ndarray:
         """Score labels against the answers their items report, for the (revision, model
-        version) that gave each; which were scored (all, unless past MAX_ANSWERERS)."""
+        version) that gave each, a row once; `items`, how many items labelled each row
+        (all counted as reported). Which rows were scored (all, unless past MAX_ANSWERERS)."""
         _, own_version, own_revision = self._model_labels()
         scored = np.zeros(len(answers), dtype=bool)
         own = np.zeros(1 + self.width)  # reported, then the scores
@@ -401,14 +404,14 @@ class FeedbackScores:
             rows = np.array([by == answerer for by in answered_by])
             revision, version = answerer
             if revision == own_revision and version in ("", own_version):
-                own[0] += rows.sum()
+                own[0] += items[rows].sum()
                 own[1:] += self._scores(answers[rows], labels[rows])
             else:
                 slot = self.answerers.slot(answerer)
                 if slot is None:
                     continue
                 at = slot * (1 + self.width)
-                counts[at] += rows.sum()
+                counts[at] += items[rows].sum()
                 counts[at + 1 : at + 1 + self.width] += self._scores(answers[rows], labels[rows])
             scored |= rows
         with self.tallies.lock:

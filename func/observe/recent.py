@@ -46,6 +46,11 @@ def request_key(request_id: str) -> int:
     return hash(request_id) & _M
 
 
+def _row_keys(request_ids: list[str], rows: list[int]) -> np.ndarray:
+    """The keys of rows named by request id and row number, as `add` makes them."""
+    return np.array([(request_key(r) + row * _ROW_STEP) & _M | 1 for r, row in zip(request_ids, rows)], dtype=np.uint64)
+
+
 class _Table:
     """One worker's slots: a (sets * WAYS, 4) view as unsigned keys/ages and float answers/labels."""
 
@@ -130,9 +135,7 @@ class RecentPredictions:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(matched, answer, first) per label: whether a worker of this pod answered the
         row, its answer, and whether this is the row's first label (which is then kept)."""
-        keys = np.array(
-            [(request_key(r) + row * _ROW_STEP) & _M | 1 for r, row in zip(request_ids, rows)], dtype=np.uint64
-        )
+        keys = _row_keys(request_ids, rows)
         set_of = self._sets(keys)
         matched = np.zeros(len(keys), dtype=bool)
         answers = np.full(len(keys), np.nan)
@@ -157,9 +160,7 @@ class RecentPredictions:
         """Keep rows this pod did not answer, with the answer and the label feedback
         reported for them: the same label delivered again (a broker's retry) is then
         matched here and not scored twice."""
-        keys = np.array(
-            [(request_key(r) + row * _ROW_STEP) & _M | 1 for r, row in zip(request_ids, rows)], dtype=np.uint64
-        )
+        keys = _row_keys(request_ids, rows)
         set_of = self._sets(keys)
         words, values = self._own.words, self._own.values
         with self.lock:

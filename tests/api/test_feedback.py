@@ -339,3 +339,17 @@ def test_a_report_that_is_not_whole_or_not_well_formed_is_422_naming_it(two_revi
     resp = requests.post(stable.url + "/feedback", json={"feedback": [{"id": "x", "label": 1, **item}]}, timeout=10)
     assert resp.status_code == 422, resp.text
     assert resp.json()["error"]["message"].startswith(says), resp.text
+
+
+def test_a_reported_row_labelled_twice_in_one_request_is_scored_once(two_revisions):
+    """As match() scores a known row's first label only: `<id>` and `<id>/0` are one row."""
+    stable, _ = two_revisions
+    before = series(stable.url, "canary-00002")
+    report = {"label": 0, "prediction": 0, "revision": "canary-00002", "model_version": "1"}
+    body = {"feedback": [{"id": "twice", **report}, {"id": "twice/0", **report}]}
+    resp = requests.post(stable.url + "/feedback", json=body, timeout=10)
+    assert resp.json() == {"accepted": 2, "matched": 0, "reported": 2, "unmatched": 0}
+    after = series(stable.url, "canary-00002")
+    labelled = ("warmstart_feedback_labels_total", "0")
+    assert after[labelled] == before.get(labelled, 0) + 1  # scored once
+    assert after[("warmstart_feedback_total", "reported")] == before[("warmstart_feedback_total", "reported")] + 2
